@@ -1,0 +1,242 @@
+//! loomd's TOML config. Sections owned by other crates (`providers`, `proxy`, `audit`) are
+//! kept as raw TOML here and validated by the crate that owns them, so that this crate stays
+//! at the bottom of the dependency graph.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Cpus, Span};
+use crate::weaver::{Image, NetworkMode, RestartPolicy};
+
+pub const DEFAULT_SOCKET: &str = "/run/loomd/loomd.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/loom";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Systemd,
+    Nspawn,
+    Kubernetes,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "systemd" => Ok(BackendKind::Systemd),
+            "nspawn" => Ok(BackendKind::Nspawn),
+            "kubernetes" => Ok(BackendKind::Kubernetes),
+            _ => Err(ConfigError::Backend(s.to_string())),
+        }
+    }
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Systemd => "systemd",
+            BackendKind::Nspawn => "nspawn",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid config: {0}")]
+    Toml(String),
+    #[error("invalid backend {0:?}: use systemd, nspawn or kubernetes")]
+    Backend(String),
+    #[error("invalid config value for {field}: {message}")]
+    Value {
+        field: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// None: `systemd` where systemd is PID 1, `nspawn` otherwise (decided by loomd).
+    pub backend: Option<BackendKind>,
+    pub access: AccessConfig,
+    pub weaver: WeaverDefaults,
+    pub secrets: SecretsConfig,
+    /// `[providers.NAME]` tables, validated by the proxy.
+    pub providers: BTreeMap<String, toml::Table>,
+    /// `[proxy]`, validated by the proxy.
+    pub proxy: toml::Table,
+    /// `[audit]`, validated by the audit crate.
+    pub audit: toml::Table,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            backend: None,
+            access: AccessConfig::default(),
+            weaver: WeaverDefaults::default(),
+            secrets: SecretsConfig::default(),
+            providers: BTreeMap::new(),
+            proxy: toml::Table::new(),
+            audit: toml::Table::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    pub admin_group: String,
+    pub operator_group: String,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            admin_group: "loom-admin".into(),
+            operator_group: "loom".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeaverDefaults {
+    pub image: Image,
+    pub memory: ByteSize,
+    pub cpus: Cpus,
+    pub tasks: u64,
+    pub ttl: Option<Span>,
+    pub network: NetworkMode,
+    pub restart: RestartPolicy,
+    /// How long `create` waits for the first process before it reports a failure.
+    pub start_timeout: Span,
+}
+
+impl Default for WeaverDefaults {
+    fn default() -> Self {
+        WeaverDefaults {
+            image: Image::Host,
+            memory: ByteSize(4 << 30),
+            cpus: Cpus(2000),
+            tasks: 4096,
+            ttl: Some(Span(4 * 3600)),
+            network: NetworkMode::Private,
+            restart: RestartPolicy::Never,
+            start_timeout: Span(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    pub file: Option<PathBuf>,
+    pub age_key_file: Option<PathBuf>,
+    pub ssh_host_keys: Vec<PathBuf>,
+    pub pgp_key_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::Value {
+                field: "socket",
+                message: format!("{:?} is not an absolute path", self.socket),
+            });
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::Value {
+                field: "state_dir",
+                message: format!("{:?} is not an absolute path", self.state_dir),
+            });
+        }
+        if !(16..=4_194_304).contains(&self.weaver.tasks) {
+            return Err(ConfigError::Value {
+                field: "weaver.tasks",
+                message: format!("{} is outside 16..=4194304", self.weaver.tasks),
+            });
+        }
+        if self.weaver.memory.0 < 16 << 20 {
+            return Err(ConfigError::Value {
+                field: "weaver.memory",
+                message: format!(
+                    "{} is below the 16M a weaver needs to start",
+                    self.weaver.memory
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = Config::from_toml(
+            r#"
+socket = "/run/loomd/loomd.sock"
+state_dir = "/var/lib/loom"
+backend = "systemd"
+[access]
+admin_group = "loom-admin"
+operator_group = "loom"
+[weaver]
+image = "host"
+memory = "4G"
+cpus = 2.0
+tasks = 4096
+ttl = "4h"
+network = "private"
+[secrets]
+file = "/run/secrets/loom.yaml"
+age_key_file = "/var/lib/loom/age.key"
+ssh_host_keys = ["/etc/ssh/ssh_host_ed25519_key"]
+[providers.anthropic]
+base_url = "https://api.anthropic.com"
+secret = "anthropic_api_key"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, Some(BackendKind::Systemd));
+        assert_eq!(c.weaver.memory, ByteSize(4 << 30));
+        assert!(c.providers.contains_key("anthropic"));
+    }
+
+    fn check_err(text: &str, needle: &str) {
+        let e = Config::from_toml(text).unwrap_err().to_string();
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        check_err("sockett = \"/x\"", "unknown field `sockett`");
+        check_err("backend = \"docker\"", "docker");
+        check_err("[weaver]\nmemory = \"lots\"", "invalid size \"lots\"");
+        check_err("[weaver]\ncpus = -1.0", "invalid CPU count");
+        check_err("state_dir = \"relative\"", "state_dir");
+        check_err("[weaver]\ntasks = 1", "weaver.tasks");
+        check_err("[weaver]\nmemory = \"1M\"", "weaver.memory");
+    }
+}

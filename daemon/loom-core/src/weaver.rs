@@ -1,0 +1,554 @@
+//! What a weaver is: its identity, its spec (validated), and its lifecycle states.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Cpus, Span};
+
+/// A weaver's id: 12 lowercase hex digits, chosen by loomd. Ids and names share one
+/// namespace on the command line, so an id is never a valid name (names start with a letter
+/// and ids are always given in full when they start with a digit).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WeaverId(String);
+
+pub const WEAVER_ID_LEN: usize = 12;
+
+impl WeaverId {
+    /// Makes an id from 6 random bytes the caller drew.
+    pub fn from_random(bytes: [u8; 6]) -> Self {
+        WeaverId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WeaverId {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        if s.len() == WEAVER_ID_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(WeaverId(s))
+        } else {
+            Err(SpecError::Id(s))
+        }
+    }
+}
+
+impl From<WeaverId> for String {
+    fn from(id: WeaverId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for WeaverId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error(
+        "invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it"
+    )]
+    Id(String),
+    #[error(
+        "invalid weaver name {0:?}: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'"
+    )]
+    Name(String),
+    #[error("invalid network mode {0:?}: use private, none or host")]
+    Network(String),
+    #[error("invalid restart policy {0:?}: use never, on-failure or always")]
+    Restart(String),
+    #[error("invalid image {0:?}: use \"host\" or an absolute path to a directory tree")]
+    Image(String),
+    #[error(
+        "invalid environment variable {0:?}: use KEY=VALUE with KEY of A-Z, a-z, 0-9 and '_', not starting with a digit"
+    )]
+    Env(String),
+    #[error("environment variable {0} is set by loom inside every weaver and cannot be overridden")]
+    ReservedEnv(String),
+    #[error("invalid task limit {0}: use a number from 16 to 4194304")]
+    Tasks(u64),
+    #[error("invalid command: {0}")]
+    Command(String),
+    #[error("--branch needs --repo: there is nothing to check out")]
+    BranchWithoutRepo,
+    #[error(
+        "a weaver runs either a command (-- CMD) or the agent loop (--prompt with --model), not neither: {0}"
+    )]
+    NothingToRun(String),
+    #[error("{0}")]
+    Agent(String),
+    #[error(transparent)]
+    Unit(#[from] crate::units::UnitError),
+}
+
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// Its own network namespace; only loopback (and the LLM proxy) until routing is set up.
+    #[default]
+    Private,
+    /// Its own network namespace with loopback only and no proxy.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+impl FromStr for NetworkMode {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "private" => Ok(NetworkMode::Private),
+            "none" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            _ => Err(SpecError::Network(s.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "never" | "no" => Ok(RestartPolicy::Never),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "always" => Ok(RestartPolicy::Always),
+            _ => Err(SpecError::Restart(s.to_string())),
+        }
+    }
+}
+
+/// The root a weaver runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Image {
+    /// The host's own `/usr` (or `/nix/store`) read-only under a throwaway root.
+    Host,
+    /// A directory tree used as the weaver's root, read-only.
+    Dir(PathBuf),
+}
+
+impl TryFrom<String> for Image {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        if s == "host" {
+            Ok(Image::Host)
+        } else if s.starts_with('/') && !s.split('/').any(|c| c == "..") {
+            Ok(Image::Dir(PathBuf::from(s)))
+        } else {
+            Err(SpecError::Image(s))
+        }
+    }
+}
+
+impl From<Image> for String {
+    fn from(i: Image) -> String {
+        match i {
+            Image::Host => "host".into(),
+            Image::Dir(p) => p.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// The built-in agent loop's settings (the loop itself comes with the agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The prompt's text, read by the CLI from `--prompt FILE`.
+    pub prompt: String,
+    /// `provider/model`.
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iterations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// Environment variables loom sets in every weaver; a client may not override them.
+pub const RESERVED_ENV: &[&str] = &[
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "LOOM_WEAVER",
+    "LOOM_PROXY_TOKEN",
+];
+
+pub fn validate_env_key(key: &str) -> Result<(), SpecError> {
+    let b = key.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 256
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+    if !ok {
+        return Err(SpecError::Env(key.to_string()));
+    }
+    if RESERVED_ENV.contains(&key) {
+        return Err(SpecError::ReservedEnv(key.to_string()));
+    }
+    Ok(())
+}
+
+/// A weaver's spec after validation against the config's defaults: every field decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeaverSpec {
+    pub name: String,
+    pub image: Image,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    pub memory: ByteSize,
+    pub cpus: Cpus,
+    pub tasks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Span>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub network: NetworkMode,
+    pub restart: RestartPolicy,
+    /// The command to run; empty when the agent loop runs.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+}
+
+/// Where a weaver is in its life. Only loomd's supervisor moves it, through [`WeaverState::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeaverState {
+    Creating,
+    Running,
+    Stopped,
+    Exited,
+    Failed,
+}
+
+impl WeaverState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeaverState::Creating => "creating",
+            WeaverState::Running => "running",
+            WeaverState::Stopped => "stopped",
+            WeaverState::Exited => "exited",
+            WeaverState::Failed => "failed",
+        }
+    }
+    pub fn is_active(self) -> bool {
+        matches!(self, WeaverState::Creating | WeaverState::Running)
+    }
+}
+
+impl FromStr for WeaverState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "creating" => WeaverState::Creating,
+            "running" => WeaverState::Running,
+            "stopped" => WeaverState::Stopped,
+            "exited" => WeaverState::Exited,
+            "failed" => WeaverState::Failed,
+            _ => return Err(format!("unknown weaver state {s:?}")),
+        })
+    }
+}
+
+impl fmt::Display for WeaverState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "a0", &"x".repeat(63)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            &"x".repeat(64),
+            "a/b",
+            "ünï",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids() {
+        let id = WeaverId::from_random([0xde, 0xad, 0xbe, 0xef, 0x00, 0x01]);
+        assert_eq!(id.as_str(), "deadbeef0001");
+        assert!(WeaverId::try_from("deadbeef0001".to_string()).is_ok());
+        assert!(WeaverId::try_from("DEADBEEF0001".to_string()).is_err());
+        assert!(WeaverId::try_from("deadbeef".to_string()).is_err());
+        assert!(WeaverId::try_from("../../etc/pa".to_string()).is_err());
+    }
+
+    #[test]
+    fn env_keys() {
+        assert!(validate_env_key("FOO_1").is_ok());
+        assert!(validate_env_key("1FOO").is_err());
+        assert!(validate_env_key("A=B").is_err());
+        assert!(matches!(
+            validate_env_key("OPENAI_API_KEY"),
+            Err(SpecError::ReservedEnv(_))
+        ));
+    }
+
+    #[test]
+    fn images() {
+        assert_eq!(Image::try_from("host".to_string()), Ok(Image::Host));
+        assert!(Image::try_from("/srv/img".to_string()).is_ok());
+        assert!(Image::try_from("relative".to_string()).is_err());
+        assert!(Image::try_from("/srv/../etc".to_string()).is_err());
+    }
+}
+
+/// Turns a client's create request into a complete spec, filling in the config's defaults.
+/// `fallback_name` is used when the request names none.
+pub fn resolve_spec(
+    req: crate::api::CreateWeaver,
+    defaults: &crate::config::WeaverDefaults,
+    fallback_name: String,
+) -> Result<WeaverSpec, SpecError> {
+    let name = req.name.unwrap_or(fallback_name);
+    validate_name(&name)?;
+    let image = match req.image {
+        Some(s) => Image::try_from(s)?,
+        None => defaults.image.clone(),
+    };
+    if req.branch.is_some() && req.repo.is_none() {
+        return Err(SpecError::BranchWithoutRepo);
+    }
+    if let Some(repo) = &req.repo {
+        if repo.is_empty() || repo.starts_with('-') || repo.contains('\0') {
+            return Err(SpecError::Command(format!(
+                "invalid --repo {repo:?}: give a git URL or an absolute path to a local repository"
+            )));
+        }
+    }
+    if let Some(b) = &req.branch {
+        if b.is_empty()
+            || b.starts_with('-')
+            || b.contains(['\0', ' ', '~', '^', ':'])
+            || b.contains("..")
+        {
+            return Err(SpecError::Command(format!(
+                "invalid --branch {b:?}: not a valid git branch name"
+            )));
+        }
+    }
+    let memory = match req.memory {
+        Some(s) => s.parse()?,
+        None => defaults.memory,
+    };
+    if memory.0 < 16 << 20 {
+        return Err(SpecError::Unit(crate::units::UnitError::Size(format!(
+            "{memory} (below the 16M minimum)"
+        ))));
+    }
+    let cpus = match req.cpus {
+        Some(v) => Cpus::from_f64(v)?,
+        None => defaults.cpus,
+    };
+    let tasks = req.tasks.unwrap_or(defaults.tasks);
+    if !(16..=4_194_304).contains(&tasks) {
+        return Err(SpecError::Tasks(tasks));
+    }
+    let ttl = match req.ttl.as_deref() {
+        Some("none") | Some("0") => None,
+        Some(s) => Some(s.parse()?),
+        None => defaults.ttl,
+    };
+    for (k, v) in &req.env {
+        validate_env_key(k)?;
+        if v.contains('\0') || v.len() > 32 << 10 {
+            return Err(SpecError::Env(format!("{k}=<{} bytes>", v.len())));
+        }
+    }
+    if req.env.len() > 256 {
+        return Err(SpecError::Env(format!(
+            "{} variables (at most 256)",
+            req.env.len()
+        )));
+    }
+    let network = match req.network {
+        Some(s) => s.parse()?,
+        None => defaults.network,
+    };
+    let restart = match req.restart {
+        Some(s) => s.parse()?,
+        None => defaults.restart,
+    };
+    if req.command.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::Command("an argument contains a NUL byte".into()));
+    }
+    if req.command.first().is_some_and(|c| c.is_empty()) {
+        return Err(SpecError::Command("the command name is empty".into()));
+    }
+    if let Some(a) = &req.agent {
+        if a.model
+            .split_once('/')
+            .is_none_or(|(p, m)| p.is_empty() || m.is_empty())
+        {
+            return Err(SpecError::Agent(format!(
+                "invalid --model {:?}: use PROVIDER/MODEL, e.g. anthropic/claude-sonnet-4-5",
+                a.model
+            )));
+        }
+        if a.prompt.trim().is_empty() {
+            return Err(SpecError::Agent(
+                "the prompt is empty: --prompt needs a file with the task in it".into(),
+            ));
+        }
+    }
+    Ok(WeaverSpec {
+        name,
+        image,
+        repo: req.repo,
+        branch: req.branch,
+        memory,
+        cpus,
+        tasks,
+        ttl,
+        env: req.env,
+        network,
+        restart,
+        command: req.command,
+        agent: req.agent,
+    })
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::api::CreateWeaver;
+    use crate::config::WeaverDefaults;
+
+    fn check(req: CreateWeaver, expected: Result<(), &str>) {
+        let got = resolve_spec(req.clone(), &WeaverDefaults::default(), "w-abc".into());
+        match (got, expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{req:?}: {e}"),
+            (got, expected) => panic!("{req:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let spec = resolve_spec(
+            CreateWeaver::default(),
+            &WeaverDefaults::default(),
+            "w-abc".into(),
+        )
+        .unwrap();
+        assert_eq!(spec.name, "w-abc");
+        assert_eq!(spec.memory, ByteSize(4 << 30));
+        assert_eq!(spec.network, NetworkMode::Private);
+    }
+
+    #[test]
+    fn bad_requests() {
+        let req = |f: fn(&mut CreateWeaver)| {
+            let mut r = CreateWeaver::default();
+            f(&mut r);
+            r
+        };
+        check(req(|r| r.memory = Some("2G".into())), Ok(()));
+        check(
+            req(|r| r.memory = Some("2 gigs".into())),
+            Err("invalid size \"2 gigs\""),
+        );
+        check(req(|r| r.memory = Some("1M".into())), Err("16M minimum"));
+        check(
+            req(|r| r.name = Some("Bad Name".into())),
+            Err("invalid weaver name"),
+        );
+        check(req(|r| r.cpus = Some(0.0)), Err("invalid CPU count"));
+        check(req(|r| r.tasks = Some(1)), Err("invalid task limit"));
+        check(
+            req(|r| r.ttl = Some("forever".into())),
+            Err("invalid duration"),
+        );
+        check(
+            req(|r| r.network = Some("bridge".into())),
+            Err("invalid network mode"),
+        );
+        check(
+            req(|r| r.restart = Some("sometimes".into())),
+            Err("invalid restart policy"),
+        );
+        check(
+            req(|r| r.branch = Some("main".into())),
+            Err("--branch needs --repo"),
+        );
+        check(
+            req(|r| r.repo = Some("--upload-pack=evil".into())),
+            Err("invalid --repo"),
+        );
+        check(
+            req(|r| {
+                r.env.insert("OPENAI_API_KEY".into(), "x".into());
+            }),
+            Err("cannot be overridden"),
+        );
+        check(
+            req(|r| r.command = vec!["".into()]),
+            Err("command name is empty"),
+        );
+        check(
+            req(|r| {
+                r.agent = Some(AgentSpec {
+                    prompt: "fix it".into(),
+                    model: "claude".into(),
+                    max_iterations: None,
+                    until: None,
+                })
+            }),
+            Err("PROVIDER/MODEL"),
+        );
+    }
+}
