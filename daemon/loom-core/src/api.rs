@@ -139,8 +139,11 @@ pub mod exec_frame {
         out
     }
 
+    /// One decoded frame: its kind, its data, and how many bytes of the buffer it took.
+    pub type Frame<'a> = (u8, &'a [u8], usize);
+
     /// Splits one frame off the front of `buf`: `Ok(None)` when more bytes are needed.
-    pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+    pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, String> {
         if buf.len() < 5 {
             return Ok(None);
         }

@@ -58,7 +58,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{}", self.0 >> shift, suffix);
             }
         }
@@ -97,7 +97,7 @@ impl FromStr for Span {
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, mult) in [("d", 86400), ("h", 3600), ("m", 60)] {
-            if self.0 % mult == 0 {
+            if self.0.is_multiple_of(mult) {
                 return write!(f, "{}{}", self.0 / mult, suffix);
             }
         }

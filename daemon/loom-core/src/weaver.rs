@@ -363,23 +363,22 @@ pub fn resolve_spec(
     if req.branch.is_some() && req.repo.is_none() {
         return Err(SpecError::BranchWithoutRepo);
     }
-    if let Some(repo) = &req.repo {
-        if repo.is_empty() || repo.starts_with('-') || repo.contains('\0') {
-            return Err(SpecError::Command(format!(
-                "invalid --repo {repo:?}: give a git URL or an absolute path to a local repository"
-            )));
-        }
+    if let Some(repo) = &req.repo
+        && (repo.is_empty() || repo.starts_with('-') || repo.contains('\0'))
+    {
+        return Err(SpecError::Command(format!(
+            "invalid --repo {repo:?}: give a git URL or an absolute path to a local repository"
+        )));
     }
-    if let Some(b) = &req.branch {
-        if b.is_empty()
+    if let Some(b) = &req.branch
+        && (b.is_empty()
             || b.starts_with('-')
             || b.contains(['\0', ' ', '~', '^', ':'])
-            || b.contains("..")
-        {
-            return Err(SpecError::Command(format!(
-                "invalid --branch {b:?}: not a valid git branch name"
-            )));
-        }
+            || b.contains(".."))
+    {
+        return Err(SpecError::Command(format!(
+            "invalid --branch {b:?}: not a valid git branch name"
+        )));
     }
     let memory = match req.memory {
         Some(s) => s.parse()?,
