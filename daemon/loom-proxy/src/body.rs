@@ -1,0 +1,154 @@
+//! Response bodies: small complete ones, and upstream bodies passed on frame by frame while a
+//! scanner reads their usage; the request's accounting closes when the body ends or is dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::config::ApiFamily;
+use crate::errors::stream_error_event;
+use crate::proxy::Call;
+use crate::usage::{UsageScanner, UsageStatus};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response the proxy sends.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Metered(MeteredBody),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Metered(m) => Pin::new(m).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Metered(m) => m.done && m.pending.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Metered(m) if m.scanner.is_sse() => SizeHint::default(),
+            Self::Metered(m) => m.inner.size_hint(),
+        }
+    }
+}
+
+/// An upstream body on its way to the client.
+#[derive(Debug)]
+pub struct MeteredBody {
+    inner: Incoming,
+    scanner: UsageScanner,
+    call: Option<Call>,
+    shape: ApiFamily,
+    pending: Option<Bytes>,
+    done: bool,
+}
+
+impl MeteredBody {
+    pub fn new(inner: Incoming, content_type: &str, call: Call, shape: ApiFamily) -> Self {
+        Self {
+            inner,
+            scanner: UsageScanner::new(content_type),
+            call: Some(call),
+            shape,
+            pending: None,
+            done: false,
+        }
+    }
+
+    fn close(&mut self, status: UsageStatus, usage: Option<crate::usage::Usage>) {
+        if let Some(mut call) = self.call.take() {
+            call.finish(status, usage);
+        }
+    }
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.scanner.feed(d);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.done = true;
+                let outcome = this.scanner.finish();
+                let reason = format!("upstream stream broke after the response started: {e}");
+                this.close(UsageStatus::Failed(reason.clone()), outcome.usage);
+                if this.scanner.is_sse() {
+                    Poll::Ready(Some(Ok(Frame::data(stream_error_event(
+                        this.shape,
+                        &format!("loom proxy: {reason}"),
+                    )))))
+                } else {
+                    // Not a stream a client can read an error event from: break the connection
+                    // so it cannot take a truncated body for a whole one.
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+            }
+            None => {
+                this.done = true;
+                let outcome = this.scanner.finish();
+                if outcome.cut {
+                    let reason = "upstream stream ended before its final event".to_string();
+                    this.close(UsageStatus::Failed(reason.clone()), outcome.usage);
+                    return Poll::Ready(Some(Ok(Frame::data(stream_error_event(
+                        this.shape,
+                        &format!("loom proxy: {reason}"),
+                    )))));
+                }
+                let status = match outcome.upstream_error {
+                    Some(e) => UsageStatus::Failed(e),
+                    None => UsageStatus::Ok,
+                };
+                this.close(status, outcome.usage);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if self.call.is_some() {
+            let usage = self.scanner.usage_so_far();
+            self.close(UsageStatus::ClientClosed, usage);
+        }
+    }
+}
