@@ -19,7 +19,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Metered(MeteredBody),
+    Metered(Box<MeteredBody>),
 }
 
 impl ProxyBody {
@@ -38,7 +38,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Metered(m) => Pin::new(m).poll_frame(cx),
+            Self::Metered(m) => Pin::new(&mut **m).poll_frame(cx),
         }
     }
 
@@ -104,6 +104,10 @@ impl MeteredBody {
                 if let Some(d) = frame.data_ref() {
                     this.scanner.feed(d);
                 }
+                // A body of known length is not polled again once it is all there.
+                if this.inner.is_end_stream() {
+                    this.pending = this.complete();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
@@ -122,30 +126,43 @@ impl MeteredBody {
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
             }
-            None => {
-                this.done = true;
-                let outcome = this.scanner.finish();
-                if outcome.cut {
-                    let reason = "upstream stream ended before its final event".to_string();
-                    this.close(UsageStatus::Failed(reason.clone()), outcome.usage);
-                    return Poll::Ready(Some(Ok(Frame::data(stream_error_event(
-                        this.shape,
-                        &format!("loom proxy: {reason}"),
-                    )))));
-                }
-                let status = match outcome.upstream_error {
-                    Some(e) => UsageStatus::Failed(e),
-                    None => UsageStatus::Ok,
-                };
-                this.close(status, outcome.usage);
-                Poll::Ready(None)
-            }
+            None => match this.complete() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Ready(None),
+            },
         }
+    }
+
+    /// The upstream body ended: settle the call; returns an error event to send if the
+    /// stream ended before its final event.
+    fn complete(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let outcome = self.scanner.finish();
+        if outcome.cut {
+            let reason = "upstream stream ended before its final event".to_string();
+            self.close(UsageStatus::Failed(reason.clone()), outcome.usage);
+            return Some(stream_error_event(
+                self.shape,
+                &format!("loom proxy: {reason}"),
+            ));
+        }
+        let status = match outcome.upstream_error {
+            Some(e) => UsageStatus::Failed(e),
+            None => UsageStatus::Ok,
+        };
+        self.close(status, outcome.usage);
+        None
     }
 }
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
+        if self.call.is_some() && self.inner.is_end_stream() {
+            self.complete();
+        }
         if self.call.is_some() {
             let usage = self.scanner.usage_so_far();
             self.close(UsageStatus::ClientClosed, usage);

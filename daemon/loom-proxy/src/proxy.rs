@@ -748,10 +748,11 @@ impl Inner {
             }
             headers.append(name.clone(), value.clone());
         }
-        if family == ApiFamily::Anthropic && !headers.contains_key("anthropic-version") {
-            if let Ok(v) = HeaderValue::from_str(&self.config.anthropic_version) {
-                headers.insert("anthropic-version", v);
-            }
+        if family == ApiFamily::Anthropic
+            && !headers.contains_key("anthropic-version")
+            && let Ok(v) = HeaderValue::from_str(&self.config.anthropic_version)
+        {
+            headers.insert("anthropic-version", v);
         }
 
         let needs_json = inject_usage
@@ -1050,7 +1051,7 @@ impl Inner {
         if content_type.starts_with("text/event-stream") {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        Response::from_parts(parts, ProxyBody::Metered(body))
+        Response::from_parts(parts, ProxyBody::Metered(Box::new(body)))
     }
 }
 
