@@ -1,0 +1,635 @@
+//! Decrypting a whole sops file: unwrap the data key, walk the tree in sops' order
+//! decrypting values with their key path as additional data, recompute the MAC and compare
+//! it with the stored one. Nothing is returned unless the MAC matches.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
+
+use crate::cipher::{self, CipherError, DataKey, ValueKind, go_bool, go_format_float};
+use crate::formats::{self, SopsFormat};
+use crate::keys::KeyRing;
+use crate::metadata::{self, CryptRule, Metadata};
+use crate::secret::{SecretBytes, SecretString};
+use crate::tree::{Item, ListItem, Value};
+
+/// Largest sops file read (secrets files are kilobytes).
+pub const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// sops' `MACOnlyEncryptedInitialization`: hashed first when `mac_only_encrypted` is set.
+const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
+    0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3, 0xd1, 0x47, 0xbe, 0x0b,
+    0x0b, 0x97, 0x5b, 0x3b, 0xf4, 0x4f, 0x72, 0xc6, 0xfd, 0xad, 0xec, 0x81, 0x76, 0xf2, 0x7d, 0x69,
+];
+
+/// Why a sops file was refused. No variant carries plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum SopsError {
+    /// The file could not be read.
+    #[error("cannot read sops file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is bigger than [`MAX_FILE_SIZE`].
+    #[error("sops file {path} is larger than 16 MiB: refusing to read it")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not parse as a sops file of its format.
+    #[error("malformed {format} sops file: {detail}")]
+    Malformed {
+        /// The format it was read as.
+        format: &'static str,
+        /// What is wrong and where.
+        detail: String,
+    },
+    /// The file uses a sops feature loom does not implement.
+    #[error("unsupported sops file: {0}")]
+    Unsupported(String),
+    /// The file has no MAC, so nothing proves it was not changed.
+    #[error(
+        "the sops file has no MAC (sops.mac is missing or empty): it could have been tampered with, so it is refused; re-encrypt it with `sops` to add one"
+    )]
+    MacMissing,
+    /// The stored MAC does not match the file's content.
+    #[error("MAC mismatch: {reason}; the file was changed after sops wrote it, so it is refused")]
+    MacMismatch {
+        /// Whether the stored MAC failed to decrypt or differed from the computed one.
+        reason: String,
+    },
+    /// One encrypted value failed authentication.
+    #[error(
+        "the encrypted value at `{path}` fails authentication: its ciphertext was altered, or it was moved from another key"
+    )]
+    TamperedValue {
+        /// Dotted key path of the value.
+        path: String,
+    },
+    /// A value is not in sops' encrypted form where the file's rules say it must be.
+    #[error("the value at `{path}` is {detail}")]
+    BadValue {
+        /// Dotted key path of the value.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// None of the ring's keys opened the data key.
+    #[error("{}", no_key_message(recipients, tried, failures))]
+    NoKeyCouldUnwrap {
+        /// The file's recipients (`age age1…`, `pgp FINGERPRINT`, `kms …`).
+        recipients: Vec<String>,
+        /// The keys that were tried (`age age1… (from …)`, `pgp FP (from …)`).
+        tried: Vec<String>,
+        /// Attempts where a key matched a recipient but unwrapping failed.
+        failures: Vec<String>,
+    },
+}
+
+fn no_key_message(recipients: &[String], tried: &[String], failures: &[String]) -> String {
+    let mut m = format!(
+        "no configured key could unwrap the data key; the file is encrypted to: {}; keys tried: {}",
+        if recipients.is_empty() {
+            "(none)".to_string()
+        } else {
+            recipients.join(", ")
+        },
+        if tried.is_empty() {
+            "(none configured)".to_string()
+        } else {
+            tried.join(", ")
+        },
+    );
+    if !failures.is_empty() {
+        m.push_str("; failures: ");
+        m.push_str(&failures.join("; "));
+    }
+    m.push_str(". Add a key for one of the file's recipients (age_key_file, ssh_host_keys, pgp_key_file) or re-encrypt the file to one of yours");
+    m
+}
+
+/// A lookup in a [`SecretTree`] that found no usable value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// No value at that path.
+    #[error("no secret at `{path}` in the sops file")]
+    NotFound {
+        /// The dotted path asked for.
+        path: String,
+    },
+    /// The path names a mapping or list, not a value.
+    #[error("`{path}` is a mapping or list, not a value; its values are at: {children}")]
+    NotALeaf {
+        /// The dotted path asked for.
+        path: String,
+        /// Dotted paths below it (at most 10).
+        children: String,
+    },
+    /// Several values have this dotted path (keys that contain dots).
+    #[error(
+        "`{path}` is ambiguous: several keys spell it once joined with dots; use SecretTree::get_path with the key components"
+    )]
+    Ambiguous {
+        /// The dotted path asked for.
+        path: String,
+    },
+    /// The value is binary, not UTF-8 text.
+    #[error("the secret at `{path}` is binary, not UTF-8 text; use SecretTree::expose_bytes")]
+    NotText {
+        /// The dotted path asked for.
+        path: String,
+    },
+}
+
+enum LeafValue {
+    Text(SecretString),
+    Bytes(SecretBytes),
+}
+
+struct Leaf {
+    path: Vec<String>,
+    dotted: String,
+    kind: ValueKind,
+    encrypted: bool,
+    value: LeafValue,
+}
+
+/// The decrypted, MAC-verified content of a sops file: its leaf values by key path.
+///
+/// List elements are addressed by index (`a_list.0`). `Debug` shows paths, never values.
+pub struct SecretTree {
+    format: SopsFormat,
+    leaves: Vec<Leaf>,
+    comments: Vec<SecretString>,
+}
+
+impl fmt::Debug for SecretTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretTree")
+            .field("format", &self.format)
+            .field("paths", &self.paths())
+            .field("comments", &self.comments.len())
+            .finish()
+    }
+}
+
+impl SecretTree {
+    /// The format the file was read as.
+    pub fn format(&self) -> SopsFormat {
+        self.format
+    }
+
+    /// Dotted paths of every value, in file order (for `loom secrets check`).
+    pub fn paths(&self) -> Vec<String> {
+        self.leaves.iter().map(|l| l.dotted.clone()).collect()
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Whether the file holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    fn find(&self, dotted: &str) -> Result<&Leaf, LookupError> {
+        let mut hits = self.leaves.iter().filter(|l| l.dotted == dotted);
+        match (hits.next(), hits.next()) {
+            (Some(l), None) => Ok(l),
+            (Some(_), Some(_)) => Err(LookupError::Ambiguous {
+                path: dotted.to_string(),
+            }),
+            (None, _) => {
+                let prefix = format!("{dotted}.");
+                let children: Vec<&str> = self
+                    .leaves
+                    .iter()
+                    .filter(|l| l.dotted.starts_with(&prefix))
+                    .map(|l| l.dotted.as_str())
+                    .take(10)
+                    .collect();
+                if children.is_empty() {
+                    Err(LookupError::NotFound {
+                        path: dotted.to_string(),
+                    })
+                } else {
+                    Err(LookupError::NotALeaf {
+                        path: dotted.to_string(),
+                        children: children.join(", "),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The text value at a dotted path (`nested.test.file`, `a_list.0`, INI `section.key`).
+    pub fn get(&self, dotted: &str) -> Result<&SecretString, LookupError> {
+        match &self.find(dotted)?.value {
+            LeafValue::Text(s) => Ok(s),
+            LeafValue::Bytes(_) => Err(LookupError::NotText {
+                path: dotted.to_string(),
+            }),
+        }
+    }
+
+    /// The text value at an exact key path, for keys that themselves contain dots.
+    pub fn get_path(&self, path: &[&str]) -> Result<&SecretString, LookupError> {
+        let dotted = path.join(".");
+        let leaf = self
+            .leaves
+            .iter()
+            .find(|l| l.path.iter().map(String::as_str).eq(path.iter().copied()))
+            .ok_or(LookupError::NotFound {
+                path: dotted.clone(),
+            })?;
+        match &leaf.value {
+            LeafValue::Text(s) => Ok(s),
+            LeafValue::Bytes(_) => Err(LookupError::NotText { path: dotted }),
+        }
+    }
+
+    /// The plaintext bytes at a dotted path, text or binary (a binary-format file's content
+    /// is at `data`). Keep the borrow short and never log it.
+    pub fn expose_bytes(&self, dotted: &str) -> Result<&[u8], LookupError> {
+        Ok(match &self.find(dotted)?.value {
+            LeafValue::Text(s) => s.expose().as_bytes(),
+            LeafValue::Bytes(b) => b.expose(),
+        })
+    }
+
+    /// The sops type of the value at a dotted path (`str` for unencrypted strings).
+    pub fn kind(&self, dotted: &str) -> Result<ValueKind, LookupError> {
+        Ok(self.find(dotted)?.kind)
+    }
+
+    /// Whether the value at a dotted path was encrypted in the file (false for keys sops
+    /// left in clear, e.g. with the `_unencrypted` suffix).
+    pub fn was_encrypted(&self, dotted: &str) -> Result<bool, LookupError> {
+        Ok(self.find(dotted)?.encrypted)
+    }
+
+    /// The file's comments, decrypted where sops encrypted them (`type:comment`).
+    pub fn comments(&self) -> &[SecretString] {
+        &self.comments
+    }
+}
+
+/// Reads, decrypts and verifies a sops file; the format comes from its extension
+/// ([`SopsFormat::from_path`]).
+pub fn decrypt_file(path: impl AsRef<Path>, keys: &KeyRing) -> Result<SecretTree, SopsError> {
+    let path = path.as_ref();
+    decrypt_file_as(path, SopsFormat::from_path(path), keys)
+}
+
+/// Like [`decrypt_file`] with an explicit format.
+pub fn decrypt_file_as(
+    path: impl AsRef<Path>,
+    format: SopsFormat,
+    keys: &KeyRing,
+) -> Result<SecretTree, SopsError> {
+    let path = path.as_ref();
+    let io = |source| SopsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() as u64 > MAX_FILE_SIZE {
+        return Err(SopsError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    decrypt_bytes(&buf, format, keys)
+}
+
+/// Decrypts and verifies sops file content held in memory.
+pub fn decrypt_bytes(
+    bytes: &[u8],
+    format: SopsFormat,
+    keys: &KeyRing,
+) -> Result<SecretTree, SopsError> {
+    let malformed = |detail: String| SopsError::Malformed {
+        format: format.name(),
+        detail,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        malformed(format!(
+            "not UTF-8 text (first bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let doc = formats::parse(text, format).map_err(malformed)?;
+    let meta = metadata::parse(&doc.metadata).map_err(|d| {
+        if d.contains("not support") {
+            SopsError::Unsupported(d)
+        } else {
+            malformed(d)
+        }
+    })?;
+    let Some(stored_mac) = meta.mac.as_deref() else {
+        return Err(SopsError::MacMissing);
+    };
+
+    let data_key = keys
+        .unwrap_data_key(&meta.age, &meta.pgp)
+        .map_err(|failures| SopsError::NoKeyCouldUnwrap {
+            recipients: meta
+                .age
+                .iter()
+                .map(|a| format!("age {}", a.recipient))
+                .chain(meta.pgp.iter().map(|p| format!("pgp {}", p.fingerprint)))
+                .chain(meta.other_recipients.iter().cloned())
+                .collect(),
+            tried: keys.describe(),
+            failures,
+        })?;
+
+    let mut walker = Walker {
+        key: &data_key,
+        meta: &meta,
+        hash: Sha512::new(),
+        leaves: Vec::new(),
+        comments: Vec::new(),
+    };
+    if meta.mac_only_encrypted {
+        walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
+    }
+    for branch in &doc.branches {
+        let mut stack = Vec::new();
+        walker.walk_map(branch, &mut Vec::new(), &mut Vec::new(), &mut stack)?;
+    }
+    let computed = Zeroizing::new(hex_upper(&walker.hash.finalize()));
+
+    let stored =
+        cipher::decrypt(stored_mac, &data_key, &meta.mac_additional_data).map_err(|e| {
+            SopsError::MacMismatch {
+                reason: match e {
+                    CipherError::Authentication => {
+                        "the stored MAC does not decrypt (the MAC or sops.lastmodified was altered)"
+                            .into()
+                    }
+                    CipherError::Format(d) | CipherError::BadTyped(d) => {
+                        format!("the stored MAC is malformed ({d})")
+                    }
+                },
+            }
+        })?;
+    if !constant_time_eq(&stored.value, computed.as_bytes()) {
+        return Err(SopsError::MacMismatch {
+            reason: "the MAC computed over the decrypted values differs from the stored one".into(),
+        });
+    }
+    Ok(SecretTree {
+        format,
+        leaves: walker.leaves,
+        comments: walker.comments,
+    })
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct Walker<'a> {
+    key: &'a DataKey,
+    meta: &'a Metadata,
+    hash: Sha512,
+    leaves: Vec<Leaf>,
+    comments: Vec<SecretString>,
+}
+
+impl Walker<'_> {
+    /// sops' `walkBranch`: the comments seen since the last value are on the stack while
+    /// the value is decided; a value's additional data is its keys joined by `:`.
+    fn walk_map(
+        &mut self,
+        items: &[Item],
+        ad_path: &mut Vec<String>,
+        tree_path: &mut Vec<String>,
+        stack: &mut Vec<Vec<String>>,
+    ) -> Result<(), SopsError> {
+        stack.push(Vec::new());
+        for item in items {
+            match item {
+                Item::Comment(c) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.push(c.clone());
+                    }
+                    self.comment(c, ad_path, stack);
+                }
+                Item::Entry(k, v) => {
+                    ad_path.push(k.clone());
+                    tree_path.push(k.clone());
+                    let r = self.walk_value(v, ad_path, tree_path, stack);
+                    ad_path.pop();
+                    tree_path.pop();
+                    r?;
+                    if let Some(top) = stack.last_mut() {
+                        top.clear();
+                    }
+                }
+            }
+        }
+        stack.pop();
+        Ok(())
+    }
+
+    /// sops' `walkSlice`: elements share the list's additional data (no index in it).
+    fn walk_list(
+        &mut self,
+        items: &[ListItem],
+        ad_path: &mut Vec<String>,
+        tree_path: &mut Vec<String>,
+        stack: &mut Vec<Vec<String>>,
+    ) -> Result<(), SopsError> {
+        stack.push(Vec::new());
+        let mut index = 0usize;
+        for item in items {
+            match item {
+                ListItem::Comment(c) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.push(c.clone());
+                    }
+                    self.comment(c, ad_path, stack);
+                }
+                ListItem::Value(v) => {
+                    tree_path.push(index.to_string());
+                    index += 1;
+                    let r = self.walk_value(v, ad_path, tree_path, stack);
+                    tree_path.pop();
+                    r?;
+                    if let Some(top) = stack.last_mut() {
+                        top.clear();
+                    }
+                }
+            }
+        }
+        stack.pop();
+        Ok(())
+    }
+
+    fn walk_value(
+        &mut self,
+        v: &Value,
+        ad_path: &mut Vec<String>,
+        tree_path: &mut Vec<String>,
+        stack: &mut Vec<Vec<String>>,
+    ) -> Result<(), SopsError> {
+        match v {
+            Value::Map(items) => self.walk_map(items, ad_path, tree_path, stack),
+            Value::List(items) => self.walk_list(items, ad_path, tree_path, stack),
+            Value::Null => Ok(()),
+            scalar => self.leaf(scalar, ad_path, tree_path, stack),
+        }
+    }
+
+    fn comment(&mut self, c: &str, ad_path: &[String], stack: &[Vec<String>]) {
+        // Comments are outside the MAC; sops keeps one that fails to decrypt as written
+        // (older sops versions left comments in clear). Which mapping a comment sits in is
+        // a YAML-layout guess, so every enclosing path is tried.
+        let plain = if should_be_encrypted(&self.meta.rule, ad_path, stack, true) {
+            (0..=ad_path.len()).rev().find_map(|n| {
+                let ad = additional_data(&ad_path[..n]);
+                cipher::decrypt(c, self.key, &ad).ok()
+            })
+        } else {
+            None
+        };
+        let text = match plain {
+            Some(p) => String::from_utf8_lossy(&p.value).into_owned(),
+            None => c.to_string(),
+        };
+        self.comments.push(SecretString::new(text));
+    }
+
+    fn leaf(
+        &mut self,
+        v: &Value,
+        ad_path: &[String],
+        tree_path: &[String],
+        stack: &[Vec<String>],
+    ) -> Result<(), SopsError> {
+        let dotted = tree_path.join(".");
+        let encrypted = should_be_encrypted(&self.meta.rule, ad_path, stack, false);
+        let (kind, value, mac_bytes): (ValueKind, Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) =
+            if encrypted {
+                let Value::Str(enc) = v else {
+                    return Err(SopsError::BadValue {
+                        path: dotted,
+                        detail: "not encrypted although the file's rules say it must be".into(),
+                    });
+                };
+                let p =
+                    cipher::decrypt(enc, self.key, &additional_data(ad_path)).map_err(
+                        |e| match e {
+                            CipherError::Authentication => SopsError::TamperedValue {
+                                path: dotted.clone(),
+                            },
+                            CipherError::Format(d) => SopsError::BadValue {
+                                path: dotted.clone(),
+                                detail: format!("not a valid sops encrypted value: {d}"),
+                            },
+                            CipherError::BadTyped(d) => SopsError::BadValue {
+                                path: dotted.clone(),
+                                detail: d,
+                            },
+                        },
+                    )?;
+                if p.kind == ValueKind::Comment {
+                    return Err(SopsError::BadValue {
+                        path: dotted,
+                        detail: "typed `comment` but stored as a value".into(),
+                    });
+                }
+                (p.kind, p.value, p.mac_bytes)
+            } else {
+                let (kind, value, mac): (ValueKind, String, String) = match v {
+                    Value::Str(s) => (ValueKind::Str, s.clone(), s.clone()),
+                    Value::Int(i) => (ValueKind::Int, i.to_string(), i.to_string()),
+                    Value::Float(f) => (ValueKind::Float, go_format_float(*f), go_format_float(*f)),
+                    Value::Bool(b) => (ValueKind::Bool, b.to_string(), go_bool(*b).to_string()),
+                    Value::Map(_) | Value::List(_) | Value::Null => {
+                        unreachable!("walk_value routes containers and null elsewhere")
+                    }
+                };
+                (
+                    kind,
+                    Zeroizing::new(value.into_bytes()),
+                    Zeroizing::new(mac.into_bytes()),
+                )
+            };
+        if !self.meta.mac_only_encrypted || encrypted {
+            self.hash.update(&mac_bytes[..]);
+        }
+        let value = match String::from_utf8(value.to_vec()) {
+            Ok(s) => LeafValue::Text(SecretString::new(s)),
+            Err(e) => LeafValue::Bytes(SecretBytes::new(e.into_bytes())),
+        };
+        self.leaves.push(Leaf {
+            path: tree_path.to_vec(),
+            dotted,
+            kind,
+            encrypted,
+            value,
+        });
+        Ok(())
+    }
+}
+
+fn additional_data(path: &[String]) -> String {
+    let mut s = path.join(":");
+    s.push(':');
+    s
+}
+
+/// sops' `shouldBeEncrypted`, rule by rule.
+fn should_be_encrypted(
+    rule: &CryptRule,
+    path: &[String],
+    stack: &[Vec<String>],
+    is_comment: bool,
+) -> bool {
+    match rule {
+        CryptRule::UnencryptedSuffix(s) => !path.iter().any(|p| p.ends_with(s.as_str())),
+        CryptRule::EncryptedSuffix(s) => path.iter().any(|p| p.ends_with(s.as_str())),
+        CryptRule::UnencryptedRegex(re) => !path.iter().any(|p| re.is_match(p)),
+        CryptRule::EncryptedRegex(re) => path.iter().any(|p| re.is_match(p)),
+        CryptRule::UnencryptedCommentRegex(re) => !stack.iter().flatten().any(|c| re.is_match(c)),
+        CryptRule::EncryptedCommentRegex(re) => {
+            let last = stack.len().saturating_sub(1);
+            let last_len = stack.last().map_or(0, Vec::len);
+            stack.iter().enumerate().any(|(i, cs)| {
+                cs.iter().enumerate().any(|(j, c)| {
+                    // The comment line that matches is itself left in clear.
+                    if is_comment && i == last && j + 1 == last_len {
+                        return false;
+                    }
+                    re.is_match(c)
+                })
+            })
+        }
+    }
+}
