@@ -1,1 +1,316 @@
-fn main() {}
+//! `loom`: the operator's CLI. Every command talks to loomd over its Unix socket; `--json`
+//! prints loomd's answer as JSON and errors as JSON on stderr.
+
+mod client;
+mod exec;
+mod render;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use client::{CliError, Client};
+use http_body_util::BodyExt;
+use hyper::Method;
+use loom_core::api::CreateWeaver;
+use loom_core::weaver::AgentSpec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loom",
+    version,
+    about = "Drive loomd: create, watch and stop weavers that run agent loops"
+)]
+struct Cli {
+    /// loomd's socket.
+    #[arg(long, global = true, env = "LOOM_SOCKET", default_value = loom_core::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable output on stdout; errors as JSON on stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// loomd's version, backend, weaver counts and warnings.
+    Status,
+    /// Create and manage weavers.
+    #[command(subcommand)]
+    Weaver(WeaverCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum WeaverCmd {
+    /// Create a weaver and start it; returns once its first process runs.
+    Create(Box<CreateArgs>),
+    /// List weavers.
+    Ps,
+    /// Everything loomd knows about one weaver.
+    Inspect { id: String },
+    /// A weaver's output.
+    Logs {
+        id: String,
+        /// Keep printing what it writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command inside a running weaver.
+    Exec {
+        id: String,
+        /// Give the command a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a weaver (its workspace is kept).
+    Stop { id: String },
+    /// Start a stopped, exited or failed weaver again.
+    Start { id: String },
+    /// Remove a weaver and its workspace.
+    Rm {
+        id: String,
+        /// Stop it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[arg(long)]
+    name: Option<String>,
+    /// `host` (the host's /usr, read-only) or a directory whose usr/ is used.
+    #[arg(long)]
+    image: Option<String>,
+    /// A git URL or a local directory copied into /workspace.
+    #[arg(long)]
+    repo: Option<String>,
+    #[arg(long)]
+    branch: Option<String>,
+    /// Memory limit, e.g. 2G.
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU limit, e.g. 1.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Process and thread limit.
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Lifetime, e.g. 4h; `none` for no limit.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// private, none or host.
+    #[arg(long)]
+    network: Option<String>,
+    /// never, on-failure or always.
+    #[arg(long)]
+    restart: Option<String>,
+    /// The prompt file for the agent loop.
+    #[arg(long, requires = "model")]
+    prompt: Option<PathBuf>,
+    /// PROVIDER/MODEL for the agent loop.
+    #[arg(long, requires = "prompt")]
+    model: Option<String>,
+    #[arg(long, requires = "prompt")]
+    max_iterations: Option<u32>,
+    /// A command whose success ends the loop.
+    #[arg(long, requires = "prompt")]
+    until: Option<String>,
+    /// A command to run instead of the built-in agent loop.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
+    let mut env = BTreeMap::new();
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            CliError::new("bad_request", format!("--env {kv:?} is not KEY=VALUE"))
+        })?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let repo = match a.repo {
+        Some(r) if std::path::Path::new(&r).exists() => Some(
+            std::fs::canonicalize(&r)
+                .map_err(|e| CliError::new("bad_request", format!("--repo {r}: {e}")))?
+                .display()
+                .to_string(),
+        ),
+        other => other,
+    };
+    let agent = match (a.prompt, a.model) {
+        (Some(p), Some(model)) => Some(AgentSpec {
+            prompt: std::fs::read_to_string(&p).map_err(|e| {
+                CliError::new(
+                    "bad_request",
+                    format!("reading --prompt {}: {e}", p.display()),
+                )
+            })?,
+            model,
+            max_iterations: a.max_iterations,
+            until: a.until,
+        }),
+        _ => None,
+    };
+    Ok(CreateWeaver {
+        name: a.name,
+        image: a.image,
+        repo,
+        branch: a.branch,
+        memory: a.memory,
+        cpus: a.cpus,
+        tasks: a.tasks,
+        ttl: a.ttl,
+        env,
+        network: a.network,
+        restart: a.restart,
+        command: a.command,
+        agent,
+    })
+}
+
+fn path_key(id: &str) -> String {
+    // Ids and names are [a-z0-9-]; anything else is still sent safely and loomd says not found.
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let client = Client::new(&cli.socket);
+    let json = cli.json;
+    let print = |v: &serde_json::Value, human: &dyn Fn(&serde_json::Value) -> String| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            print!("{}", human(v));
+        }
+    };
+    match cli.command {
+        Command::Status => print(
+            &client.json(Method::GET, "/v1/status", None).await?,
+            &render::status,
+        ),
+        Command::Weaver(cmd) => match cmd {
+            WeaverCmd::Create(a) => {
+                let body = serde_json::to_value(create_body(*a)?).unwrap_or_default();
+                print(
+                    &client.json(Method::POST, "/v1/weavers", Some(body)).await?,
+                    &render::created,
+                );
+            }
+            WeaverCmd::Ps => print(
+                &client.json(Method::GET, "/v1/weavers", None).await?,
+                &render::ps,
+            ),
+            WeaverCmd::Inspect { id } => print(
+                &client
+                    .json(Method::GET, &format!("/v1/weavers/{}", path_key(&id)), None)
+                    .await?,
+                &render::inspect,
+            ),
+            WeaverCmd::Stop { id } => print(
+                &client
+                    .json(
+                        Method::POST,
+                        &format!("/v1/weavers/{}/stop", path_key(&id)),
+                        None,
+                    )
+                    .await?,
+                &render::one_line,
+            ),
+            WeaverCmd::Start { id } => print(
+                &client
+                    .json(
+                        Method::POST,
+                        &format!("/v1/weavers/{}/start", path_key(&id)),
+                        None,
+                    )
+                    .await?,
+                &render::one_line,
+            ),
+            WeaverCmd::Rm { id, force } => {
+                let q = if force { "?force=true" } else { "" };
+                print(
+                    &client
+                        .json(
+                            Method::DELETE,
+                            &format!("/v1/weavers/{}{q}", path_key(&id)),
+                            None,
+                        )
+                        .await?,
+                    &|v| format!("removed {}\n", v["removed"].as_str().unwrap_or("")),
+                );
+            }
+            WeaverCmd::Logs { id, follow } => {
+                let q = if follow { "?follow=true" } else { "" };
+                let resp = client
+                    .send(
+                        Method::GET,
+                        &format!("/v1/weavers/{}/logs{q}", path_key(&id)),
+                        None,
+                        None,
+                    )
+                    .await?;
+                let mut body = resp.into_body();
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| {
+                        CliError::new("unavailable", format!("the log stream broke: {e}"))
+                    })?;
+                    if let Some(data) = frame.data_ref() {
+                        let _ = out.write_all(data);
+                        let _ = out.flush();
+                    }
+                }
+            }
+            WeaverCmd::Exec { id, tty, command } => {
+                return exec::run(&client, &path_key(&id), command, tty).await;
+            }
+        },
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loom: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": {"code": e.code, "message": e.message}})
+                );
+            } else {
+                eprintln!("loom: {}", e.message);
+            }
+            ExitCode::from(1)
+        }
+    }
+}

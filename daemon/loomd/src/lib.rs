@@ -1,1 +1,27 @@
-//! loomd
+//! loomd: the host daemon. `main.rs` is a thin shell over [`run`]; the daemon's API is
+//! [`daemon::Request`], served over HTTP by [`http`], and every kernel or systemd call goes
+//! through [`backend`], [`cgroups`] or [`procfs`].
+
+pub mod backend;
+pub mod cgroups;
+pub mod daemon;
+pub mod exec;
+pub mod http;
+pub mod notify;
+pub mod procfs;
+pub mod rootfs;
+pub mod run;
+pub mod shim;
+pub mod store;
+
+/// An error with all its sources, for a log line: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,1 +1,13 @@
-fn main() {}
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "__shim") {
+        let Some(run_dir) = args.next() else {
+            eprintln!("loomd __shim needs a run directory");
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(loomd::shim::run(std::path::Path::new(&run_dir)) as u8);
+    }
+    loomd::run::main()
+}

@@ -1,0 +1,110 @@
+//! Human-readable output; `--json` bypasses all of it.
+
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn status(v: &Value) -> String {
+    let mut out = format!(
+        "loomd {} · backend {} · state {} · up {}s\n",
+        s(&v["version"]),
+        s(&v["backend"]),
+        s(&v["state_dir"]),
+        s(&v["uptime_secs"])
+    );
+    if let Some(m) = v["weavers"].as_object() {
+        let counts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out += &format!(
+            "weavers: {}\n",
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(", ")
+            }
+        );
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        out += &format!("warning: {}\n", s(w));
+    }
+    if let Some(sections) = v["sections"].as_object() {
+        for (k, val) in sections {
+            out += &format!("{k}: {val}\n");
+        }
+    }
+    out
+}
+
+pub fn created(v: &Value) -> String {
+    format!(
+        "{}\t{}\t{} (pid {})\n",
+        s(&v["id"]),
+        s(&v["name"]),
+        s(&v["state"]),
+        s(&v["pid"])
+    )
+}
+
+pub fn one_line(v: &Value) -> String {
+    let code = v["exit_code"]
+        .as_i64()
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    format!(
+        "{}\t{}\t{}{}\n",
+        s(&v["id"]),
+        s(&v["name"]),
+        s(&v["state"]),
+        code
+    )
+}
+
+pub fn ps(v: &Value) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "NAME".into(),
+        "STATE".into(),
+        "EXIT".into(),
+        "RESTARTS".into(),
+        "COMMAND".into(),
+    ]];
+    for w in v.as_array().into_iter().flatten() {
+        let cmd = w["spec"]["command"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+            .filter(|c| !c.is_empty());
+        let cmd = cmd.unwrap_or_else(|| format!("agent {}", s(&w["spec"]["agent"]["model"])));
+        rows.push([
+            s(&w["id"]),
+            s(&w["name"]),
+            s(&w["state"]),
+            s(&w["exit_code"]),
+            s(&w["restarts"]),
+            cmd.chars().take(40).collect(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+pub fn inspect(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}

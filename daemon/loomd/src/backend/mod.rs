@@ -1,0 +1,136 @@
+//! The weaver backends behind one trait: `nspawn` (loomd runs systemd-nspawn itself) and
+//! `systemd` (a transient unit over D-Bus). A Kubernetes backend fits the same trait: a run is
+//! started, observed, waited for, stopped and cleaned up, and identified by a serializable
+//! [`RunHandle`] that survives a loomd restart in the store.
+
+pub mod nspawn;
+pub mod nspawn_args;
+pub mod recording;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loom_core::config::BackendKind;
+use loom_core::weaver::{WeaverId, WeaverSpec};
+use serde::{Deserialize, Serialize};
+
+/// Everything a backend needs to start one run of a weaver.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: WeaverId,
+    pub spec: WeaverSpec,
+    /// The weaver's directory in the state dir: `root/`, `run/`, `log`.
+    pub dir: PathBuf,
+    /// Variables loom sets inside (proxy URLs, tokens), on top of the spec's own.
+    pub env: Vec<(String, String)>,
+    /// Extra read-only binds (`host path`, `path inside`), e.g. the agent binary.
+    pub binds_ro: Vec<(PathBuf, String)>,
+}
+
+impl Launch {
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+}
+
+/// How to find a run again after loomd restarts; kept in the store as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RunHandle {
+    /// The shim process that supervises systemd-nspawn, identified by pid and start time so
+    /// that a recycled pid is never mistaken for it.
+    Shim { pid: i32, start_ticks: u64 },
+    /// A transient systemd unit.
+    Unit { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub handle: RunHandle,
+    /// The container's first process, as a host pid.
+    pub leader_pid: i32,
+    /// The weaver's v2 cgroup id, for the audit programs.
+    pub cgroup_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Running {
+        leader_pid: Option<i32>,
+    },
+    Exited {
+        code: i32,
+    },
+    /// The run is gone and nothing says how it ended.
+    Lost {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the weaver could not start: {0}")]
+    StartFailed(String),
+    #[error("the weaver did not start within {0:?}; its log may say why (`loom weaver logs`)")]
+    StartTimeout(Duration),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("systemd: {0}")]
+    Systemd(String),
+    #[error("the {0} backend cannot do this")]
+    Unsupported(&'static str),
+}
+
+/// A command to run inside a running weaver, as the host runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPlan {
+    pub argv: Vec<String>,
+    /// `cgroup.procs` files the process joins before it execs, so that it is audited and
+    /// limited like the rest of the weaver.
+    pub join_cgroups: Vec<PathBuf>,
+}
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+
+    /// Starts a run and returns once its first process runs (or with why it could not).
+    async fn start(&self, launch: &Launch) -> Result<Started, BackendError>;
+
+    /// What the run is doing now.
+    async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed;
+
+    /// Resolves when the run ends (also for a run adopted after a restart).
+    async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed;
+
+    /// Stops the run: a polite signal, then force after `grace`.
+    async fn stop(
+        &self,
+        id: &WeaverId,
+        handle: &RunHandle,
+        grace: Duration,
+    ) -> Result<(), BackendError>;
+
+    /// Frees what the backend holds for a weaver that will not run again (cgroups, units).
+    async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError>;
+
+    /// How to run `command` inside the running weaver whose first process is `leader_pid`.
+    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], tty: bool) -> ExecPlan;
+
+    /// The v2 cgroup id of a running weaver, for audit.
+    fn cgroup_id(&self, id: &WeaverId) -> Option<u64>;
+}

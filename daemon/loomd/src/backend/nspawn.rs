@@ -1,0 +1,289 @@
+//! The `nspawn` backend: for hosts where systemd is not PID 1. loomd starts a shim per run
+//! (see [`crate::shim`]), which runs systemd-nspawn inside cgroups loomd made for the weaver.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use loom_core::config::BackendKind;
+use loom_core::weaver::WeaverId;
+use tokio::io::unix::AsyncFd;
+
+use super::nspawn_args::{Register, nspawn_argv};
+use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
+use crate::cgroups::{CgroupHost, Limits, kill_all, pids_in_tree};
+use crate::procfs;
+use crate::shim::{self, ShimPlan};
+
+#[derive(Debug)]
+pub struct NspawnBackend {
+    cgroups: CgroupHost,
+    /// `STATE_DIR/weavers`: each weaver's directory is named by its id.
+    weavers_dir: PathBuf,
+    /// loomd's own binary, run as the shim.
+    shim_exe: PathBuf,
+    start_timeout: Duration,
+    nix_store: bool,
+}
+
+impl NspawnBackend {
+    pub fn new(
+        cgroups: CgroupHost,
+        weavers_dir: PathBuf,
+        shim_exe: PathBuf,
+        start_timeout: Duration,
+    ) -> Self {
+        NspawnBackend {
+            cgroups,
+            weavers_dir,
+            shim_exe,
+            start_timeout,
+            nix_store: Path::new("/nix/store").is_dir(),
+        }
+    }
+
+    fn run_dir_for(&self, id: &WeaverId) -> PathBuf {
+        self.weavers_dir.join(id.as_str()).join("run")
+    }
+
+    /// The container's first process: the pid-2 process of the payload's pid namespace once
+    /// it has exec'd the weaver's command.
+    fn find_leader(&self, id: &WeaverId) -> Option<i32> {
+        let tree = self.cgroups.paths(id).unified;
+        pids_in_tree(&tree).into_iter().find(|&pid| {
+            matches!(procfs::inner_pid(pid), Some((2, depth)) if depth >= 2)
+                && fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| !exe.ends_with("systemd-nspawn"))
+        })
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(2048)..];
+    let s = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = s
+        .lines()
+        .filter(|l| !l.contains("/run/systemd/nspawn/propagate"))
+        .collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+async fn wait_for_exit(pid: i32, ticks: u64) {
+    if !procfs::is_same_process(pid, ticks) {
+        return;
+    }
+    let registered = procfs::pidfd_open(pid).and_then(|fd| {
+        // SAFETY: the pidfd is owned by the AsyncFd for as long as it is registered and is
+        // closed only when the AsyncFd drops.
+        unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+    });
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        // Without pidfds (old kernels), poll.
+        Err(_) => {
+            while procfs::is_same_process(pid, ticks) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for NspawnBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nspawn
+    }
+
+    async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
+        let spec = &launch.spec;
+        let cg = self.cgroups.create(
+            &launch.id,
+            Limits {
+                memory: spec.memory,
+                cpus: spec.cpus,
+                tasks: spec.tasks,
+            },
+        )?;
+        let run_dir = launch.run_dir();
+        fs::create_dir_all(&run_dir).map_err(|e| BackendError::Io {
+            context: format!("creating {}", run_dir.display()),
+            source: e,
+        })?;
+        for f in [shim::EXIT_FILE, shim::CHILD_PID_FILE] {
+            let _ = fs::remove_file(run_dir.join(f));
+        }
+        let plan = ShimPlan {
+            argv: nspawn_argv(launch, Register::No, self.nix_store),
+            join_cgroups: cg.procs_files(),
+        };
+        fs::write(
+            run_dir.join(shim::PLAN_FILE),
+            serde_json::to_vec(&plan).unwrap_or_default(),
+        )
+        .map_err(|e| BackendError::Io {
+            context: format!("writing the launch plan in {}", run_dir.display()),
+            source: e,
+        })?;
+        let log_path = launch.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| BackendError::Io {
+                context: format!("opening {}", log_path.display()),
+                source: e,
+            })?;
+        let log2 = log.try_clone().map_err(|e| BackendError::Io {
+            context: "duplicating the log fd".into(),
+            source: e,
+        })?;
+        let mut cmd = tokio::process::Command::new(&self.shim_exe);
+        cmd.arg("__shim")
+            .arg(&run_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        // SAFETY: setsid only changes the child's session; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        // tokio reaps the shim if it exits while loomd runs; after a loomd restart, init does.
+        let child = cmd.spawn().map_err(|e| BackendError::Io {
+            context: format!("starting the shim {}", self.shim_exe.display()),
+            source: e,
+        })?;
+        let shim_pid = child.id().unwrap_or(0) as i32;
+        drop(child);
+        let start_ticks = procfs::start_ticks(shim_pid).unwrap_or(0);
+        let handle = RunHandle::Shim {
+            pid: shim_pid,
+            start_ticks,
+        };
+        let deadline = Instant::now() + self.start_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(leader_pid) = self.find_leader(&launch.id) {
+                return Ok(Started {
+                    handle,
+                    leader_pid,
+                    cgroup_id: cg.id().ok(),
+                });
+            }
+            if let Some(exit) = shim::read_exit(&run_dir) {
+                return Err(BackendError::StartFailed(format!(
+                    "systemd-nspawn exited with code {} before the command ran: {}",
+                    exit.code,
+                    log_tail(&log_path)
+                )));
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop(&launch.id, &handle, Duration::from_secs(1)).await;
+                return Err(BackendError::StartTimeout(self.start_timeout));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
+        let RunHandle::Shim { pid, start_ticks } = handle else {
+            return Observed::Lost {
+                reason: "not a run of the nspawn backend".into(),
+            };
+        };
+        let run_dir = self.run_dir_for(id);
+        if procfs::is_same_process(*pid, *start_ticks) {
+            return Observed::Running {
+                leader_pid: self.find_leader(id),
+            };
+        }
+        match shim::read_exit(&run_dir) {
+            Some(e) => Observed::Exited { code: e.code },
+            None => Observed::Lost { reason: "its supervising shim vanished without recording an exit (host reboot or a kill)".into() },
+        }
+    }
+
+    async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
+        if let RunHandle::Shim { pid, start_ticks } = handle {
+            wait_for_exit(*pid, *start_ticks).await;
+        }
+        self.observe(id, handle).await
+    }
+
+    async fn stop(
+        &self,
+        id: &WeaverId,
+        handle: &RunHandle,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
+        let RunHandle::Shim { pid, start_ticks } = handle else {
+            return Ok(());
+        };
+        if procfs::is_same_process(*pid, *start_ticks) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(grace, wait_for_exit(*pid, *start_ticks))
+                .await
+                .is_err()
+            {
+                kill_all(&self.cgroups.paths(id));
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), wait_for_exit(*pid, *start_ticks))
+                        .await;
+            }
+        }
+        // Whatever escaped nspawn's own teardown dies with the cgroup.
+        kill_all(&self.cgroups.paths(id));
+        Ok(())
+    }
+
+    async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError> {
+        self.cgroups.destroy(id)?;
+        Ok(())
+    }
+
+    fn exec_plan(
+        &self,
+        id: &WeaverId,
+        leader_pid: i32,
+        command: &[String],
+        _tty: bool,
+    ) -> ExecPlan {
+        let cg = self.cgroups.paths(id);
+        let payload = cg.unified.join("payload");
+        let unified = if payload.is_dir() {
+            payload
+        } else {
+            cg.unified.clone()
+        };
+        let mut join: Vec<PathBuf> = vec![unified.join("cgroup.procs")];
+        join.extend(cg.v1.iter().map(|p| p.join("cgroup.procs")));
+        let mut argv = vec![
+            "nsenter".to_string(),
+            format!("--target={leader_pid}"),
+            "--all".into(),
+            "--root".into(),
+            "--wd".into(),
+            "--".into(),
+        ];
+        argv.extend(command.iter().cloned());
+        ExecPlan {
+            argv,
+            join_cgroups: join,
+        }
+    }
+
+    fn cgroup_id(&self, id: &WeaverId) -> Option<u64> {
+        self.cgroups.paths(id).id().ok()
+    }
+}

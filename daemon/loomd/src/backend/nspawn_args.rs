@@ -1,0 +1,156 @@
+//! The systemd-nspawn command line for a weaver: pure, so every isolation flag is checked
+//! by a test without root.
+
+use std::path::Path;
+
+use loom_core::weaver::NetworkMode;
+
+use super::Launch;
+
+/// Whether nspawn registers the container with systemd-machined (only under systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Register {
+    No,
+    Yes,
+}
+
+/// Capabilities a weaver's root never needs; inside a user namespace they are namespaced,
+/// and dropping them closes what is left of the kernel's attack surface.
+const DROPPED_CAPS: &str = "CAP_SYS_MODULE,CAP_SYS_RAWIO,CAP_SYS_TIME,CAP_SYS_BOOT,CAP_MKNOD,CAP_AUDIT_CONTROL,CAP_NET_ADMIN";
+
+pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<String> {
+    let spec = &launch.spec;
+    let mut a: Vec<String> = vec![
+        "systemd-nspawn".into(),
+        "--quiet".into(),
+        "--keep-unit".into(),
+        format!(
+            "--register={}",
+            if register == Register::Yes {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        format!("--directory={}", launch.root().display()),
+        format!("--machine={}", spec.name),
+        format!("--hostname={}", spec.name),
+        "--private-users=pick".into(),
+        "--private-users-ownership=chown".into(),
+        "--as-pid2".into(),
+        "--console=pipe".into(),
+        "--no-new-privileges=yes".into(),
+        format!("--drop-capability={DROPPED_CAPS}"),
+        "--chdir=/workspace".into(),
+        "--setenv=LOOM_WORKSPACE=/workspace".into(),
+        format!("--setenv=LOOM_WEAVER={}", launch.id),
+    ];
+    let usr = match &spec.image {
+        loom_core::weaver::Image::Host => Path::new("/usr").to_path_buf(),
+        loom_core::weaver::Image::Dir(dir) => dir.join("usr"),
+    };
+    a.push(format!("--bind-ro={}:/usr", usr.display()));
+    if nix_store {
+        a.push("--bind-ro=/nix/store".into());
+    }
+    for (host, inside) in &launch.binds_ro {
+        a.push(format!("--bind-ro={}:{}", host.display(), inside));
+    }
+    match spec.network {
+        NetworkMode::Private | NetworkMode::None => a.push("--private-network".into()),
+        NetworkMode::Host => {}
+    }
+    for (k, v) in spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        a.push(format!("--setenv={k}={v}"));
+    }
+    a.push("--".into());
+    a.extend(spec.command.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loom_core::api::CreateWeaver;
+    use loom_core::config::WeaverDefaults;
+    use loom_core::weaver::{WeaverId, resolve_spec};
+
+    fn launch(f: impl FnOnce(&mut CreateWeaver)) -> Launch {
+        let mut req = CreateWeaver {
+            command: vec!["/bin/echo".into(), "hi there".into()],
+            ..Default::default()
+        };
+        f(&mut req);
+        Launch {
+            id: WeaverId::from_random([1, 2, 3, 4, 5, 6]),
+            spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
+            dir: "/var/lib/loom/weavers/010203040506".into(),
+            env: vec![("OPENAI_BASE_URL".into(), "http://127.0.0.1:4000/v1".into())],
+            binds_ro: vec![],
+        }
+    }
+
+    #[test]
+    fn isolation_flags_are_always_there() {
+        let a = nspawn_argv(&launch(|_| {}), Register::No, false);
+        for flag in [
+            "--private-users=pick",
+            "--private-network",
+            "--hostname=w1",
+            "--machine=w1",
+            "--bind-ro=/usr:/usr",
+            "--register=no",
+            "--no-new-privileges=yes",
+            "--directory=/var/lib/loom/weavers/010203040506/root",
+        ] {
+            assert!(a.iter().any(|x| x == flag), "{flag} missing from {a:?}");
+        }
+        let sep = a.iter().position(|x| x == "--").unwrap();
+        assert_eq!(a[sep + 1..], ["/bin/echo", "hi there"]);
+    }
+
+    #[test]
+    fn host_network_shares_the_namespace() {
+        let a = nspawn_argv(
+            &launch(|r| r.network = Some("host".into())),
+            Register::Yes,
+            true,
+        );
+        assert!(!a.iter().any(|x| x == "--private-network"));
+        assert!(a.iter().any(|x| x == "--register=yes"));
+        assert!(a.iter().any(|x| x == "--bind-ro=/nix/store"));
+    }
+
+    #[test]
+    fn env_is_passed_and_the_command_stays_last() {
+        let a = nspawn_argv(
+            &launch(|r| {
+                r.env.insert("FOO".into(), "a b".into());
+            }),
+            Register::No,
+            false,
+        );
+        let sep = a.iter().position(|x| x == "--").unwrap();
+        let foo = a.iter().position(|x| x == "--setenv=FOO=a b").unwrap();
+        let proxy = a
+            .iter()
+            .position(|x| x == "--setenv=OPENAI_BASE_URL=http://127.0.0.1:4000/v1")
+            .unwrap();
+        assert!(foo < sep && proxy < sep);
+    }
+
+    #[test]
+    fn an_image_dir_provides_usr() {
+        let a = nspawn_argv(
+            &launch(|r| r.image = Some("/srv/images/base".into())),
+            Register::No,
+            false,
+        );
+        assert!(a.iter().any(|x| x == "--bind-ro=/srv/images/base/usr:/usr"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The HTTP/1.1 adapter: routes `/v1/...` on the Unix socket to [`Daemon::handle`], with the
+//! client's identity from `SO_PEERCRED`, bounded bodies and times, streamed logs and an
+//! upgraded stream for exec.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use loom_core::access::Caller;
+use loom_core::api::{
+    CreateWeaver, ErrorBody, ErrorCode, ErrorDetail, ExecRequest, MAX_BODY_BYTES,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::daemon::{ApiError, Daemon, Request, Response};
+use crate::exec;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a non-streaming request may run: a create clones a repository.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(900);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    tokio::spawn(async move { serve_connection(daemon, stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+fn caller_of(stream: &UnixStream) -> Option<Caller> {
+    let cred = stream.peer_cred().ok()?;
+    let pid = cred.pid().unwrap_or(0);
+    let mut gids = crate::procfs::groups_of(pid).unwrap_or_default();
+    gids.push(cred.gid());
+    Some(Caller {
+        uid: cred.uid(),
+        pid,
+        gids,
+    })
+}
+
+async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
+    let Some(caller) = caller_of(&stream) else {
+        tracing::warn!("a client without peer credentials was refused");
+        return;
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let daemon = daemon.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(route(daemon, caller, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    HttpResponse::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap_or_default()
+}
+
+pub fn error_response(e: &ApiError) -> HttpResponse<Body> {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(
+        status,
+        &ErrorBody {
+            error: ErrorDetail {
+                code: e.code,
+                message: e.message.clone(),
+            },
+        },
+    )
+}
+
+/// Reads a JSON body within the size and time limits, mapping every failure to a clear 4xx.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: HttpRequest<Incoming>,
+) -> Result<(T, hyper::http::request::Parts), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over the {MAX_BODY_BYTES}-byte limit"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > MAX_BODY_BYTES as u64
+    {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("reading the request body failed: {e}"),
+                    )
+                }
+            })?;
+    let bytes = collected.to_bytes();
+    let text = if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
+    let value = serde_json::from_slice(text)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))?;
+    Ok((value, parts))
+}
+
+fn query_flag(req: &HttpRequest<Incoming>, name: &str) -> bool {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
+}
+
+async fn route(
+    daemon: Arc<Daemon>,
+    caller: Caller,
+    req: HttpRequest<Incoming>,
+) -> HttpResponse<Body> {
+    match route_inner(daemon, caller, req).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn route_inner(
+    daemon: Arc<Daemon>,
+    caller: Caller,
+    req: HttpRequest<Incoming>,
+) -> Result<HttpResponse<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no endpoint {method} {path}: see `loom --help`"),
+        )
+    };
+    let (request, timeout) = match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => (Request::Status, REQUEST_TIMEOUT),
+        (&Method::GET, ["v1", "weavers"]) => (Request::ListWeavers, REQUEST_TIMEOUT),
+        (&Method::POST, ["v1", "weavers"]) => {
+            daemon.authorize(&caller, &"create")?;
+            let (body, _) = read_json::<CreateWeaver>(req).await?;
+            (Request::CreateWeaver(Box::new(body)), CREATE_TIMEOUT)
+        }
+        (&Method::GET, ["v1", "weavers", key]) => {
+            (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT)
+        }
+        (&Method::DELETE, ["v1", "weavers", key]) => (
+            Request::RemoveWeaver {
+                key: key.to_string(),
+                force: query_flag(&req, "force"),
+            },
+            REQUEST_TIMEOUT,
+        ),
+        (&Method::POST, ["v1", "weavers", key, "stop"]) => {
+            (Request::StopWeaver(key.to_string()), REQUEST_TIMEOUT)
+        }
+        (&Method::POST, ["v1", "weavers", key, "start"]) => {
+            (Request::StartWeaver(key.to_string()), REQUEST_TIMEOUT)
+        }
+        (&Method::GET, ["v1", "weavers", key, "logs"]) => {
+            let follow = query_flag(&req, "follow");
+            return logs(daemon, &caller, key, follow).await;
+        }
+        (&Method::POST, ["v1", "weavers", key, "exec"]) => {
+            let key = key.to_string();
+            daemon.authorize(&caller, &"exec")?;
+            let (body, mut parts) = read_json::<ExecRequest>(req).await?;
+            let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            return exec::start(daemon, &caller, &key, body, on_upgrade).await;
+        }
+        _ => return Err(not_found()),
+    };
+    let resp = tokio::time::timeout(timeout, daemon.handle(&caller, request))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("the request took longer than {timeout:?}"),
+            )
+        })??;
+    Ok(match resp {
+        Response::Status(s) => json_response(StatusCode::OK, &s),
+        Response::Weaver(w) => json_response(StatusCode::OK, &w),
+        Response::Weavers(ws) => json_response(StatusCode::OK, &ws),
+        Response::Removed { id } => {
+            json_response(StatusCode::OK, &serde_json::json!({ "removed": id }))
+        }
+    })
+}
+
+/// Streams a weaver's log: what is there, then (with follow) what is appended while it runs.
+async fn logs(
+    daemon: Arc<Daemon>,
+    caller: &Caller,
+    key: &str,
+    follow: bool,
+) -> Result<HttpResponse<Body>, ApiError> {
+    let (id, path) = daemon.log_of(caller, key)?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    };
+    struct Tail {
+        file: Option<tokio::fs::File>,
+        path: PathBuf,
+        follow: bool,
+        daemon: Arc<Daemon>,
+        id: loom_core::weaver::WeaverId,
+        buf: Vec<u8>,
+    }
+    let state = Tail {
+        file,
+        path,
+        follow,
+        daemon,
+        id,
+        buf: vec![0; 64 * 1024],
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.file.is_none() {
+                st.file = tokio::fs::File::open(&st.path).await.ok();
+            }
+            if let Some(f) = st.file.as_mut() {
+                match f.read(&mut st.buf).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        let chunk = Bytes::copy_from_slice(&st.buf[..n]);
+                        return Some((Ok(Frame::data(chunk)), st));
+                    }
+                    Err(e) => return Some((Err(e), st)),
+                }
+            }
+            if !st.follow {
+                return None;
+            }
+            if !st.daemon.is_active(&st.id) {
+                // One last read for what the run wrote as it ended.
+                if let Some(f) = st.file.as_mut() {
+                    let pos = f.stream_position().await.unwrap_or(0);
+                    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                    if len > pos {
+                        continue;
+                    }
+                }
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Ok(HttpResponse::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_default())
+}

@@ -1,0 +1,264 @@
+//! loomd's start-up: flags over config, logging, the store, the backend, the socket, and the
+//! signal loop (SIGTERM leaves weavers running; SIGHUP reloads the config).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use loom_core::access::AccessGroups;
+use loom_core::config::{BackendKind, Config};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::backend::Backend;
+use crate::backend::nspawn::NspawnBackend;
+use crate::cgroups::CgroupHost;
+use crate::daemon::Daemon;
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loomd",
+    version,
+    about = "The loom host daemon: runs agent loops in isolated weavers"
+)]
+pub struct Args {
+    /// TOML config file; without one loomd runs on embedded defaults.
+    #[arg(long, env = "LOOMD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve the API on (overrides `socket`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Where the store and the weavers' roots live (overrides `state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// systemd, nspawn or kubernetes (overrides `backend`; default: systemd where it is PID 1).
+    #[arg(long)]
+    pub backend: Option<BackendKind>,
+    /// Validate this config file and exit.
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+}
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the config file {}", p.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", p.display()))
+        }
+    }
+}
+
+pub fn apply_flags(mut config: Config, args: &Args) -> Config {
+    if let Some(s) = &args.socket {
+        config.socket = s.clone();
+    }
+    if let Some(s) = &args.state_dir {
+        config.state_dir = s.clone();
+    }
+    if let Some(b) = args.backend {
+        config.backend = Some(b);
+    }
+    config
+}
+
+pub fn resolve_groups(config: &Config) -> AccessGroups {
+    let gid = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    AccessGroups {
+        admin: gid(&config.access.admin_group),
+        operator: gid(&config.access.operator_group),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LOOMD_LOG").unwrap_or_else(|_| "info".into());
+    let journald = Path::new("/run/systemd/journal/socket")
+        .exists()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok);
+    match journald {
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer.with_syslog_identifier("loomd".into()))
+            .init(),
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = &args.check_config {
+        return match load_config(Some(path)) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (backend {}, state_dir {})",
+                    path.display(),
+                    c.backend.map_or("auto", |b| b.as_str()),
+                    c.state_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loomd: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loomd: starting the async runtime failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "loomd failed");
+            eprintln!("loomd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn systemd_is_pid1() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    let exe =
+        std::env::current_exe().context("finding loomd's own binary (it runs as the shim)")?;
+    let timeout = Duration::from_secs(config.weaver.start_timeout.0);
+    match kind {
+        BackendKind::Nspawn => {
+            let cgroups = CgroupHost::detect("loom").context("finding the cgroup hierarchy")?;
+            Ok(Arc::new(NspawnBackend::new(
+                cgroups,
+                config.state_dir.join("weavers"),
+                exe,
+                timeout,
+            )))
+        }
+        BackendKind::Systemd => {
+            bail!("the systemd backend is not available in this build: run with --backend nspawn")
+        }
+        BackendKind::Kubernetes => bail!(
+            "the kubernetes backend is not available in this build: run with --backend nspawn"
+        ),
+    }
+}
+
+fn bind_socket(path: &Path, operator_gid: Option<u32>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use: is another loomd running? Stop it or pick another --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .context("chmod 0660 on the socket")?;
+    if let Some(gid) = operator_gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .context("chown of the socket to the operator group")?;
+    }
+    Ok(listener)
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = apply_flags(load_config(args.config.as_deref())?, &args);
+    config.validate()?;
+    let kind = config.backend.unwrap_or(if systemd_is_pid1() {
+        BackendKind::Systemd
+    } else {
+        BackendKind::Nspawn
+    });
+    std::fs::create_dir_all(config.state_dir.join("weavers")).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .context("chmod 0700 on the state directory")?;
+    let store = Store::open(&config.state_dir.join("loom.db"))?;
+    let backend = make_backend(kind, &config)?;
+    let groups = resolve_groups(&config);
+    let listener = bind_socket(&config.socket, groups.operator)?;
+    let daemon = Daemon::new(config.clone(), groups, store, backend, vec![], vec![]);
+    let (adopted, ended) = daemon.adopt().await?;
+    tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(daemon.clone(), listener, stop_rx));
+    let expiry = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                daemon.expire().await;
+            }
+        })
+    };
+    crate::notify::notify("READY=1");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                crate::notify::notify("RELOADING=1");
+                match load_config(args.config.as_deref()).map(|c| apply_flags(c, &args)) {
+                    Ok(c) => {
+                        let groups = resolve_groups(&c);
+                        for w in daemon.reload(c, groups) {
+                            tracing::warn!(warning = %w, "config reloaded with a warning");
+                        }
+                        tracing::info!("config reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the old config"),
+                }
+                crate::notify::notify("READY=1");
+            }
+        }
+    }
+    // Weavers keep running: their shims or units outlive loomd, and the next loomd adopts them.
+    crate::notify::notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    expiry.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("loomd stopped; weavers left running");
+    Ok(())
+}

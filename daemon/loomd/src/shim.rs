@@ -1,0 +1,136 @@
+//! The shim: a small process (loomd's own binary, `loomd __shim RUN_DIR`) that runs
+//! systemd-nspawn for one weaver run, outlives loomd, and writes how the run ended. Because
+//! the shim and not loomd is nspawn's parent, loomd can be killed and restarted while weavers
+//! keep running, and still learn their exit codes.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// What loomd tells the shim, in `RUN_DIR/launch.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimPlan {
+    pub argv: Vec<String>,
+    /// `cgroup.procs` files nspawn joins before it execs.
+    pub join_cgroups: Vec<PathBuf>,
+}
+
+/// How a run ended, in `RUN_DIR/exit.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimExit {
+    pub code: i32,
+}
+
+pub const PLAN_FILE: &str = "launch.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const CHILD_PID_FILE: &str = "nspawn.pid";
+
+/// Joins the given cgroups; runs in the child between fork and exec, so it only writes.
+pub fn join_cgroups(files: &[PathBuf]) -> io::Result<()> {
+    for f in files {
+        fs::write(f, b"0")?;
+    }
+    Ok(())
+}
+
+pub fn read_exit(run_dir: &Path) -> Option<ShimExit> {
+    let text = fs::read_to_string(run_dir.join(EXIT_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The shim's whole life. Returns the exit code the shim itself ends with.
+pub fn run(run_dir: &Path) -> i32 {
+    let plan: ShimPlan = match fs::read_to_string(run_dir.join(PLAN_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "loom shim: cannot read {}: {e}",
+                run_dir.join(PLAN_FILE).display()
+            );
+            write_exit(run_dir, 125);
+            return 125;
+        }
+    };
+    // The shim must not die with the terminal or loomd's process group.
+    // SAFETY: ignoring signals touches no memory of ours.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    let Some((prog, args)) = plan.argv.split_first() else {
+        write_exit(run_dir, 125);
+        return 125;
+    };
+    let cgroups = plan.join_cgroups.clone();
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    // SAFETY: the closure only writes to cgroup files, which is async-signal-safe enough for
+    // a freshly forked single-threaded child (no allocation-dependent locks are held: the
+    // shim is single-threaded).
+    unsafe {
+        cmd.pre_exec(move || join_cgroups(&cgroups));
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loom shim: cannot start {prog}: {e}");
+            write_exit(run_dir, 127);
+            return 127;
+        }
+    };
+    let _ = fs::write(run_dir.join(CHILD_PID_FILE), child.id().to_string());
+    forward_sigterm_to(child.id() as i32);
+    let code = match child.wait() {
+        Ok(status) => status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Err(_) => 125,
+    };
+    write_exit(run_dir, code);
+    0
+}
+
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_sigterm(_: nix::libc::c_int) {
+    let pid = CHILD.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe {
+            nix::libc::kill(pid, nix::libc::SIGTERM);
+        }
+    }
+}
+
+fn forward_sigterm_to(pid: i32) {
+    CHILD.store(pid, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the handler only calls kill(2), which is async-signal-safe.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::SigHandler::Handler(on_sigterm),
+        );
+    }
+}
+
+fn write_exit(run_dir: &Path, code: i32) {
+    let tmp = run_dir.join(".exit.json.tmp");
+    let body = serde_json::to_vec(&ShimExit { code }).unwrap_or_default();
+    // Written then renamed so that loomd never reads half an exit record.
+    if fs::write(&tmp, body).is_ok() {
+        let _ = fs::rename(&tmp, run_dir.join(EXIT_FILE));
+    }
+}

@@ -1,0 +1,410 @@
+//! The SQLite store in the state directory: weavers now, and the tables other subsystems
+//! (threads, usage, the audit index) migrate in through [`migrate`].
+
+use std::path::Path;
+
+use loom_core::api::WeaverInfo;
+use loom_core::restart::RestartTracker;
+use loom_core::weaver::{WeaverId, WeaverSpec, WeaverState};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::backend::RunHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {path} could not be opened")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "a weaver named {0:?} already exists: pick another --name or `loom weaver rm` the old one"
+    )]
+    NameTaken(String),
+    #[error("store query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One weaver as loomd keeps it: what clients see plus what only the supervisor needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeaverRecord {
+    pub info: WeaverInfo,
+    pub handle: Option<RunHandle>,
+    pub tracker: RestartTracker,
+}
+
+const WEAVER_MIGRATIONS: &[&str] = &["CREATE TABLE weavers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        owner_uid INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        reason TEXT,
+        backend TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        expires_at INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        leader_pid INTEGER,
+        handle TEXT,
+        tracker TEXT NOT NULL
+    )"];
+
+/// Applies a component's migrations in order, each once, each in its own transaction.
+/// Components version independently, so crates add tables without touching each other.
+pub fn migrate(
+    conn: &mut Connection,
+    component: &str,
+    steps: &[&str],
+) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT version FROM schema_versions WHERE component = ?1",
+            [component],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    for (i, step) in steps.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.execute(
+            "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
+             ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+            params![component, i as i64 + 1],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(open_err)?;
+        migrate(&mut conn, "weavers", WEAVER_MIGRATIONS).map_err(open_err)?;
+        Ok(Store { conn })
+    }
+
+    pub fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub fn insert(&mut self, rec: &WeaverRecord) -> Result<(), StoreError> {
+        let r = self.conn.execute(
+            "INSERT INTO weavers (id, name, owner_uid, spec, state, exit_code, reason, backend, created_at,
+                started_at, expires_at, restarts, leader_pid, handle, tracker)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params_of(rec)?,
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::NameTaken(rec.info.spec.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn update(&mut self, rec: &WeaverRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE weavers SET name = ?2, owner_uid = ?3, spec = ?4, state = ?5, exit_code = ?6, reason = ?7,
+                backend = ?8, created_at = ?9, started_at = ?10, expires_at = ?11, restarts = ?12,
+                leader_pid = ?13, handle = ?14, tracker = ?15
+             WHERE id = ?1",
+            params_of(rec)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &WeaverId) -> Result<Option<WeaverRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE id = ?1"))?;
+        let row = stmt.query_row([id.as_str()], row_to_raw).optional()?;
+        row.map(raw_to_record).transpose()
+    }
+
+    /// A weaver by its full id, its name, or an unambiguous id prefix of at least 4 digits.
+    pub fn find(&self, key: &str) -> Result<Lookup, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE id = ?1 OR name = ?1"))?;
+        if let Some(raw) = stmt.query_row([key], row_to_raw).optional()? {
+            return Ok(Lookup::One(Box::new(raw_to_record(raw)?)));
+        }
+        if key.len() >= 4 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("{SELECT} WHERE substr(id, 1, length(?1)) = ?1"))?;
+            let rows: Vec<RawRow> = stmt
+                .query_map([key], row_to_raw)?
+                .collect::<Result<_, _>>()?;
+            return match rows.len() {
+                0 => Ok(Lookup::None),
+                1 => Ok(Lookup::One(Box::new(raw_to_record(
+                    rows.into_iter().next().unwrap_or_default(),
+                )?))),
+                n => Ok(Lookup::Ambiguous(n)),
+            };
+        }
+        Ok(Lookup::None)
+    }
+
+    pub fn list(&self) -> Result<Vec<WeaverRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} ORDER BY created_at, id"))?;
+        let rows: Vec<RawRow> = stmt.query_map([], row_to_raw)?.collect::<Result<_, _>>()?;
+        rows.into_iter().map(raw_to_record).collect()
+    }
+
+    pub fn delete(&mut self, id: &WeaverId) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM weavers WHERE id = ?1", [id.as_str()])?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub enum Lookup {
+    None,
+    One(Box<WeaverRecord>),
+    Ambiguous(usize),
+}
+
+const SELECT: &str =
+    "SELECT id, name, owner_uid, spec, state, exit_code, reason, backend, created_at, started_at,
+    expires_at, restarts, leader_pid, handle, tracker FROM weavers";
+
+#[derive(Debug, Default)]
+struct RawRow {
+    id: String,
+    name: String,
+    owner_uid: u32,
+    spec: String,
+    state: String,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    backend: String,
+    created_at: u64,
+    started_at: Option<u64>,
+    expires_at: Option<u64>,
+    restarts: u32,
+    leader_pid: Option<i32>,
+    handle: Option<String>,
+    tracker: String,
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner_uid: r.get(2)?,
+        spec: r.get(3)?,
+        state: r.get(4)?,
+        exit_code: r.get(5)?,
+        reason: r.get(6)?,
+        backend: r.get(7)?,
+        created_at: r.get(8)?,
+        started_at: r.get(9)?,
+        expires_at: r.get(10)?,
+        restarts: r.get(11)?,
+        leader_pid: r.get(12)?,
+        handle: r.get(13)?,
+        tracker: r.get(14)?,
+    })
+}
+
+fn raw_to_record(raw: RawRow) -> Result<WeaverRecord, StoreError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!("weaver {}: {what}: {e}", raw.id))
+    };
+    let spec: WeaverSpec = serde_json::from_str(&raw.spec).map_err(|e| corrupt("spec", &e))?;
+    let handle = raw
+        .handle
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| corrupt("handle", &e))?;
+    let tracker = serde_json::from_str(&raw.tracker).map_err(|e| corrupt("restart tracker", &e))?;
+    let id = WeaverId::try_from(raw.id.clone()).map_err(|e| corrupt("id", &e))?;
+    let state: WeaverState = raw
+        .state
+        .parse()
+        .map_err(|e: String| corrupt("state", &e))?;
+    Ok(WeaverRecord {
+        info: WeaverInfo {
+            id,
+            name: raw.name,
+            state,
+            exit_code: raw.exit_code,
+            reason: raw.reason,
+            owner_uid: raw.owner_uid,
+            backend: raw.backend,
+            created_at: raw.created_at,
+            started_at: raw.started_at,
+            expires_at: raw.expires_at,
+            pid: raw.leader_pid,
+            restarts: raw.restarts,
+            spec,
+        },
+        handle,
+        tracker,
+    })
+}
+
+type Params = (
+    String,
+    String,
+    u32,
+    String,
+    &'static str,
+    Option<i32>,
+    Option<String>,
+    String,
+    u64,
+    Option<u64>,
+    Option<u64>,
+    u32,
+    Option<i32>,
+    Option<String>,
+    String,
+);
+
+fn params_of(rec: &WeaverRecord) -> Result<Params, StoreError> {
+    let i = &rec.info;
+    let json =
+        |v: Result<String, serde_json::Error>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
+    Ok((
+        i.id.to_string(),
+        i.name.clone(),
+        i.owner_uid,
+        json(serde_json::to_string(&i.spec))?,
+        i.state.as_str(),
+        i.exit_code,
+        i.reason.clone(),
+        i.backend.clone(),
+        i.created_at,
+        i.started_at,
+        i.expires_at,
+        i.restarts,
+        i.pid,
+        rec.handle
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        json(serde_json::to_string(&rec.tracker))?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loom_core::api::CreateWeaver;
+    use loom_core::config::WeaverDefaults;
+    use loom_core::weaver::resolve_spec;
+
+    fn record(id: u8, name: &str) -> WeaverRecord {
+        let spec = resolve_spec(
+            CreateWeaver {
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+            &WeaverDefaults::default(),
+            name.into(),
+        )
+        .unwrap();
+        WeaverRecord {
+            info: WeaverInfo {
+                id: WeaverId::from_random([id, 0, 0, 0, 0, id]),
+                name: name.into(),
+                state: WeaverState::Creating,
+                exit_code: None,
+                reason: None,
+                owner_uid: 1000,
+                backend: "nspawn".into(),
+                created_at: 1,
+                started_at: None,
+                expires_at: None,
+                pid: None,
+                restarts: 0,
+                spec,
+            },
+            handle: Some(RunHandle::Shim {
+                pid: 42,
+                start_ticks: 7,
+            }),
+            tracker: RestartTracker::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("loom.db")).unwrap();
+        let a = record(0xab, "alpha");
+        store.insert(&a).unwrap();
+        store.insert(&record(0xac, "beta")).unwrap();
+        assert_eq!(store.get(&a.info.id).unwrap().unwrap(), a);
+        assert!(matches!(store.find("alpha").unwrap(), Lookup::One(r) if r.info.id == a.info.id));
+        assert!(matches!(store.find("ab00").unwrap(), Lookup::One(_)));
+        assert!(matches!(store.find("a").unwrap(), Lookup::None));
+        assert!(matches!(store.find("nope").unwrap(), Lookup::None));
+        let mut b = a.clone();
+        b.info.state = WeaverState::Running;
+        b.info.pid = Some(99);
+        store.update(&b).unwrap();
+        assert_eq!(
+            store.get(&a.info.id).unwrap().unwrap().info.state,
+            WeaverState::Running
+        );
+        assert_eq!(store.list().unwrap().len(), 2);
+        store.delete(&a.info.id).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("loom.db")).unwrap();
+        store.insert(&record(1, "same")).unwrap();
+        let e = store.insert(&record(2, "same")).unwrap_err();
+        assert!(
+            matches!(e, StoreError::NameTaken(ref n) if n == "same"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_migrations_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.db");
+        Store::open(&path)
+            .unwrap()
+            .insert(&record(3, "kept"))
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list().unwrap()[0].info.name, "kept");
+    }
+}
