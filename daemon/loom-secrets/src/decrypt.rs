@@ -633,3 +633,172 @@ fn should_be_encrypted(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::cipher::tests::encrypt;
+    use regex::Regex;
+
+    const KEY: [u8; 32] = [42; 32];
+    const LASTMOD: &str = "2025-05-05T05:05:05Z";
+
+    fn ring_and_stanza() -> (KeyRing, String, String) {
+        let id = age::x25519::Identity::generate();
+        let recipient = id.to_public();
+        let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as _)).unwrap();
+        let mut out = Vec::new();
+        let armored =
+            age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+                .unwrap();
+        let mut w = enc.wrap_output(armored).unwrap();
+        w.write_all(&KEY).unwrap();
+        w.finish().unwrap().finish().unwrap();
+        let mut ring = KeyRing::new();
+        use age::secrecy::ExposeSecret;
+        ring.add_age_identities_str(id.to_string().expose_secret(), "test")
+            .unwrap();
+        (ring, recipient.to_string(), String::from_utf8(out).unwrap())
+    }
+
+    /// A JSON sops file: `body` is the data object's members (values already in their
+    /// final, possibly encrypted, form); the MAC is computed over `mac_input`.
+    fn file(body: &str, extra_meta: &str, mac_input: &[u8]) -> (KeyRing, String) {
+        let (ring, recipient, armored) = ring_and_stanza();
+        let mac = hex_upper(&Sha512::digest(mac_input));
+        let mac = encrypt(mac.as_bytes(), "str", &KEY, LASTMOD, [3; 32]);
+        let text = format!(
+            r#"{{{body}, "sops": {{"age": [{{"recipient": "{recipient}", "enc": {}}}], "lastmodified": "{LASTMOD}", "mac": "{mac}"{extra_meta}}}}}"#,
+            serde_json::to_string(&armored).unwrap()
+        );
+        (ring, text)
+    }
+
+    fn e(plain: &str, kind: &str, ad: &str) -> String {
+        encrypt(plain.as_bytes(), kind, &KEY, ad, [9; 32])
+    }
+
+    #[test]
+    fn encrypted_regex_and_mac_only_encrypted() {
+        let body = format!(
+            r#""secret_a": "{}", "plain": "visible", "n": 5"#,
+            e("va", "str", "secret_a:")
+        );
+        // With mac_only_encrypted, only encrypted values (after the init bytes) count.
+        let mut mac = MAC_ONLY_ENCRYPTED_INIT.to_vec();
+        mac.extend_from_slice(b"va");
+        let (ring, text) = file(
+            &body,
+            r#", "encrypted_regex": "^secret", "mac_only_encrypted": true"#,
+            &mac,
+        );
+        let tree = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap();
+        assert_eq!(tree.get("secret_a").unwrap().expose(), "va");
+        assert_eq!(tree.get("plain").unwrap().expose(), "visible");
+        assert!(!tree.was_encrypted("n").unwrap());
+        assert_eq!(tree.kind("n").unwrap(), ValueKind::Int);
+
+        // Without it, every value counts, numbers as Go formats them.
+        let (ring, text) = file(&body, r#", "encrypted_regex": "^secret""#, b"vavisible5");
+        assert!(decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).is_ok());
+        let (ring, text) = file(&body, r#", "encrypted_regex": "^secret""#, b"va");
+        assert!(matches!(
+            decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring),
+            Err(SopsError::MacMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn typed_values_and_unencrypted_suffix() {
+        let body = format!(
+            r#""port": "{}", "ratio": "{}", "on": "{}", "id_unencrypted": {{"x": "clear", "y": true}}, "list": ["{}", "{}"]"#,
+            e("8080", "int", "port:"),
+            e("0.50", "float", "ratio:"),
+            e("true", "bool", "on:"),
+            e("a", "str", "list:"),
+            e("b", "str", "list:"),
+        );
+        let (ring, text) = file(&body, "", b"80800.5Trueclear" as &[u8]);
+        // `y: true` is unencrypted and hashes as "True".
+        let mut mac = b"80800.5TrueclearTrue".to_vec();
+        mac.extend_from_slice(b"ab");
+        let (ring2, text2) = file(&body, "", &mac);
+        assert!(matches!(
+            decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring),
+            Err(SopsError::MacMismatch { .. })
+        ));
+        let tree = decrypt_bytes(text2.as_bytes(), SopsFormat::Json, &ring2).unwrap();
+        assert_eq!(tree.get("port").unwrap().expose(), "8080");
+        assert_eq!(tree.get("ratio").unwrap().expose(), "0.5");
+        assert_eq!(tree.get("on").unwrap().expose(), "true");
+        assert_eq!(tree.kind("on").unwrap(), ValueKind::Bool);
+        assert_eq!(tree.get("id_unencrypted.y").unwrap().expose(), "true");
+        assert_eq!(tree.get("list.1").unwrap().expose(), "b");
+    }
+
+    #[test]
+    fn comment_regexes_follow_sops_rules() {
+        let rule = Regex::new("sops:enc").unwrap();
+        let enc_rule = CryptRule::EncryptedCommentRegex(rule);
+        // A value right after a matching comment is encrypted; the comment itself is not.
+        let stack = vec![vec!["sops:enc".to_string()]];
+        assert!(should_be_encrypted(&enc_rule, &["a".into()], &stack, false));
+        assert!(!should_be_encrypted(&enc_rule, &[], &stack, true));
+        assert!(!should_be_encrypted(
+            &enc_rule,
+            &["a".into()],
+            &[vec![]],
+            false
+        ));
+        let unenc = CryptRule::UnencryptedCommentRegex(Regex::new("keep").unwrap());
+        assert!(!should_be_encrypted(
+            &unenc,
+            &["a".into()],
+            &[vec!["keep it".into()]],
+            false
+        ));
+        assert!(should_be_encrypted(&unenc, &["a".into()], &[vec![]], false));
+        let suffix = CryptRule::EncryptedSuffix("_secret".into());
+        assert!(should_be_encrypted(
+            &suffix,
+            &["db_secret".into(), "pw".into()],
+            &[],
+            false
+        ));
+        assert!(!should_be_encrypted(&suffix, &["db".into()], &[], false));
+    }
+
+    #[test]
+    fn unsupported_and_conflicting_metadata_are_refused() {
+        let (ring, text) = file(r#""a": "x""#, r#", "key_groups": [{}, {}]"#, b"");
+        let err = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap_err();
+        assert!(matches!(err, SopsError::Unsupported(_)), "{err:?}");
+        let (ring, text) = file(
+            r#""a": "x""#,
+            r#", "unencrypted_suffix": "_u", "encrypted_regex": "x""#,
+            b"",
+        );
+        let err = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap_err();
+        assert!(matches!(err, SopsError::Malformed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn yaml_comments_in_nested_mappings_decrypt_with_their_path() {
+        let (ring, recipient, armored) = ring_and_stanza();
+        let mac = hex_upper(&Sha512::digest(b"v"));
+        let indented: String = armored.lines().map(|l| format!("        {l}\n")).collect();
+        let text = format!(
+            "#{}\na:\n    #{}\n    b: {}\nsops:\n  age:\n    - recipient: {recipient}\n      enc: |\n{indented}  lastmodified: \"{LASTMOD}\"\n  mac: {}\n",
+            encrypt(b"top", "comment", &KEY, ":", [1; 32]),
+            encrypt(b"about b", "comment", &KEY, "a:", [2; 32]),
+            e("v", "str", "a:b:"),
+            encrypt(mac.as_bytes(), "str", &KEY, LASTMOD, [3; 32]),
+        );
+        let tree = decrypt_bytes(text.as_bytes(), SopsFormat::Yaml, &ring).unwrap();
+        let comments: Vec<&str> = tree.comments().iter().map(|c| c.expose()).collect();
+        assert_eq!(comments, vec!["top", "about b"]);
+        assert_eq!(tree.get("a.b").unwrap().expose(), "v");
+    }
+}

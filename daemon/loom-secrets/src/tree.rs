@@ -55,12 +55,16 @@ impl Value {
     }
 }
 
-/// Refuses a second occurrence of a key in one mapping: sops' YAML store does the same, and
-/// a duplicate would make a dotted lookup ambiguous.
-pub(crate) fn check_duplicate(items: &[Item], key: &str) -> bool {
-    items
-        .iter()
-        .any(|i| matches!(i, Item::Entry(k, _) if k == key))
+/// The keys seen in one mapping. A second occurrence of a key is refused: sops' YAML store
+/// does the same, and a duplicate would make a dotted lookup ambiguous.
+#[derive(Debug, Default)]
+pub(crate) struct KeySet(std::collections::HashSet<String>);
+
+impl KeySet {
+    /// Records `key`; false if it was already there.
+    pub(crate) fn insert(&mut self, key: &str) -> bool {
+        self.0.insert(key.to_string())
+    }
 }
 
 /// Splits the `sops` entry out of the first branch (YAML, JSON, binary). Other branches

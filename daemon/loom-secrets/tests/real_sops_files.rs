@@ -507,3 +507,35 @@ fn sops_nix_ini_env_binary_json_decrypt_with_pgp() {
         "{err:?}"
     );
 }
+
+/// Every single-byte change to a real file either is refused or leaves every decrypted
+/// value exactly as it was (bytes sops does not authenticate: whitespace, other recipients'
+/// stanzas) — and never panics.
+#[test]
+fn no_single_byte_change_alters_a_value_silently() {
+    // (RSA unwrapping is slow in debug builds: one replacement per byte for the PGP file.)
+    for (rel, format, ring, replacements) in [
+        ("sops-nix/secrets.yaml", SopsFormat::Yaml, age_ring(), 2),
+        ("sops/format.enc.json", SopsFormat::Json, pgp_ring(), 1),
+    ] {
+        let original = std::fs::read(testdata().join(rel)).unwrap();
+        let expected = contents(&decrypt_bytes(&original, format, &ring).unwrap());
+        let (mut accepted, mut tried) = (0, 0);
+        for i in 0..original.len() {
+            for replacement in [original[i] ^ 0x01, b'A'].into_iter().take(replacements) {
+                if replacement == original[i] {
+                    continue;
+                }
+                tried += 1;
+                let mut mutated = original.clone();
+                mutated[i] = replacement;
+                if let Ok(tree) = decrypt_bytes(&mutated, format, &ring) {
+                    accepted += 1;
+                    assert_eq!(contents(&tree), expected, "{rel}: byte {i} changed a value");
+                }
+            }
+        }
+        // Sanity: the harness did refuse changes (those in unused PGP stanzas pass).
+        assert!(accepted < tried, "{rel}: {accepted} of {tried} accepted");
+    }
+}

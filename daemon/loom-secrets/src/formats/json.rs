@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::tree::{Item, ListItem, Value, check_duplicate};
+use crate::tree::{Item, KeySet, ListItem, Value};
 
 pub(crate) fn parse(text: &str) -> Result<Vec<Item>, String> {
     let mut de = serde_json::Deserializer::from_str(text);
@@ -72,8 +72,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
+        let mut seen = KeySet::default();
         while let Some(k) = map.next_key::<String>()? {
-            if check_duplicate(&items, &k) {
+            if !seen.insert(&k) {
                 return Err(de::Error::custom(format!("duplicate key {k:?}")));
             }
             let JsonValue(v) = map.next_value()?;

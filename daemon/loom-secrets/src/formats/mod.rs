@@ -5,7 +5,7 @@ pub(crate) mod yaml;
 
 use std::path::Path;
 
-use crate::tree::{Document, Item, Value, extract_nested_metadata, unflatten};
+use crate::tree::{Document, Item, KeySet, Value, extract_nested_metadata, unflatten};
 
 /// A sops file's format: the store sops used to write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,7 @@ pub(crate) fn parse(text: &str, format: SopsFormat) -> Result<Document, String> 
 /// `\n` escapes turned into newlines.
 fn parse_dotenv(text: &str) -> Result<Document, String> {
     let mut items = Vec::new();
+    let mut seen = KeySet::default();
     let mut meta = Vec::new();
     for (n, line) in text.split('\n').enumerate() {
         if line.is_empty() {
@@ -114,7 +115,7 @@ fn parse_dotenv(text: &str) -> Result<Document, String> {
         if let Some(mk) = key.strip_prefix("sops_") {
             meta.push((mk.to_string(), value));
         } else {
-            if crate::tree::check_duplicate(&items, key) {
+            if !seen.insert(key) {
                 return Err(format!("line {}: duplicate key {key:?}", n + 1));
             }
             items.push(Item::Entry(key.to_string(), Value::Str(value)));
@@ -134,7 +135,8 @@ fn parse_dotenv(text: &str) -> Result<Document, String> {
 /// `key = value` with trimmed keys and values, quotes stripped, `;`/`#` comments, and the
 /// metadata flattened in a `[sops]` section with `\n` escaped.
 fn parse_ini(text: &str) -> Result<Document, String> {
-    let mut sections: Vec<(String, Vec<Item>)> = vec![("DEFAULT".to_string(), Vec::new())];
+    let mut sections: Vec<(String, Vec<Item>, KeySet)> =
+        vec![("DEFAULT".to_string(), Vec::new(), KeySet::default())];
     let mut pending_comment: Option<String> = None;
     for (n, raw) in text.split('\n').enumerate() {
         let line = raw.trim();
@@ -157,7 +159,7 @@ fn parse_ini(text: &str) -> Result<Document, String> {
             if let Some(c) = pending_comment.take() {
                 items.push(Item::Comment(c));
             }
-            sections.push((name.trim().to_string(), items));
+            sections.push((name.trim().to_string(), items, KeySet::default()));
             continue;
         }
         let Some(pos) = line.find(['=', ':']) else {
@@ -174,10 +176,10 @@ fn parse_ini(text: &str) -> Result<Document, String> {
             }
             value.to_string()
         };
-        let Some((_, items)) = sections.last_mut() else {
+        let Some((_, items, seen)) = sections.last_mut() else {
             unreachable!("DEFAULT is always there")
         };
-        if crate::tree::check_duplicate(items, &key) {
+        if !seen.insert(&key) {
             return Err(format!("line {}: duplicate key {key:?}", n + 1));
         }
         items.push(Item::Entry(key, Value::Str(value)));
@@ -187,7 +189,7 @@ fn parse_ini(text: &str) -> Result<Document, String> {
     }
     let mut meta = None;
     let mut branch = Vec::new();
-    for (name, items) in sections {
+    for (name, items, _) in sections {
         if name == "sops" {
             if meta.is_some() {
                 return Err("two [sops] sections".into());

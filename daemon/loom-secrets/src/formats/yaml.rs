@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::tree::{Item, ListItem, Value, check_duplicate};
+use crate::tree::{Item, KeySet, ListItem, Value};
 
 /// Bounds that keep a hostile file from exhausting memory through nesting or aliases.
 const MAX_DEPTH: usize = 128;
@@ -49,6 +49,7 @@ struct Comment {
 enum Frame {
     Map {
         items: Vec<Item>,
+        seen: KeySet,
         key: Option<String>,
         anchor: usize,
         col: usize,
@@ -73,7 +74,10 @@ struct Builder {
 impl Builder {
     fn event(&mut self, ev: Event, mark: Marker) -> Result<(), String> {
         let is_end = matches!(ev, Event::MappingEnd | Event::SequenceEnd);
-        self.flush_comments(mark.line(), is_end);
+        let is_start = matches!(ev, Event::MappingStart(..) | Event::SequenceStart(..));
+        if !is_start {
+            self.flush_comments(mark.line(), is_end);
+        }
         match ev {
             Event::StreamStart | Event::Nothing => {}
             Event::StreamEnd => {}
@@ -109,10 +113,10 @@ impl Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
                 if is_key {
-                    let Some(Frame::Map { items, key, .. }) = self.stack.last_mut() else {
+                    let Some(Frame::Map { seen, key, .. }) = self.stack.last_mut() else {
                         unreachable!("checked above")
                     };
-                    if check_duplicate(items, &text) {
+                    if !seen.insert(&text) {
                         return Err(format!("line {}: duplicate key {text:?}", mark.line()));
                     }
                     *key = Some(text);
@@ -141,6 +145,7 @@ impl Builder {
                 self.stack.push(match ev {
                     Event::MappingStart(..) => Frame::Map {
                         items: Vec::new(),
+                        seen: KeySet::default(),
                         key: None,
                         anchor,
                         col,
@@ -151,6 +156,9 @@ impl Builder {
                         col,
                     },
                 });
+                // Comments between a key and its nested container's first entry are head
+                // comments of that entry, inside the container (as go-yaml attaches them).
+                self.flush_comments(mark.line(), false);
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 let (v, anchor) = match self.stack.pop() {
@@ -193,13 +201,9 @@ impl Builder {
             if c.line >= line {
                 break;
             }
-            let frame = match self.stack.last_mut() {
-                Some(f) => f,
-                None => {
-                    // Before the document's root mapping opens: sops puts a head comment at
-                    // the start of the top-level branch. Keep it pending until one exists.
-                    return;
-                }
+            let Some(frame) = self.stack.last_mut() else {
+                // Outside any container (after a document's end): nowhere to keep it.
+                return;
             };
             if is_end {
                 let col = match frame {
@@ -400,6 +404,10 @@ impl<'a> CommentScanner<'a> {
                 _ => {}
             }
         }
+        // Events come in source order, so the ranges are sorted: one moving cursor keeps
+        // the scan linear in the file size.
+        ranges.sort_unstable();
+        let mut cursor = 0;
         let mut out = Vec::new();
         let mut line_start = 0;
         for (n, line) in self.text.split('\n').enumerate() {
@@ -408,7 +416,12 @@ impl<'a> CommentScanner<'a> {
             let bytes = line.as_bytes();
             while i < bytes.len() {
                 let abs = line_start + i;
-                if let Some(&(_, end)) = ranges.iter().find(|(s, e)| *s <= abs && abs < *e) {
+                while cursor < ranges.len() && ranges[cursor].1 <= abs {
+                    cursor += 1;
+                }
+                if let Some(&(start, end)) = ranges.get(cursor)
+                    && start <= abs
+                {
                     if end >= line_end {
                         break;
                     }
