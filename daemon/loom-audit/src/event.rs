@@ -1,0 +1,871 @@
+//! Decoded audit events and the pure decoder from ring-buffer records.
+//!
+//! An event keeps the kernel timestamp (CLOCK_BOOTTIME), the wall time derived
+//! from it, the pid, tid and ppid, so a later consumer can join events to the
+//! agent tool call (a process subtree within a time window) that caused them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{self, kind};
+
+/// What kind of thing a weaver did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Exec,
+    Exit,
+    Open,
+    Unlink,
+    Rename,
+    Connect,
+    Bind,
+    Listen,
+    /// The whole set*id family (setuid, setresgid, setgroups, …).
+    Setuid,
+    Ptrace,
+    Mount,
+    Umount,
+    Unshare,
+    Setns,
+    Bpf,
+    Module,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 16] = [
+        EventKind::Exec,
+        EventKind::Exit,
+        EventKind::Open,
+        EventKind::Unlink,
+        EventKind::Rename,
+        EventKind::Connect,
+        EventKind::Bind,
+        EventKind::Listen,
+        EventKind::Setuid,
+        EventKind::Ptrace,
+        EventKind::Mount,
+        EventKind::Umount,
+        EventKind::Unshare,
+        EventKind::Setns,
+        EventKind::Bpf,
+        EventKind::Module,
+    ];
+
+    /// The name used in `LOOM_EVENT`, the index and `--kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Exit => "exit",
+            EventKind::Open => "open",
+            EventKind::Unlink => "unlink",
+            EventKind::Rename => "rename",
+            EventKind::Connect => "connect",
+            EventKind::Bind => "bind",
+            EventKind::Listen => "listen",
+            EventKind::Setuid => "setuid",
+            EventKind::Ptrace => "ptrace",
+            EventKind::Mount => "mount",
+            EventKind::Umount => "umount",
+            EventKind::Unshare => "unshare",
+            EventKind::Setns => "setns",
+            EventKind::Bpf => "bpf",
+            EventKind::Module => "module",
+        }
+    }
+
+    /// Parse a `--kind` argument.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The journald `MESSAGE_ID` of this kind; fixed forever.
+    pub fn message_id(self) -> &'static str {
+        match self {
+            EventKind::Exec => "f5ff1ffaecae4072bab3924c1b95eded",
+            EventKind::Exit => "37648ddec9af4efbb797f79a81ee202d",
+            EventKind::Open => "a50cb18fd89b4126a20a4948f9a43bf9",
+            EventKind::Unlink => "798aae5dd1b742519db3d95c7b68c70c",
+            EventKind::Rename => "5432d0948d23470e9444a4fe406203cf",
+            EventKind::Connect => "32c5d164369b4890b496f9321a9b7199",
+            EventKind::Bind => "b1fe725d27c94a329a456f89e5102207",
+            EventKind::Listen => "6bb2ddfb5d0240d2a2e5ab4e1b78a573",
+            EventKind::Setuid => "912c310c0aa84baca0ac5046f331be70",
+            EventKind::Ptrace => "560ba3581ea64b239880d32698dcebdd",
+            EventKind::Mount => "e891688beb66439da18999ecf98a803a",
+            EventKind::Umount => "1503995193c142a8a9016004c4b09124",
+            EventKind::Unshare => "a3adde977dde4b5fa31266adde227eb7",
+            EventKind::Setns => "886172c32be74e5a8f9653da61fcb8a1",
+            EventKind::Bpf => "04d94e51171d4b059e1b200fc8844d08",
+            EventKind::Module => "c67ff33496fc4ff3a36448d6d9e0118a",
+        }
+    }
+
+    /// The kernel's `enum loom_kind` value.
+    pub fn raw(self) -> u32 {
+        match self {
+            EventKind::Exec => kind::EXEC,
+            EventKind::Exit => kind::EXIT,
+            EventKind::Open => kind::OPEN,
+            EventKind::Unlink => kind::UNLINK,
+            EventKind::Rename => kind::RENAME,
+            EventKind::Connect => kind::CONNECT,
+            EventKind::Bind => kind::BIND,
+            EventKind::Listen => kind::LISTEN,
+            EventKind::Setuid => kind::SETID,
+            EventKind::Ptrace => kind::PTRACE,
+            EventKind::Mount => kind::MOUNT,
+            EventKind::Umount => kind::UMOUNT,
+            EventKind::Unshare => kind::UNSHARE,
+            EventKind::Setns => kind::SETNS,
+            EventKind::Bpf => kind::BPF,
+            EventKind::Module => kind::MODULE,
+        }
+    }
+
+    /// From the kernel's `enum loom_kind` value.
+    pub fn from_raw(raw: u32) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.raw() == raw)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing a process inside a weaver did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Kernel sequence number; a gap means events were lost (see `AuditStats`).
+    pub seq: u64,
+    /// Kernel timestamp, CLOCK_BOOTTIME nanoseconds.
+    pub ts_boot_ns: u64,
+    /// Wall-clock time derived from `ts_boot_ns`, nanoseconds since the epoch.
+    pub time_unix_ns: u64,
+    /// The weaver id given to `Audit::watch`.
+    pub weaver: String,
+    /// The weaver's cgroup id (the watched cgroup, not a sub-cgroup).
+    pub cgroup_id: u64,
+    /// The syscall (or `execve`/`exit` for the sched events).
+    pub syscall: String,
+    /// Thread group id.
+    pub pid: u32,
+    pub tid: u32,
+    /// Parent's thread group id.
+    pub ppid: u32,
+    /// Real uid/gid and effective uid, as seen from the host.
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+impl AuditEvent {
+    pub fn kind(&self) -> EventKind {
+        match self.detail {
+            EventDetail::Exec { .. } => EventKind::Exec,
+            EventDetail::Exit { .. } => EventKind::Exit,
+            EventDetail::Open { .. } => EventKind::Open,
+            EventDetail::Unlink { .. } => EventKind::Unlink,
+            EventDetail::Rename { .. } => EventKind::Rename,
+            EventDetail::Connect(_) => EventKind::Connect,
+            EventDetail::Bind(_) => EventKind::Bind,
+            EventDetail::Listen { .. } => EventKind::Listen,
+            EventDetail::Setuid { .. } => EventKind::Setuid,
+            EventDetail::Ptrace { .. } => EventKind::Ptrace,
+            EventDetail::Mount { .. } => EventKind::Mount,
+            EventDetail::Umount { .. } => EventKind::Umount,
+            EventDetail::Unshare { .. } => EventKind::Unshare,
+            EventDetail::Setns { .. } => EventKind::Setns,
+            EventDetail::Bpf { .. } => EventKind::Bpf,
+            EventDetail::Module { .. } => EventKind::Module,
+        }
+    }
+}
+
+/// A socket address as the caller passed it to connect/bind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetDetail {
+    pub fd: i32,
+    /// `inet`, `inet6`, `unix` or `af<N>`.
+    pub family: String,
+    pub addr: Option<String>,
+    pub port: Option<u16>,
+    /// Unix socket path; abstract names start with `@`.
+    pub unix_path: Option<String>,
+}
+
+/// The kind-specific part of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventDetail {
+    Exec {
+        path: String,
+        argv: Vec<String>,
+        path_truncated: bool,
+        argv_truncated: bool,
+        /// The tid that called execve (differs from pid when a thread did).
+        old_pid: u32,
+    },
+    Exit {
+        /// Exit status when the process exited normally.
+        exit_code: Option<i32>,
+        /// Terminating signal when it was killed.
+        signal: Option<i32>,
+        core_dumped: bool,
+    },
+    Open {
+        path: String,
+        path_truncated: bool,
+        /// -100 (AT_FDCWD) when the path is relative to the working directory.
+        dirfd: i32,
+        flags: u64,
+        mode: u32,
+    },
+    Unlink {
+        path: String,
+        path_truncated: bool,
+        dirfd: i32,
+        flags: u64,
+    },
+    Rename {
+        path: String,
+        new_path: String,
+        path_truncated: bool,
+        olddirfd: i32,
+        newdirfd: i32,
+        flags: u64,
+    },
+    Connect(NetDetail),
+    Bind(NetDetail),
+    Listen {
+        fd: i32,
+        backlog: i32,
+    },
+    /// The ids as passed (-1: unchanged); for setgroups, the group count.
+    Setuid {
+        ids: Vec<i64>,
+    },
+    Ptrace {
+        request: i64,
+        request_name: Option<String>,
+        target_pid: i32,
+        addr: u64,
+    },
+    Mount {
+        /// Source (mount) or the moved mount's path (move_mount).
+        source: String,
+        /// Mount point.
+        path: String,
+        fstype: String,
+        flags: u64,
+        truncated: bool,
+    },
+    Umount {
+        path: String,
+        path_truncated: bool,
+        flags: u64,
+    },
+    Unshare {
+        flags: u64,
+        namespaces: Vec<String>,
+    },
+    Setns {
+        fd: i32,
+        nstype: u64,
+        namespaces: Vec<String>,
+    },
+    Bpf {
+        cmd: i64,
+        cmd_name: Option<String>,
+        size: u64,
+    },
+    Module {
+        /// Module name (delete_module).
+        name: Option<String>,
+        /// Parameter string (init_module, finit_module).
+        params: Option<String>,
+        /// finit_module's file descriptor.
+        fd: Option<i32>,
+        /// init_module's image length.
+        len: Option<u64>,
+        flags: u64,
+    },
+}
+
+/// A ring-buffer record that cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error(
+        "audit record of {len} bytes is shorter than the {need} bytes its kind {kind} needs; \
+         the kernel programs and loom-audit disagree on the layout: rebuild ebpf/ and the crate from one commit"
+    )]
+    TooShort { kind: u32, len: usize, need: usize },
+    #[error("audit record has unknown kind {0}; the kernel programs are newer than loom-audit")]
+    UnknownKind(u32),
+}
+
+/// Render bytes as text: valid UTF-8 as is, every other byte as `\xNN`, so a
+/// hostile file name can neither be lost nor forge another value.
+pub fn bytes_to_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A NUL-terminated string of at most `len` bytes (the kernel's copied length) in `buf`.
+fn cstr(buf: &[u8], len: u32) -> String {
+    let n = (len as usize).min(buf.len());
+    let s = &buf[..n];
+    let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+    bytes_to_text(&s[..end])
+}
+
+fn truncated(len: u32, cap: usize) -> bool {
+    len as usize >= cap
+}
+
+/// Split the NUL-separated argument area of a new image.
+pub fn split_argv(area: &[u8]) -> Vec<String> {
+    let area = area.strip_suffix(&[0]).unwrap_or(area);
+    if area.is_empty() {
+        return Vec::new();
+    }
+    area.split(|&b| b == 0).map(bytes_to_text).collect()
+}
+
+const CLONE_FLAGS: &[(u64, &str)] = &[
+    (0x0000_0080, "time"),
+    (0x0000_0200, "fs"),
+    (0x0000_0400, "files"),
+    (0x0002_0000, "mnt"),
+    (0x0004_0000, "sysvsem"),
+    (0x0200_0000, "cgroup"),
+    (0x0400_0000, "uts"),
+    (0x0800_0000, "ipc"),
+    (0x1000_0000, "user"),
+    (0x2000_0000, "pid"),
+    (0x4000_0000, "net"),
+];
+
+/// Namespace (and other unshare) flag names in a clone-flags value.
+pub fn namespace_names(flags: u64) -> Vec<String> {
+    CLONE_FLAGS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| (*n).to_string())
+        .collect()
+}
+
+/// `PTRACE_*` request names.
+pub fn ptrace_request_name(request: i64) -> Option<&'static str> {
+    Some(match request {
+        0 => "PTRACE_TRACEME",
+        1 => "PTRACE_PEEKTEXT",
+        2 => "PTRACE_PEEKDATA",
+        3 => "PTRACE_PEEKUSER",
+        4 => "PTRACE_POKETEXT",
+        5 => "PTRACE_POKEDATA",
+        6 => "PTRACE_POKEUSER",
+        7 => "PTRACE_CONT",
+        8 => "PTRACE_KILL",
+        9 => "PTRACE_SINGLESTEP",
+        12 => "PTRACE_GETREGS",
+        13 => "PTRACE_SETREGS",
+        16 => "PTRACE_ATTACH",
+        17 => "PTRACE_DETACH",
+        24 => "PTRACE_SYSCALL",
+        0x4200 => "PTRACE_SETOPTIONS",
+        0x4206 => "PTRACE_SEIZE",
+        0x4207 => "PTRACE_INTERRUPT",
+        _ => return None,
+    })
+}
+
+/// `BPF_*` command names.
+pub fn bpf_cmd_name(cmd: i64) -> Option<&'static str> {
+    Some(match cmd {
+        0 => "BPF_MAP_CREATE",
+        1 => "BPF_MAP_LOOKUP_ELEM",
+        2 => "BPF_MAP_UPDATE_ELEM",
+        3 => "BPF_MAP_DELETE_ELEM",
+        4 => "BPF_MAP_GET_NEXT_KEY",
+        5 => "BPF_PROG_LOAD",
+        6 => "BPF_OBJ_PIN",
+        7 => "BPF_OBJ_GET",
+        8 => "BPF_PROG_ATTACH",
+        9 => "BPF_PROG_DETACH",
+        10 => "BPF_PROG_TEST_RUN",
+        17 => "BPF_RAW_TRACEPOINT_OPEN",
+        18 => "BPF_BTF_LOAD",
+        28 => "BPF_LINK_CREATE",
+        _ => return None,
+    })
+}
+
+/// Open flag names (`O_WRONLY|O_CREAT|…`) for display.
+pub fn open_flag_names(flags: u64) -> String {
+    let mut names = vec![match flags & 3 {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_ACCMODE",
+    }];
+    for (bit, name) in [
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o200000, "O_DIRECTORY"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o20000000, "O_TMPFILE"),
+    ] {
+        if flags & bit != 0 {
+            names.push(name);
+        }
+    }
+    names.join("|")
+}
+
+fn net_detail(e: &layout::EvNet) -> NetDetail {
+    let (family, addr, port, unix_path) = match e.family {
+        2 => (
+            "inet".to_string(),
+            Some(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()),
+            Some(e.port),
+            None,
+        ),
+        10 => {
+            let ip = Ipv6Addr::from(e.addr);
+            let text = if e.scope_id != 0 {
+                format!("{ip}%{}", e.scope_id)
+            } else {
+                ip.to_string()
+            };
+            ("inet6".to_string(), Some(text), Some(e.port), None)
+        }
+        1 => {
+            let n = (e.addrlen as usize)
+                .saturating_sub(2)
+                .min(layout::UNIX_PATH_LEN);
+            let raw = &e.unix_path[..n];
+            let path = match raw.first() {
+                Some(0) => {
+                    let name = &raw[1..];
+                    let end = name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+                    format!("@{}", bytes_to_text(&name[..end]))
+                }
+                _ => {
+                    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                    bytes_to_text(&raw[..end])
+                }
+            };
+            ("unix".to_string(), None, None, Some(path))
+        }
+        f => (format!("af{f}"), None, None, None),
+    };
+    NetDetail {
+        fd: e.fd,
+        family,
+        addr,
+        port,
+        unix_path,
+    }
+}
+
+fn need<T: layout::Pod>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
+    layout::read::<T>(buf).ok_or(DecodeError::TooShort {
+        kind,
+        len: buf.len(),
+        need: std::mem::size_of::<T>(),
+    })
+}
+
+/// Decode one ring-buffer record. `weaver` maps a cgroup id to its weaver id;
+/// `boot_to_unix_ns` is CLOCK_REALTIME minus CLOCK_BOOTTIME.
+pub fn decode(
+    buf: &[u8],
+    weaver: impl Fn(u64) -> String,
+    boot_to_unix_ns: i64,
+) -> Result<AuditEvent, DecodeError> {
+    let hdr: layout::Hdr = need(buf, 0)?;
+    let k = EventKind::from_raw(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
+    let raw = hdr.kind;
+    let detail = match k {
+        EventKind::Exec => {
+            let e: layout::EvExec = need(buf, raw)?;
+            let n = (e.argv_len as usize).min(layout::EXEC_ARGV_LEN);
+            EventDetail::Exec {
+                path: cstr(&e.filename, e.filename_len),
+                argv: split_argv(&e.argv[..n]),
+                path_truncated: e.flags & layout::EXEC_FILENAME_TRUNCATED != 0,
+                argv_truncated: e.flags & layout::EXEC_ARGV_TRUNCATED != 0,
+                old_pid: e.old_pid,
+            }
+        }
+        EventKind::Connect | EventKind::Bind => {
+            let e: layout::EvNet = need(buf, raw)?;
+            let d = net_detail(&e);
+            if k == EventKind::Connect {
+                EventDetail::Connect(d)
+            } else {
+                EventDetail::Bind(d)
+            }
+        }
+        EventKind::Open | EventKind::Unlink | EventKind::Umount | EventKind::Module => {
+            let e: layout::EvPath = need(buf, raw)?;
+            let path = cstr(&e.path, e.path_len);
+            let path_truncated = truncated(e.path_len, layout::PATH_LEN);
+            let a = e.args;
+            match k {
+                EventKind::Open => EventDetail::Open {
+                    path,
+                    path_truncated,
+                    dirfd: a[0] as i32,
+                    flags: a[1] as u64,
+                    mode: a[2] as u32,
+                },
+                EventKind::Unlink => EventDetail::Unlink {
+                    path,
+                    path_truncated,
+                    dirfd: a[0] as i32,
+                    flags: a[1] as u64,
+                },
+                EventKind::Umount => EventDetail::Umount {
+                    path,
+                    path_truncated,
+                    flags: a[0] as u64,
+                },
+                _ => {
+                    let delete = hdr.op == 32;
+                    let init = hdr.op == 30;
+                    EventDetail::Module {
+                        name: delete.then(|| path.clone()),
+                        params: (!delete).then_some(path),
+                        fd: (hdr.op == 31).then_some(a[0] as i32),
+                        len: init.then_some(a[1] as u64),
+                        flags: if init { 0 } else { a[1] as u64 },
+                    }
+                }
+            }
+        }
+        EventKind::Rename | EventKind::Mount => {
+            let e: layout::EvPath2 = need(buf, raw)?;
+            let path = cstr(&e.path, e.path_len);
+            let path2 = cstr(&e.path2, e.path2_len);
+            let trunc =
+                truncated(e.path_len, layout::PATH_LEN) || truncated(e.path2_len, layout::PATH_LEN);
+            let a = e.args;
+            if k == EventKind::Rename {
+                EventDetail::Rename {
+                    path,
+                    new_path: path2,
+                    path_truncated: trunc,
+                    olddirfd: a[0] as i32,
+                    newdirfd: a[1] as i32,
+                    flags: a[2] as u64,
+                }
+            } else {
+                let move_mount = hdr.op == 33;
+                EventDetail::Mount {
+                    source: path,
+                    path: path2,
+                    fstype: cstr(&e.aux, e.aux_len),
+                    flags: if move_mount { a[2] as u64 } else { a[0] as u64 },
+                    truncated: trunc,
+                }
+            }
+        }
+        EventKind::Exit
+        | EventKind::Listen
+        | EventKind::Setuid
+        | EventKind::Ptrace
+        | EventKind::Unshare
+        | EventKind::Setns
+        | EventKind::Bpf => {
+            let e: layout::EvArgs = need(buf, raw)?;
+            let a = e.args;
+            match k {
+                EventKind::Exit => {
+                    let status = a[0] as i32;
+                    let signal = status & 0x7f;
+                    EventDetail::Exit {
+                        exit_code: (signal == 0).then_some((status >> 8) & 0xff),
+                        signal: (signal != 0).then_some(signal),
+                        core_dumped: status & 0x80 != 0,
+                    }
+                }
+                EventKind::Listen => EventDetail::Listen {
+                    fd: a[0] as i32,
+                    backlog: a[1] as i32,
+                },
+                EventKind::Setuid => {
+                    let n = match hdr.op {
+                        18 | 19 => 2,
+                        20 | 21 => 3,
+                        _ => 1,
+                    };
+                    EventDetail::Setuid {
+                        ids: a[..n].to_vec(),
+                    }
+                }
+                EventKind::Ptrace => EventDetail::Ptrace {
+                    request: a[0],
+                    request_name: ptrace_request_name(a[0]).map(str::to_string),
+                    target_pid: a[1] as i32,
+                    addr: a[2] as u64,
+                },
+                EventKind::Unshare => EventDetail::Unshare {
+                    flags: a[0] as u64,
+                    namespaces: namespace_names(a[0] as u64),
+                },
+                EventKind::Setns => EventDetail::Setns {
+                    fd: a[0] as i32,
+                    nstype: a[1] as u64,
+                    namespaces: namespace_names(a[1] as u64),
+                },
+                _ => EventDetail::Bpf {
+                    cmd: a[0],
+                    cmd_name: bpf_cmd_name(a[0]).map(str::to_string),
+                    size: a[1] as u64,
+                },
+            }
+        }
+    };
+    let time = i128::from(hdr.ts_ns) + i128::from(boot_to_unix_ns);
+    Ok(AuditEvent {
+        seq: hdr.seq,
+        ts_boot_ns: hdr.ts_ns,
+        time_unix_ns: time.clamp(0, i128::from(u64::MAX)) as u64,
+        weaver: weaver(hdr.cgroup_id),
+        cgroup_id: hdr.cgroup_id,
+        syscall: layout::op_name(hdr.op)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("op{}", hdr.op)),
+        pid: hdr.pid,
+        tid: hdr.tid,
+        ppid: hdr.ppid,
+        uid: hdr.uid,
+        gid: hdr.gid,
+        euid: hdr.euid,
+        comm: cstr(&hdr.comm, layout::COMM_LEN as u32),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(kind: u32, op: u32) -> layout::Hdr {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"bash");
+        layout::Hdr {
+            seq: 7,
+            ts_ns: 1_000,
+            cgroup_id: 42,
+            kind,
+            op,
+            pid: 10,
+            tid: 11,
+            ppid: 1,
+            uid: 1000,
+            gid: 100,
+            euid: 0,
+            comm,
+        }
+    }
+
+    fn bytes<T: layout::Pod>(v: &T) -> Vec<u8> {
+        let n = std::mem::size_of::<T>();
+        // SAFETY: T is Pod (plain integers), so viewing it as n bytes is sound.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), n) }.to_vec()
+    }
+
+    fn weaver(id: u64) -> String {
+        format!("w{id}")
+    }
+
+    #[test]
+    fn exec_record_decodes_path_argv_and_truncation() {
+        let mut e = layout::EvExec {
+            hdr: hdr(kind::EXEC, 1),
+            old_pid: 10,
+            flags: layout::EXEC_ARGV_TRUNCATED,
+            filename_len: 10,
+            argv_len: 0,
+            filename: [0; layout::EXEC_FILENAME_LEN],
+            argv: [0xff; layout::EXEC_ARGV_LEN],
+        };
+        e.filename[..10].copy_from_slice(b"/bin/echo\0");
+        let argv = b"echo\0hello world\0x\xffy\0";
+        e.argv[..argv.len()].copy_from_slice(argv);
+        e.argv_len = argv.len() as u32;
+        let ev = decode(&bytes(&e), weaver, 5).unwrap();
+        assert_eq!(ev.weaver, "w42");
+        assert_eq!(ev.comm, "bash");
+        assert_eq!(ev.time_unix_ns, 1_005);
+        assert_eq!(ev.syscall, "execve");
+        assert_eq!(
+            ev.detail,
+            EventDetail::Exec {
+                path: "/bin/echo".into(),
+                argv: vec!["echo".into(), "hello world".into(), "x\\xffy".into()],
+                path_truncated: false,
+                argv_truncated: true,
+                old_pid: 10,
+            }
+        );
+    }
+
+    #[test]
+    fn exit_status_splits_into_code_or_signal() {
+        let check = |raw: i64, code: Option<i32>, sig: Option<i32>, core: bool| {
+            let e = layout::EvArgs {
+                hdr: hdr(kind::EXIT, 2),
+                args: [raw, 0, 0, 0],
+            };
+            let ev = decode(&bytes(&e), weaver, 0).unwrap();
+            assert_eq!(
+                ev.detail,
+                EventDetail::Exit {
+                    exit_code: code,
+                    signal: sig,
+                    core_dumped: core
+                },
+                "raw status {raw:#x}"
+            );
+        };
+        check(0, Some(0), None, false);
+        check(3 << 8, Some(3), None, false);
+        check(9, None, Some(9), false);
+        check(0x80 | 11, None, Some(11), true);
+    }
+
+    #[test]
+    fn net_records_decode_every_family() {
+        let mut e = layout::EvNet {
+            hdr: hdr(kind::CONNECT, 13),
+            fd: 3,
+            addrlen: 16,
+            family: 2,
+            port: 8080,
+            scope_id: 0,
+            addr: [0; 16],
+            unix_path: [0; layout::UNIX_PATH_LEN],
+            _pad: 0,
+        };
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let EventDetail::Connect(d) = ev.detail else {
+            panic!("not connect: {ev:?}")
+        };
+        assert_eq!((d.addr.as_deref(), d.port), (Some("127.0.0.1"), Some(8080)));
+
+        e.family = 10;
+        e.addr = Ipv6Addr::LOCALHOST.octets();
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let EventDetail::Connect(d) = ev.detail else {
+            panic!()
+        };
+        assert_eq!(
+            (d.family.as_str(), d.addr.as_deref()),
+            ("inet6", Some("::1"))
+        );
+
+        e.family = 1;
+        e.unix_path[..10].copy_from_slice(b"/run/x.skk");
+        e.addrlen = 2 + 10;
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let EventDetail::Connect(d) = ev.detail else {
+            panic!()
+        };
+        assert_eq!(d.unix_path.as_deref(), Some("/run/x.skk"));
+
+        e.unix_path[0] = 0;
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let EventDetail::Connect(d) = ev.detail else {
+            panic!()
+        };
+        assert_eq!(d.unix_path.as_deref(), Some("@run/x.skk"));
+
+        // addrlen larger than the buffer is clamped, never a panic
+        e.addrlen = u32::MAX;
+        decode(&bytes(&e), weaver, 0).unwrap();
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_errors_not_panics() {
+        let e = layout::EvArgs {
+            hdr: hdr(kind::EXEC, 1),
+            args: [0; 4],
+        };
+        let err = decode(&bytes(&e), weaver, 0).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TooShort { kind: 1, .. }),
+            "{err}"
+        );
+        let e = layout::EvArgs {
+            hdr: hdr(99, 1),
+            args: [0; 4],
+        };
+        assert_eq!(
+            decode(&bytes(&e), weaver, 0).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
+        assert!(decode(&[1, 2, 3], weaver, 0).is_err());
+    }
+
+    #[test]
+    fn path_length_bounds_the_string_even_without_nul() {
+        let mut e = layout::EvPath {
+            hdr: hdr(kind::OPEN, 4),
+            args: [-100, 0o1101, 0o644, 0],
+            path_len: 4000,
+            _pad: 0,
+            path: [b'a'; layout::PATH_LEN],
+        };
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let EventDetail::Open {
+            path,
+            path_truncated,
+            flags,
+            ..
+        } = ev.detail
+        else {
+            panic!()
+        };
+        assert_eq!(path.len(), layout::PATH_LEN);
+        assert!(path_truncated);
+        assert_eq!(open_flag_names(flags), "O_WRONLY|O_CREAT|O_TRUNC");
+        e.path_len = 3;
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        assert!(
+            matches!(ev.detail, EventDetail::Open { ref path, path_truncated: false, .. } if path == "aaa")
+        );
+    }
+
+    #[test]
+    fn events_round_trip_through_json_with_kind_tag() {
+        let e = layout::EvArgs {
+            hdr: hdr(kind::UNSHARE, 27),
+            args: [0x1002_0000, 0, 0, 0],
+        };
+        let ev = decode(&bytes(&e), weaver, 0).unwrap();
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["kind"], "unshare");
+        assert_eq!(json["namespaces"], serde_json::json!(["mnt", "user"]));
+        let back: AuditEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev);
+    }
+}
