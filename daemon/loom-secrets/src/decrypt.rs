@@ -168,6 +168,7 @@ pub struct SecretTree {
     format: SopsFormat,
     leaves: Vec<Leaf>,
     comments: Vec<SecretString>,
+    unwrapped_by: String,
 }
 
 impl fmt::Debug for SecretTree {
@@ -176,6 +177,7 @@ impl fmt::Debug for SecretTree {
             .field("format", &self.format)
             .field("paths", &self.paths())
             .field("comments", &self.comments.len())
+            .field("unwrapped_by", &self.unwrapped_by)
             .finish()
     }
 }
@@ -184,6 +186,12 @@ impl SecretTree {
     /// The format the file was read as.
     pub fn format(&self) -> SopsFormat {
         self.format
+    }
+
+    /// Which ring key opened the data key, e.g. `age age1… (from SSH host key
+    /// /etc/ssh/ssh_host_ed25519_key, converted like ssh-to-age)` (for `loom secrets check`).
+    pub fn unwrapped_by(&self) -> &str {
+        &self.unwrapped_by
     }
 
     /// Dotted paths of every value, in file order (for `loom secrets check`).
@@ -343,19 +351,19 @@ pub fn decrypt_bytes(
         return Err(SopsError::MacMissing);
     };
 
-    let data_key = keys
-        .unwrap_data_key(&meta.age, &meta.pgp)
-        .map_err(|failures| SopsError::NoKeyCouldUnwrap {
-            recipients: meta
-                .age
-                .iter()
-                .map(|a| format!("age {}", a.recipient))
-                .chain(meta.pgp.iter().map(|p| format!("pgp {}", p.fingerprint)))
-                .chain(meta.other_recipients.iter().cloned())
-                .collect(),
-            tried: keys.describe(),
-            failures,
-        })?;
+    let (data_key, unwrapped_by) =
+        keys.unwrap_data_key(&meta.age, &meta.pgp)
+            .map_err(|failures| SopsError::NoKeyCouldUnwrap {
+                recipients: meta
+                    .age
+                    .iter()
+                    .map(|a| format!("age {}", a.recipient))
+                    .chain(meta.pgp.iter().map(|p| format!("pgp {}", p.fingerprint)))
+                    .chain(meta.other_recipients.iter().cloned())
+                    .collect(),
+                tried: keys.describe(),
+                failures,
+            })?;
 
     let mut walker = Walker {
         key: &data_key,
@@ -392,10 +400,17 @@ pub fn decrypt_bytes(
             reason: "the MAC computed over the decrypted values differs from the stored one".into(),
         });
     }
+    tracing::debug!(
+        format = format.name(),
+        values = walker.leaves.len(),
+        key = %unwrapped_by,
+        "sops file decrypted and its MAC verified"
+    );
     Ok(SecretTree {
         format,
         leaves: walker.leaves,
         comments: walker.comments,
+        unwrapped_by,
     })
 }
 

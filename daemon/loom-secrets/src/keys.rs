@@ -187,7 +187,7 @@ impl KeyRing {
     pub fn describe(&self) -> Vec<String> {
         self.age
             .iter()
-            .map(|k| format!("age {} (from {})", k.recipient, k.origin))
+            .map(AgeKey::describe)
             .chain(
                 self.pgp
                     .iter()
@@ -333,18 +333,19 @@ impl KeyRing {
         Ok(fingerprints)
     }
 
-    /// Unwraps the data key: age recipients first, then PGP (sops' own order). On failure,
-    /// returns one line per attempt that came close (a matching stanza that failed).
+    /// Unwraps the data key: age recipients first, then PGP (sops' own order). Returns the
+    /// key with a description of the ring key that opened it; on failure, one line per
+    /// attempt that came close (a stanza for one of our keys that still failed).
     pub(crate) fn unwrap_data_key(
         &self,
         age: &[AgeStanza],
         pgp: &[PgpStanza],
-    ) -> Result<DataKey, Vec<String>> {
+    ) -> Result<(DataKey, String), Vec<String>> {
         let mut failures = Vec::new();
-        if !self.age.is_empty() {
-            for stanza in age {
-                match self.unwrap_age(stanza) {
-                    Ok(Some(k)) => return Ok(k),
+        for stanza in age {
+            for key in &self.age {
+                match unwrap_age(stanza, key) {
+                    Ok(Some(k)) => return Ok((k, key.describe())),
                     Ok(None) => {}
                     Err(e) => failures.push(format!("age {}: {e}", stanza.recipient)),
                 }
@@ -353,7 +354,9 @@ impl KeyRing {
         for stanza in pgp {
             for key in &self.pgp {
                 match unwrap_pgp(stanza, key) {
-                    Ok(k) => return Ok(k),
+                    Ok(k) => {
+                        return Ok((k, format!("pgp {} (from {})", key.fingerprint, key.origin)));
+                    }
                     Err(e) if stanza_names_key(stanza, key) => {
                         failures.push(format!("pgp {}: {e}", stanza.fingerprint))
                     }
@@ -363,25 +366,32 @@ impl KeyRing {
         }
         Err(failures)
     }
+}
 
-    fn unwrap_age(&self, stanza: &AgeStanza) -> Result<Option<DataKey>, String> {
-        let reader = age::armor::ArmoredReader::new(stanza.enc.as_bytes());
-        let decryptor = age::Decryptor::new(reader).map_err(|e| format!("not an age file: {e}"))?;
-        let identities = self.age.iter().map(|k| match &k.identity {
-            AgeIdentity::X25519(i) => i as &dyn age::Identity,
-            AgeIdentity::Ssh(i) => i as &dyn age::Identity,
-        });
-        let mut reader = match decryptor.decrypt(identities) {
-            Ok(r) => r,
-            Err(age::DecryptError::NoMatchingKeys) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        let mut plain = Zeroizing::new(Vec::new());
-        reader
-            .read_to_end(&mut plain)
-            .map_err(|e| format!("age payload does not decrypt: {e}"))?;
-        to_data_key(&plain).map(Some)
+impl AgeKey {
+    fn describe(&self) -> String {
+        format!("age {} (from {})", self.recipient, self.origin)
     }
+}
+
+/// Tries one identity on one sops age stanza: `Ok(None)` when the stanza is not for it.
+fn unwrap_age(stanza: &AgeStanza, key: &AgeKey) -> Result<Option<DataKey>, String> {
+    let reader = age::armor::ArmoredReader::new(stanza.enc.as_bytes());
+    let decryptor = age::Decryptor::new(reader).map_err(|e| format!("not an age file: {e}"))?;
+    let identity: &dyn age::Identity = match &key.identity {
+        AgeIdentity::X25519(i) => i,
+        AgeIdentity::Ssh(i) => i,
+    };
+    let mut reader = match decryptor.decrypt(std::iter::once(identity)) {
+        Ok(r) => r,
+        Err(age::DecryptError::NoMatchingKeys) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut plain = Zeroizing::new(Vec::new());
+    reader
+        .read_to_end(&mut plain)
+        .map_err(|e| format!("age payload does not decrypt: {e}"))?;
+    to_data_key(&plain).map(Some)
 }
 
 fn stanza_names_key(stanza: &PgpStanza, key: &PgpKey) -> bool {

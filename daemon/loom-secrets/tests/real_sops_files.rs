@@ -411,7 +411,8 @@ fn bad_keys_are_clear_errors() {
 fn secret_types_never_print_plaintext() {
     let tree = decrypt_file(testdata().join("sops-nix/secrets.yaml"), &age_ring()).unwrap();
     let dump = format!("{tree:?} {tree:#?}");
-    for plain in ["test_value", "another value", "e1", "e3"] {
+    // (Quoted: a bare "e1" also occurs inside age recipients.)
+    for plain in ["test_value", "another value", "\"e1\"", "\"e3\""] {
         assert!(!dump.contains(plain), "{plain} leaked in {dump}");
     }
     let s = tree.get("test_key").unwrap();
@@ -538,4 +539,23 @@ fn no_single_byte_change_alters_a_value_silently() {
         // Sanity: the harness did refuse changes (those in unused PGP stanzas pass).
         assert!(accepted < tried, "{rel}: {accepted} of {tried} accepted");
     }
+}
+
+#[test]
+fn tree_reports_which_key_opened_it() {
+    let tree = decrypt_file(testdata().join("sops-nix/secrets.yaml"), &age_ring()).unwrap();
+    assert!(
+        tree.unwrapped_by().starts_with(
+            "age age1yt3tfqlfrwdwx0z0ynwplcr6qxcxfaqycuprpmy89nr83ltx74tqdpszlw (from "
+        ),
+        "{}",
+        tree.unwrapped_by()
+    );
+    let tree = decrypt_file(testdata().join("sops/multiple_keys.yaml"), &pgp_ring()).unwrap();
+    assert!(
+        tree.unwrapped_by()
+            .starts_with("pgp FBC7B9E2A4F9289AC0C1D4843D16CEE4A27381B4"),
+        "{}",
+        tree.unwrapped_by()
+    );
 }
