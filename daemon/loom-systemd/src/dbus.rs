@@ -1,0 +1,418 @@
+//! The real [`SystemdManager`]: systemd's `org.freedesktop.systemd1.Manager` over the system
+//! bus, with zbus on the caller's Tokio runtime.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use zbus::{
+    Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Variant,
+};
+
+use crate::manager::{JobKind, SystemdError, SystemdManager};
+use crate::unit::{
+    self, LoomUnit, PropValue, StartedUnit, TransientServiceSpec, UNIT_PREFIX, UNIT_SUFFIX,
+    UnitStatus,
+};
+
+const DEST: &str = "org.freedesktop.systemd1";
+const PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+
+/// The system bus's usual address, used when `DBUS_SYSTEM_BUS_ADDRESS` is unset.
+pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
+
+/// How long a job may take by default. Starting `systemd-nspawn` takes well under a second;
+/// stopping a container waits for its payload, which systemd bounds by `TimeoutStopSec`
+/// (90 s by default) before it kills.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// systemd's manager over D-Bus. Cheap to clone; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct DbusSystemd {
+    conn: Connection,
+    job_timeout: Duration,
+}
+
+impl DbusSystemd {
+    /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else
+    /// `/run/dbus/system_bus_socket`). Must be called inside a Tokio runtime.
+    pub async fn connect_system() -> Result<Self, SystemdError> {
+        let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+            .ok()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| SYSTEM_BUS_ADDRESS.to_string());
+        Self::connect(&address).await
+    }
+
+    /// Connects to the bus at a D-Bus address such as `unix:path=/proc/PID/root/run/dbus/system_bus_socket`
+    /// (how a test on the host reaches the systemd of a container it booted) and subscribes
+    /// to the manager's signals, without which systemd sends no `JobRemoved`.
+    pub async fn connect(address: &str) -> Result<Self, SystemdError> {
+        let connect_err = |source| SystemdError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let conn = zbus::connection::Builder::address(address)
+            .build()
+            .await
+            .map_err(connect_err)?;
+        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
+            .await
+            .map_err(connect_err)?;
+        Ok(DbusSystemd {
+            conn,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+        })
+    }
+
+    /// Sets how long to wait for a start or stop job.
+    pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    async fn manager_call<B>(
+        &self,
+        method: &'static str,
+        unit: &str,
+        body: &B,
+    ) -> Result<zbus::Message, SystemdError>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+    {
+        self.conn
+            .call_method(Some(DEST), PATH, Some(MANAGER), method, body)
+            .await
+            .map_err(|e| classify(e, method, unit))
+    }
+
+    /// A stream of the manager's `JobRemoved` signals, opened before a job is queued so that
+    /// its end cannot be missed.
+    async fn job_removed_stream(
+        &self,
+        unit: &str,
+        method: &'static str,
+    ) -> Result<MessageStream, SystemdError> {
+        let call_err = |source| SystemdError::Call {
+            method,
+            unit: unit.to_string(),
+            source,
+        };
+        let rule = MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(DEST)
+            .path(PATH)
+            .interface(MANAGER)
+            .member("JobRemoved")
+            .build()
+            .map_err(call_err)?;
+        MessageStream::for_match_rule(rule, &self.conn, None)
+            .await
+            .map_err(call_err)
+    }
+
+    /// Waits for `JobRemoved` of `job` and turns its result into an error unless it is `done`.
+    async fn wait_job(
+        &self,
+        mut stream: MessageStream,
+        job: &OwnedObjectPath,
+        unit: &str,
+        kind: JobKind,
+    ) -> Result<(), SystemdError> {
+        let wait = async {
+            while let Some(msg) = stream.next().await {
+                let Ok(msg) = msg else { continue };
+                let body = msg.body();
+                let Ok((_id, path, _unit, result)) =
+                    body.deserialize::<(u32, OwnedObjectPath, String, String)>()
+                else {
+                    continue;
+                };
+                if &path == job {
+                    return Some(result);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(self.job_timeout, wait).await {
+            Err(_) => Err(SystemdError::JobTimeout {
+                unit: unit.to_string(),
+                kind,
+                after: self.job_timeout,
+            }),
+            Ok(None) => Err(SystemdError::Disconnected {
+                unit: unit.to_string(),
+                kind,
+            }),
+            Ok(Some(result)) if result == "done" => Ok(()),
+            Ok(Some(result)) => Err(SystemdError::JobFailed {
+                unit: unit.to_string(),
+                kind,
+                result,
+            }),
+        }
+    }
+
+    async fn get_all(
+        &self,
+        path: &OwnedObjectPath,
+        iface: &str,
+        unit: &str,
+    ) -> Result<Option<HashMap<String, OwnedVariant>>, SystemdError> {
+        let reply = self
+            .conn
+            .call_method(Some(DEST), path, Some(PROPERTIES), "GetAll", &(iface,))
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e)
+                if error_name(&e).as_deref()
+                    == Some("org.freedesktop.DBus.Error.UnknownObject") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(classify(e, "GetAll", unit)),
+        };
+        let props = reply
+            .body()
+            .deserialize::<HashMap<String, OwnedVariant>>()
+            .map_err(|source| SystemdError::Reply {
+                method: "GetAll",
+                unit: unit.to_string(),
+                source,
+            })?;
+        Ok(Some(props))
+    }
+}
+
+#[async_trait]
+impl SystemdManager for DbusSystemd {
+    async fn start_transient_service(
+        &self,
+        spec: &TransientServiceSpec,
+    ) -> Result<StartedUnit, SystemdError> {
+        let unit = spec.unit_name()?;
+        let props = unit::service_properties(spec)?;
+        let variants: Vec<(&str, Variant<'_>)> = props
+            .iter()
+            .map(|(name, v)| (*name, to_variant(v)))
+            .collect();
+        let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> = Vec::new();
+
+        let stream = self.job_removed_stream(&unit, "StartTransientUnit").await?;
+        let reply = self
+            .manager_call(
+                "StartTransientUnit",
+                &unit,
+                &(unit.as_str(), "fail", variants, aux),
+            )
+            .await?;
+        let job = job_path(&reply, "StartTransientUnit", &unit)?;
+        tracing::debug!(unit, job = job.as_str(), "start job queued");
+        self.wait_job(stream, &job, &unit, JobKind::Start).await?;
+
+        let status = self.unit_status(&unit).await?;
+        let (main_pid, control_group) = status
+            .map(|s| (s.main_pid, s.control_group))
+            .unwrap_or_default();
+        Ok(StartedUnit {
+            name: unit,
+            job: job.as_str().to_string(),
+            main_pid,
+            control_group,
+        })
+    }
+
+    async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+        let path = match self.manager_call("GetUnit", unit, &(unit,)).await {
+            Ok(reply) => reply
+                .body()
+                .deserialize::<OwnedObjectPath>()
+                .map_err(|source| SystemdError::Reply {
+                    method: "GetUnit",
+                    unit: unit.to_string(),
+                    source,
+                })?,
+            Err(SystemdError::NoSuchUnit(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(u) = self.get_all(&path, UNIT_IFACE, unit).await? else {
+            return Ok(None);
+        };
+        if str_prop(&u, "LoadState") == "not-found" {
+            return Ok(None);
+        }
+        // A unit that is not a service (a name given by mistake) has no Service interface.
+        let s = self
+            .get_all(&path, SERVICE_IFACE, unit)
+            .await?
+            .unwrap_or_default();
+        let code = i32_prop(&s, "ExecMainCode");
+        let status = i32_prop(&s, "ExecMainStatus");
+        let extra: Vec<Vec<u8>> = u
+            .get("LogExtraFields")
+            .or_else(|| s.get("LogExtraFields"))
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| Vec::<Vec<u8>>::try_from(v).ok())
+            .unwrap_or_default();
+        Ok(Some(UnitStatus {
+            name: unit.to_string(),
+            active_state: str_prop(&u, "ActiveState"),
+            sub_state: str_prop(&u, "SubState"),
+            result: str_prop(&s, "Result"),
+            main_pid: u32_prop(&s, "MainPID"),
+            exit: unit::exit_status(code, status),
+            control_group: str_prop(&s, "ControlGroup"),
+            weaver_id: unit::weaver_id_from_extra_fields(&extra),
+        }))
+    }
+
+    async fn stop_unit(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+        let stream = self.job_removed_stream(unit, "StopUnit").await?;
+        let reply = self
+            .manager_call("StopUnit", unit, &(unit, "replace"))
+            .await?;
+        let job = job_path(&reply, "StopUnit", unit)?;
+        self.wait_job(stream, &job, unit, JobKind::Stop).await?;
+        self.unit_status(unit).await
+    }
+
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager_call("ResetFailedUnit", unit, &(unit,))
+            .await
+            .map(drop)
+    }
+
+    async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
+        let pattern = format!("{UNIT_PREFIX}*{UNIT_SUFFIX}");
+        let states: Vec<&str> = Vec::new();
+        let reply = self
+            .manager_call(
+                "ListUnitsByPatterns",
+                &pattern,
+                &(states, vec![pattern.as_str()]),
+            )
+            .await?;
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        );
+        let rows =
+            reply
+                .body()
+                .deserialize::<Vec<Row>>()
+                .map_err(|source| SystemdError::Reply {
+                    method: "ListUnitsByPatterns",
+                    unit: pattern.clone(),
+                    source,
+                })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(name, description, load_state, active_state, sub_state, ..)| {
+                    let weaver_id = unit::weaver_id_of_unit(&name).ok()?.to_string();
+                    Some(LoomUnit {
+                        name,
+                        weaver_id,
+                        description,
+                        load_state,
+                        active_state,
+                        sub_state,
+                    })
+                },
+            )
+            .collect())
+    }
+}
+
+fn to_variant(v: &PropValue) -> Variant<'_> {
+    match v {
+        PropValue::Str(s) => Variant::from(s.as_str()),
+        PropValue::Bool(b) => Variant::from(*b),
+        PropValue::U64(n) => Variant::from(*n),
+        PropValue::StrList(l) => Variant::from(l.iter().map(String::as_str).collect::<Vec<_>>()),
+        PropValue::ByteArrays(l) => Variant::from(l.clone()),
+        PropValue::ExecCommands(cmds) => Variant::from(
+            cmds.iter()
+                .map(|(path, argv, ignore)| {
+                    (
+                        path.as_str(),
+                        argv.iter().map(String::as_str).collect::<Vec<_>>(),
+                        *ignore,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+fn job_path(
+    reply: &zbus::Message,
+    method: &'static str,
+    unit: &str,
+) -> Result<OwnedObjectPath, SystemdError> {
+    reply
+        .body()
+        .deserialize::<OwnedObjectPath>()
+        .map_err(|source| SystemdError::Reply {
+            method,
+            unit: unit.to_string(),
+            source,
+        })
+}
+
+/// The D-Bus error name of a failed call, if the failure was an error reply.
+fn error_name(e: &zbus::Error) -> Option<String> {
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str().to_string()),
+        zbus::Error::FDO(fdo) => Some(fdo.name().as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn classify(e: zbus::Error, method: &'static str, unit: &str) -> SystemdError {
+    match error_name(&e).as_deref() {
+        Some("org.freedesktop.systemd1.NoSuchUnit") => SystemdError::NoSuchUnit(unit.to_string()),
+        Some("org.freedesktop.systemd1.UnitExists") => SystemdError::UnitExists(unit.to_string()),
+        _ => SystemdError::Call {
+            method,
+            unit: unit.to_string(),
+            source: e,
+        },
+    }
+}
+
+fn str_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> String {
+    props
+        .get(key)
+        .and_then(|v| <&str>::try_from(&**v).ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn u32_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> u32 {
+    props
+        .get(key)
+        .and_then(|v| u32::try_from(&**v).ok())
+        .unwrap_or_default()
+}
+
+fn i32_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> i32 {
+    props
+        .get(key)
+        .and_then(|v| i32::try_from(&**v).ok())
+        .unwrap_or_default()
+}

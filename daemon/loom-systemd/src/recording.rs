@@ -1,0 +1,282 @@
+//! A [`SystemdManager`] that records every call and keeps units in memory, behaving as
+//! systemd does for a weaver unit with `RemainAfterExit=yes`, so loomd's backend logic can be
+//! tested without root or systemd.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::manager::{JobKind, SystemdError, SystemdManager};
+use crate::unit::{self, ExitStatus, LoomUnit, StartedUnit, TransientServiceSpec, UnitStatus};
+
+/// One call made through the seam.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    StartTransientService(TransientServiceSpec),
+    UnitStatus(String),
+    StopUnit(String),
+    ResetFailed(String),
+    ListLoomUnits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<Call>,
+    units: BTreeMap<String, UnitStatus>,
+    next_pid: u32,
+    fail_next_start: Option<String>,
+}
+
+/// The recording fake. Main PIDs are made up (from 1000 up).
+#[derive(Debug, Default)]
+pub struct RecordingSystemd {
+    state: Mutex<State>,
+}
+
+impl RecordingSystemd {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock already failed; keep the state readable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Makes the next start's job end with `result` (e.g. "failed"), leaving the unit loaded
+    /// and failed, as systemd does when `systemd-nspawn` exits before it is ready.
+    pub fn fail_next_start(&self, result: &str) {
+        self.lock().fail_next_start = Some(result.to_string());
+    }
+
+    /// Puts a unit in place as if it had been there before (a loomd restart).
+    pub fn insert_unit(&self, status: UnitStatus) {
+        self.lock().units.insert(status.name.clone(), status);
+    }
+
+    /// Makes a running unit's main process end with `exit`: a clean exit leaves it
+    /// active/exited, anything else failed.
+    pub fn exit_unit(&self, unit: &str, exit: ExitStatus) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        let u = st
+            .units
+            .get_mut(unit)
+            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        u.main_pid = 0;
+        u.exit = Some(exit);
+        if exit == ExitStatus::Code(0) {
+            u.active_state = "active".into();
+            u.sub_state = "exited".into();
+            u.result = "success".into();
+        } else {
+            u.active_state = "failed".into();
+            u.sub_state = "failed".into();
+            u.control_group.clear();
+            u.result = match exit {
+                ExitStatus::Code(_) => "exit-code".into(),
+                ExitStatus::Signal {
+                    core_dumped: true, ..
+                } => "core-dump".into(),
+                ExitStatus::Signal { .. } => "signal".into(),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SystemdManager for RecordingSystemd {
+    async fn start_transient_service(
+        &self,
+        spec: &TransientServiceSpec,
+    ) -> Result<StartedUnit, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::StartTransientService(spec.clone()));
+        let name = spec.unit_name()?;
+        unit::service_properties(spec)?;
+        if st.units.contains_key(&name) {
+            return Err(SystemdError::UnitExists(name));
+        }
+        let failed = st.fail_next_start.take();
+        st.next_pid = st.next_pid.max(999) + 1;
+        let main_pid = st.next_pid;
+        let control_group = format!("/{}/{name}", unit::LOOM_SLICE);
+        let mut status = UnitStatus {
+            name: name.clone(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            result: "success".into(),
+            main_pid,
+            exit: None,
+            control_group: control_group.clone(),
+            weaver_id: Some(spec.weaver_id.clone()),
+        };
+        if let Some(result) = failed {
+            status.active_state = "failed".into();
+            status.sub_state = "failed".into();
+            status.result = "exit-code".into();
+            status.main_pid = 0;
+            status.exit = Some(ExitStatus::Code(1));
+            status.control_group.clear();
+            st.units.insert(name.clone(), status);
+            return Err(SystemdError::JobFailed {
+                unit: name,
+                kind: JobKind::Start,
+                result,
+            });
+        }
+        st.units.insert(name.clone(), status);
+        Ok(StartedUnit {
+            job: format!("/org/freedesktop/systemd1/job/{main_pid}"),
+            name,
+            main_pid,
+            control_group,
+        })
+    }
+
+    async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::UnitStatus(unit.to_string()));
+        Ok(st.units.get(unit).cloned())
+    }
+
+    async fn stop_unit(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::StopUnit(unit.to_string()));
+        let u = st
+            .units
+            .get(unit)
+            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        // A failed unit stays failed (and loaded) until reset; anything else is unloaded.
+        if u.active_state == "failed" {
+            return Ok(Some(u.clone()));
+        }
+        st.units.remove(unit);
+        Ok(None)
+    }
+
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::ResetFailed(unit.to_string()));
+        let u = st
+            .units
+            .get(unit)
+            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        if u.active_state == "failed" {
+            st.units.remove(unit);
+        }
+        Ok(())
+    }
+
+    async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::ListLoomUnits);
+        Ok(st
+            .units
+            .values()
+            .filter_map(|u| {
+                Some(LoomUnit {
+                    weaver_id: unit::weaver_id_of_unit(&u.name).ok()?.to_string(),
+                    name: u.name.clone(),
+                    description: String::new(),
+                    load_state: "loaded".into(),
+                    active_state: u.active_state.clone(),
+                    sub_state: u.sub_state.clone(),
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unit::Phase;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn lifecycle_is_recorded_and_mirrors_systemd() {
+        block(async {
+            let sd = RecordingSystemd::new();
+            let spec = TransientServiceSpec::new("aaaaaaaaaaaa", "one", vec!["/bin/true".into()]);
+            let started = sd.start_transient_service(&spec).await.unwrap();
+            assert_eq!(started.name, "loom-weaver-aaaaaaaaaaaa.service");
+            assert_eq!(
+                started.control_group,
+                "/loom.slice/loom-weaver-aaaaaaaaaaaa.service"
+            );
+            assert!(matches!(
+                sd.start_transient_service(&spec).await,
+                Err(SystemdError::UnitExists(_))
+            ));
+            let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+            assert_eq!(st.phase(), Phase::Running);
+            sd.exit_unit(&started.name, ExitStatus::Code(3)).unwrap();
+            let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+            assert_eq!(st.phase(), Phase::Failed(Some(ExitStatus::Code(3))));
+            sd.stop_unit(&started.name).await.unwrap();
+            assert_eq!(
+                sd.list_loom_units().await.unwrap().len(),
+                1,
+                "failed stays loaded"
+            );
+            sd.reset_failed(&started.name).await.unwrap();
+            assert!(sd.unit_status(&started.name).await.unwrap().is_none());
+            assert!(matches!(
+                sd.stop_unit(&started.name).await,
+                Err(SystemdError::NoSuchUnit(_))
+            ));
+            let calls = sd.calls();
+            assert_eq!(calls[0], Call::StartTransientService(spec));
+            assert_eq!(calls.last(), Some(&Call::StopUnit(started.name.clone())));
+        });
+    }
+
+    #[test]
+    fn a_failed_start_leaves_a_failed_unit() {
+        block(async {
+            let sd = RecordingSystemd::new();
+            sd.fail_next_start("failed");
+            let spec = TransientServiceSpec::new("bbbbbbbbbbbb", "two", vec!["/bin/false".into()]);
+            match sd.start_transient_service(&spec).await {
+                Err(SystemdError::JobFailed {
+                    result,
+                    kind: JobKind::Start,
+                    ..
+                }) => {
+                    assert_eq!(result, "failed")
+                }
+                other => panic!("expected a failed job, got {other:?}"),
+            }
+            let units = sd.list_loom_units().await.unwrap();
+            assert_eq!(units.len(), 1);
+            assert_eq!(units[0].weaver_id, "bbbbbbbbbbbb");
+            assert_eq!(units[0].active_state, "failed");
+        });
+    }
+
+    #[test]
+    fn bad_specs_never_reach_the_units() {
+        block(async {
+            let sd = RecordingSystemd::new();
+            let spec = TransientServiceSpec::new("bad id", "x", vec!["/bin/true".into()]);
+            assert!(matches!(
+                sd.start_transient_service(&spec).await,
+                Err(SystemdError::Spec(_))
+            ));
+            assert!(sd.list_loom_units().await.unwrap().is_empty());
+        });
+    }
+}

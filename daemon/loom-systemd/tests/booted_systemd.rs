@@ -1,0 +1,511 @@
+//! Real systemd: each test boots the host's systemd in a container with the harness and
+//! drives it through the D-Bus seam, either from the host (over the container's bus socket at
+//! /proc/PID/root/run/dbus/system_bus_socket) or from a probe binary run inside it.
+//!
+//! Needs root and systemd-nspawn; skips loudly without them unless LOOM_REQUIRE_PRIVILEGED=1.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use loom_systemd::harness::{self, BootedSystemd};
+use loom_systemd::{
+    DbusSystemd, ExitStatus, JobKind, Phase, ServiceType, SystemdError, SystemdManager,
+    TransientServiceSpec,
+};
+
+fn skip_or_fail(reason: &str) {
+    if std::env::var("LOOM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("LOOM_REQUIRE_PRIVILEGED=1 but {reason}");
+    }
+    eprintln!(
+        "!!! SKIPPING a booted-systemd test: {reason} (set LOOM_REQUIRE_PRIVILEGED=1 to fail instead)"
+    );
+}
+
+fn boot(
+    prefix: &str,
+    f: impl FnOnce(harness::BootBuilder) -> harness::BootBuilder,
+) -> Option<BootedSystemd> {
+    if let Some(reason) = harness::unavailable_reason() {
+        skip_or_fail(&reason);
+        return None;
+    }
+    let builder = f(BootedSystemd::builder(harness::unique_name(prefix)));
+    match builder.boot() {
+        Ok(c) => Some(c),
+        Err(e) => panic!("booting systemd in a container failed: {e}"),
+    }
+}
+
+async fn connect(c: &BootedSystemd) -> DbusSystemd {
+    DbusSystemd::connect(&c.system_bus_address())
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e:?}", c.system_bus_address()))
+        .with_job_timeout(Duration::from_secs(30))
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+/// Polls `check` until it returns Some, for up to 15 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn journal(c: &BootedSystemd, filter: &str) -> String {
+    c.exec_ok(&["journalctl", "--no-pager", "-o", "cat", filter])
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn plain_commands_run_as_transient_units_with_status_exit_codes_and_journal() {
+    let Some(c) = boot("lsd-plain", |b| b) else {
+        return;
+    };
+    let sd = connect(&c).await;
+
+    // A command that fails: the unit stays loaded as failed, with its exit code.
+    let mut spec = TransientServiceSpec::new(
+        "plain01",
+        "plain-weaver",
+        sh("echo plain-out-$((40+2)) $LOOM_T; sleep 0.3; exit 3"),
+    );
+    spec.service_type = ServiceType::Simple;
+    spec.environment = vec!["LOOM_T=env-seen".into()];
+    spec.tasks_max = Some(32);
+    let started = sd
+        .start_transient_service(&spec)
+        .await
+        .expect("start plain01");
+    assert_eq!(started.name, "loom-weaver-plain01.service");
+    assert_eq!(
+        started.control_group,
+        "/loom.slice/loom-weaver-plain01.service"
+    );
+    assert!(started.main_pid > 0, "{started:?}");
+    assert!(started.job.starts_with("/org/freedesktop/systemd1/job/"));
+    match sd.start_transient_service(&spec).await {
+        Err(SystemdError::UnitExists(u)) => assert_eq!(u, started.name),
+        other => panic!("a second start of a loaded unit must say it exists: {other:?}"),
+    }
+    let st = eventually("plain01 to exit", || async {
+        let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+        (st.phase() != Phase::Running).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        st.phase(),
+        Phase::Failed(Some(ExitStatus::Code(3))),
+        "{st:?}"
+    );
+    assert_eq!(st.result, "exit-code");
+    assert_eq!(st.main_pid, 0);
+    assert_eq!(st.weaver_id.as_deref(), Some("plain01"));
+    eventually(
+        "plain01's output in the journal under its SyslogIdentifier",
+        || async {
+            journal(&c, "--identifier=plain-weaver")
+                .contains("plain-out-42 env-seen")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        journal(&c, "LOOM_WEAVER=plain01").contains("plain-out-42"),
+        "LogExtraFields tags the unit's output with LOOM_WEAVER"
+    );
+    let listed = sd.list_loom_units().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|u| u.weaver_id == "plain01" && u.active_state == "failed"),
+        "{listed:?}"
+    );
+    sd.reset_failed(&started.name).await.expect("reset plain01");
+    assert_eq!(sd.unit_status(&started.name).await.unwrap(), None);
+
+    // A command that succeeds stays loaded (RemainAfterExit) with code 0 until stopped.
+    let mut ok = TransientServiceSpec::new("plain02", "plain-two", sh("exit 0"));
+    ok.service_type = ServiceType::Simple;
+    let started = sd
+        .start_transient_service(&ok)
+        .await
+        .expect("start plain02");
+    let st = eventually("plain02 to exit", || async {
+        let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+        (st.phase() != Phase::Running).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        st.phase(),
+        Phase::Exited(Some(ExitStatus::Code(0))),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.active_state.as_str(), st.sub_state.as_str()),
+        ("active", "exited")
+    );
+    assert!(
+        sd.list_loom_units()
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.weaver_id == "plain02")
+    );
+    assert_eq!(
+        sd.stop_unit(&started.name).await.expect("stop plain02"),
+        None
+    );
+
+    // A long runner killed by a signal reports it.
+    let mut long = TransientServiceSpec::new(
+        "plain03",
+        "plain-three",
+        vec!["/bin/sleep".into(), "300".into()],
+    );
+    long.service_type = ServiceType::Simple;
+    let started = sd
+        .start_transient_service(&long)
+        .await
+        .expect("start plain03");
+    c.exec_ok(&["kill", "-KILL", &started.main_pid.to_string()])
+        .expect("kill plain03's main process");
+    let st = eventually("plain03 to die", || async {
+        let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+        (st.phase() != Phase::Running).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        st.phase(),
+        Phase::Failed(Some(ExitStatus::Signal {
+            signal: 9,
+            core_dumped: false
+        })),
+        "{st:?}"
+    );
+    assert_eq!(st.exit.unwrap().shell_code(), 137);
+    sd.reset_failed(&started.name).await.unwrap();
+
+    // Units that are not there.
+    let ghost = "loom-weaver-nope.service";
+    assert_eq!(sd.unit_status(ghost).await.unwrap(), None);
+    assert!(matches!(
+        sd.stop_unit(ghost).await,
+        Err(SystemdError::NoSuchUnit(_))
+    ));
+    assert!(matches!(
+        sd.reset_failed(ghost).await,
+        Err(SystemdError::NoSuchUnit(_))
+    ));
+
+    // Type=notify: a start whose process dies before it is ready fails the start job.
+    let doomed = TransientServiceSpec::new("plain04", "plain-four", sh("exit 7"));
+    match sd.start_transient_service(&doomed).await {
+        Err(SystemdError::JobFailed {
+            kind: JobKind::Start,
+            result,
+            unit,
+        }) => {
+            assert_eq!(unit, "loom-weaver-plain04.service");
+            assert_eq!(result, "failed");
+        }
+        other => panic!("expected a failed start job: {other:?}"),
+    }
+    let st = sd
+        .unit_status("loom-weaver-plain04.service")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        st.phase(),
+        Phase::Failed(Some(ExitStatus::Code(7))),
+        "{st:?}"
+    );
+
+    // Bad specs never reach systemd.
+    let bad = TransientServiceSpec::new("bad/id", "x", sh("true"));
+    assert!(matches!(
+        sd.start_transient_service(&bad).await,
+        Err(SystemdError::Spec(_))
+    ));
+    drop(sd);
+    c.shutdown();
+}
+
+/// The flags that run a user-namespaced nspawn container inside the booted container.
+fn nested_nspawn_argv(machine: &str, root: &str, script: &str) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "/usr/bin/systemd-nspawn",
+        "--quiet",
+        "--keep-unit",
+        "--register=yes",
+        "--private-users=pick",
+        "--private-users-ownership=chown",
+        "--bind-ro=/usr",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend([
+        "-M".into(),
+        machine.into(),
+        "-D".into(),
+        root.into(),
+        "--".into(),
+    ]);
+    argv.extend(sh(script));
+    argv
+}
+
+/// A throwaway root with the host's /usr: `usr/` empty (bound read-only at start), the
+/// top-level links into it, and an os-release for systemd-nspawn's check.
+fn make_skeleton(c: &BootedSystemd, inside: &str) {
+    let root = c.host_path(inside);
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for d in ["bin", "lib", "lib64", "sbin"] {
+        if Path::new("/").join(d).exists() {
+            std::os::unix::fs::symlink(format!("usr/{d}"), root.join(d)).unwrap();
+        }
+    }
+    std::fs::copy("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
+}
+
+#[tokio::test]
+async fn nested_nspawn_weaver_is_registered_limited_and_logged() {
+    let Some(c) = boot("lsd-nest", |b| b) else {
+        return;
+    };
+    let sd = connect(&c).await;
+    let root = "/var/lib/loom/weavers/nest01/root";
+    make_skeleton(&c, root);
+
+    let mut spec = TransientServiceSpec::new(
+        "nest01",
+        "nestw",
+        nested_nspawn_argv(
+            "nestw",
+            root,
+            "echo nested-hello; echo uidmap $(cat /proc/self/uid_map); echo host $(cat /proc/sys/kernel/hostname); exec sleep 300",
+        ),
+    );
+    spec.memory_max = Some(128 << 20);
+    spec.tasks_max = Some(64);
+    spec.cpu_quota_per_sec_usec = Some(500_000);
+    let t0 = Instant::now();
+    let started = sd
+        .start_transient_service(&spec)
+        .await
+        .expect("start nested weaver");
+    eprintln!(
+        "nested nspawn weaver started (Type=notify job done) in {:?}",
+        t0.elapsed()
+    );
+    assert!(started.main_pid > 0);
+    let st = sd.unit_status(&started.name).await.unwrap().unwrap();
+    assert_eq!(st.phase(), Phase::Running, "{st:?}");
+
+    let machines = c.exec_ok(&["machinectl", "list", "--no-legend"]).unwrap();
+    assert!(
+        machines
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("nestw")),
+        "machinectl list shows the weaver: {machines}"
+    );
+    let log = eventually("the weaver's output under its SyslogIdentifier", || async {
+        let log = journal(&c, "--identifier=nestw");
+        (log.contains("nested-hello") && log.contains("uidmap")).then_some(log)
+    })
+    .await;
+    let uidmap = log.lines().find(|l| l.starts_with("uidmap")).unwrap();
+    let fields: Vec<&str> = uidmap.split_whitespace().collect();
+    assert_eq!(fields[1], "0", "{uidmap}");
+    assert_ne!(fields[2], "0", "root inside is not root outside: {uidmap}");
+    assert!(
+        log.contains("host nestw"),
+        "hostname is the machine name: {log}"
+    );
+
+    // The limits land in the unit's cgroup, which the weaver's processes are under.
+    let cg = format!("/sys/fs/cgroup/memory{}", started.control_group);
+    let limit = c
+        .exec_ok(&["cat", &format!("{cg}/memory.limit_in_bytes")])
+        .expect("memory cgroup");
+    assert_eq!(limit.trim(), (128u64 << 20).to_string());
+    let pids_max = c
+        .exec_ok(&[
+            "cat",
+            &format!("/sys/fs/cgroup/pids{}/pids.max", started.control_group),
+        ])
+        .expect("pids cgroup");
+    assert_eq!(pids_max.trim(), "64");
+    let quota = c
+        .exec_ok(&[
+            "cat",
+            &format!(
+                "/sys/fs/cgroup/cpu{}/cpu.cfs_quota_us",
+                started.control_group
+            ),
+        ])
+        .expect("cpu cgroup");
+    let period = c
+        .exec_ok(&[
+            "cat",
+            &format!(
+                "/sys/fs/cgroup/cpu{}/cpu.cfs_period_us",
+                started.control_group
+            ),
+        ])
+        .unwrap();
+    let (q, p): (u64, u64) = (
+        quota.trim().parse().unwrap(),
+        period.trim().parse().unwrap(),
+    );
+    assert_eq!(q * 1_000_000 / p, 500_000, "half a CPU: {q}/{p}");
+
+    let listed = sd.list_loom_units().await.unwrap();
+    assert!(
+        listed.iter().any(|u| u.weaver_id == "nest01"
+            && u.active_state == "active"
+            && u.sub_state == "running"),
+        "{listed:?}"
+    );
+
+    let t0 = Instant::now();
+    let after = sd
+        .stop_unit(&started.name)
+        .await
+        .expect("stop nested weaver");
+    eprintln!(
+        "nested weaver stopped in {:?}, after: {after:?}",
+        t0.elapsed()
+    );
+    if let Some(st) = after {
+        assert_ne!(st.phase(), Phase::Running);
+        sd.reset_failed(&started.name).await.unwrap();
+    }
+    assert_eq!(sd.unit_status(&started.name).await.unwrap(), None);
+    let machines = c.exec_ok(&["machinectl", "list", "--no-legend"]).unwrap();
+    assert!(
+        !machines.contains("nestw"),
+        "machine unregistered: {machines}"
+    );
+
+    // A weaver whose container cannot start fails its start job (Type=notify).
+    let bad = TransientServiceSpec::new(
+        "nest02",
+        "nestbad",
+        nested_nspawn_argv("nestbad", "/var/lib/loom/weavers/missing", "true"),
+    );
+    assert!(matches!(
+        sd.start_transient_service(&bad).await,
+        Err(SystemdError::JobFailed {
+            kind: JobKind::Start,
+            ..
+        })
+    ));
+    drop(sd);
+    c.shutdown();
+}
+
+#[tokio::test]
+async fn probe_inside_the_container_uses_its_own_system_bus_and_sockets_reach_the_host() {
+    let probe = Path::new(env!("CARGO_BIN_EXE_loom-systemd-probe"));
+    let sockdir = std::env::temp_dir().join(harness::unique_name("lsd-sock"));
+    std::fs::create_dir_all(&sockdir).unwrap();
+    let Some(c) = boot("lsd-probe", |b| {
+        b.bind_ro(probe.parent().unwrap(), "/opt/loom-test")
+            .bind(&sockdir, "/run/loomd")
+    }) else {
+        return;
+    };
+    let inner = format!(
+        "/opt/loom-test/{}",
+        probe.file_name().unwrap().to_str().unwrap()
+    );
+
+    let out = c
+        .exec_ok(&[
+            &inner,
+            "start",
+            "probe01",
+            "probew",
+            "--simple",
+            "--",
+            "/bin/sleep",
+            "300",
+        ])
+        .expect("probe start inside the container");
+    assert!(out.contains("unit=loom-weaver-probe01.service"), "{out}");
+    assert!(
+        out.contains("control_group=/loom.slice/loom-weaver-probe01.service"),
+        "{out}"
+    );
+    let status = c
+        .exec_ok(&[&inner, "status", "loom-weaver-probe01.service"])
+        .unwrap();
+    assert!(status.contains("phase=Running"), "{status}");
+    assert!(status.contains("weaver_id=probe01"), "{status}");
+    let list = c.exec_ok(&[&inner, "list"]).unwrap();
+    assert!(
+        list.contains("loom-weaver-probe01.service probe01 active running"),
+        "{list}"
+    );
+    // The host-side client sees the same unit over the same bus.
+    let sd = connect(&c).await;
+    assert!(
+        sd.unit_status("loom-weaver-probe01.service")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let stopped = c
+        .exec_ok(&[&inner, "stop", "loom-weaver-probe01.service"])
+        .unwrap();
+    assert!(
+        stopped.contains("loaded=no"),
+        "sleep ends cleanly on SIGTERM: {stopped}"
+    );
+
+    // A socket made inside under a bound host directory is reachable from the host, both at
+    // the host directory and through /proc/PID/root.
+    for (sock, host_side) in [
+        ("/run/loomd/a.sock", sockdir.join("a.sock")),
+        ("/run/loomd/b.sock", c.host_path("/run/loomd/b.sock")),
+    ] {
+        let mut server = c
+            .command(&[inner.as_str(), "serve-once", sock])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "listening\n");
+        let mut s = UnixStream::connect(&host_side)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", host_side.display()));
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "ok\n");
+        assert!(server.wait().unwrap().success());
+    }
+    drop(sd);
+    c.shutdown();
+    let _ = std::fs::remove_dir_all(&sockdir);
+}
