@@ -60,11 +60,7 @@ pub const PROGRAMS: &[&str] = &[
 ];
 
 fn tracepoint_of(program: &str) -> (&'static str, &str) {
-    if program.starts_with("sched_") {
-        ("sched", program)
-    } else {
-        ("syscalls", program)
-    }
+    if program.starts_with("sched_") { ("sched", program) } else { ("syscalls", program) }
 }
 
 /// Starting or driving the audit failed.
@@ -86,9 +82,7 @@ pub enum AuditError {
     NothingAttached(Vec<String>),
     #[error("Audit::start must run inside a tokio runtime with I/O enabled")]
     Runtime(#[source] std::io::Error),
-    #[error(
-        "cannot watch cgroup {cgroup_id} for weaver {weaver:?}; the watched map may be full (max_weavers)"
-    )]
+    #[error("cannot watch cgroup {cgroup_id} for weaver {weaver:?}; the watched map may be full (max_weavers)")]
     Watch {
         cgroup_id: u64,
         weaver: String,
@@ -137,8 +131,7 @@ impl AuditStats {
     /// Events issued but neither received nor counted lost: still in the
     /// ring buffer (or, if it stays non-zero once idle, unaccounted).
     pub fn in_flight(&self) -> u64 {
-        self.seq_issued
-            .saturating_sub(self.received + self.kernel_lost + self.decode_errors)
+        self.seq_issued.saturating_sub(self.received + self.kernel_lost + self.decode_errors)
     }
 }
 
@@ -207,10 +200,7 @@ impl Drop for Audit {
 /// CLOCK_REALTIME - CLOCK_BOOTTIME, in ns.
 fn boot_to_unix_offset_ns() -> i64 {
     let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: ts is a valid, writable timespec; the clock ids are constants.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -221,23 +211,14 @@ fn boot_to_unix_offset_ns() -> i64 {
 /// Mount tracefs where the kernel expects it if no tracefs is visible; the
 /// tracepoint attach needs its `events/*/id` files.
 fn ensure_tracefs() -> Result<(), String> {
-    for p in [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ] {
+    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
         if Path::new(p).exists() {
             return Ok(());
         }
     }
     // SAFETY: all arguments are valid NUL-terminated strings; data is null.
     let r = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if r != 0 {
         return Err(format!(
@@ -250,10 +231,7 @@ fn ensure_tracefs() -> Result<(), String> {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock() {
-    let lim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit with a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK");
@@ -273,10 +251,7 @@ impl Audit {
         raise_memlock();
         let btf = Btf::from_sys_fs().ok();
         if btf.is_none() {
-            warnings.push(
-                "no kernel BTF at /sys/kernel/btf/vmlinux: CO-RE relocations cannot be applied"
-                    .into(),
-            );
+            warnings.push("no kernel BTF at /sys/kernel/btf/vmlinux: CO-RE relocations cannot be applied".into());
         }
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
@@ -289,14 +264,10 @@ impl Audit {
         for &name in PROGRAMS {
             let (category, tp) = tracepoint_of(name);
             let result = (|| -> Result<(), String> {
-                let prog = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| "not in the object".to_string())?;
+                let prog = ebpf.program_mut(name).ok_or_else(|| "not in the object".to_string())?;
                 let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                prog.load()
-                    .map_err(|e| format!("load: {}", error_chain(&e)))?;
-                prog.attach(category, tp)
-                    .map_err(|e| format!("attach to {category}:{tp}: {}", error_chain(&e)))?;
+                prog.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+                prog.attach(category, tp).map_err(|e| format!("attach to {category}:{tp}: {}", error_chain(&e)))?;
                 Ok(())
             })();
             match result {
@@ -311,13 +282,10 @@ impl Audit {
             return Err(AuditError::NothingAttached(warnings));
         }
 
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(AuditError::MissingMap(name))
-        };
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(AuditError::MissingMap(name));
         let map_err = |name| move |source| AuditError::Map { name, source };
         let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
-        let watched = aya::maps::HashMap::try_from(take(&mut ebpf, "watched")?)
-            .map_err(map_err("watched"))?;
+        let watched = aya::maps::HashMap::try_from(take(&mut ebpf, "watched")?).map_err(map_err("watched"))?;
         let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
         let seqno = Array::try_from(take(&mut ebpf, "seqno")?).map_err(map_err("seqno"))?;
 
@@ -328,9 +296,7 @@ impl Audit {
             decode_errors: AtomicU64::new(0),
         });
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(AuditError::Runtime(std::io::Error::other(
-                "no tokio runtime",
-            )));
+            return Err(AuditError::Runtime(std::io::Error::other("no tokio runtime")));
         }
         // SAFETY: the ring buffer's map fd is owned by `ring`, which the
         // AsyncFd owns for its whole life, so the fd stays open and the same.
@@ -338,11 +304,7 @@ impl Audit {
             .map_err(|e| AuditError::Runtime(e.into_parts().1))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let drain = tokio::spawn(drain(ring, tx, shared.clone(), boot_to_unix_offset_ns()));
-        tracing::info!(
-            attached = attached.len(),
-            missing = warnings.len(),
-            "audit started"
-        );
+        tracing::info!(attached = attached.len(), missing = warnings.len(), "audit started");
         Ok(Audit {
             _ebpf: ebpf,
             watched: Mutex::new(watched),
@@ -369,12 +331,11 @@ impl Audit {
             names.live.insert(cgroup_id, weaver.to_string());
         }
         let mut map = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(cgroup_id, 1, 0)
-            .map_err(|source| AuditError::Watch {
-                cgroup_id,
-                weaver: weaver.to_string(),
-                source,
-            })
+        map.insert(cgroup_id, 1, 0).map_err(|source| AuditError::Watch {
+            cgroup_id,
+            weaver: weaver.to_string(),
+            source,
+        })
     }
 
     /// Stop recording the cgroup; events already in flight keep their weaver.
@@ -397,27 +358,14 @@ impl Audit {
 
     /// Counters per kind, hooks attached and missing.
     pub fn stats(&self) -> AuditStats {
-        let mut s = AuditStats {
-            attached: self.attached.clone(),
-            warnings: self.warnings.clone(),
-            ..AuditStats::default()
-        };
+        let mut s =
+            AuditStats { attached: self.attached.clone(), warnings: self.warnings.clone(), ..AuditStats::default() };
         s.seq_issued = self.seqno.get(&0, 0).unwrap_or(0);
-        s.watched = self
-            .shared
-            .names
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .live
-            .len();
+        s.watched = self.shared.names.read().unwrap_or_else(|e| e.into_inner()).live.len();
         s.decode_errors = self.shared.decode_errors.load(Ordering::Relaxed);
         for k in EventKind::ALL {
             let i = k.raw() as usize;
-            let kernel_lost = self
-                .lost
-                .get(&k.raw(), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
+            let kernel_lost = self.lost.get(&k.raw(), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
             let ks = KindStats {
                 received: self.shared.received[i].load(Ordering::Relaxed),
                 kernel_lost,

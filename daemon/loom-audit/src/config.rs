@@ -62,27 +62,15 @@ pub enum ConfigError {
     )]
     UnknownKey(String),
     #[error("[audit] {key} must be {expected}, got {got}")]
-    Type {
-        key: &'static str,
-        expected: &'static str,
-        got: String,
-    },
+    Type { key: &'static str, expected: &'static str, got: String },
     #[error("[audit] {key} = {value} is out of range: {why}")]
-    Range {
-        key: &'static str,
-        value: i64,
-        why: &'static str,
-    },
+    Range { key: &'static str, value: i64, why: &'static str },
     #[error("[audit] sink = {0:?} is not one of auto, journald, ndjson")]
     Sink(String),
 }
 
 fn type_err(key: &'static str, expected: &'static str, v: &toml::Value) -> ConfigError {
-    ConfigError::Type {
-        key,
-        expected,
-        got: format!("{} {v}", v.type_str()),
-    }
+    ConfigError::Type { key, expected, got: format!("{} {v}", v.type_str()) }
 }
 
 impl AuditConfig {
@@ -95,11 +83,7 @@ impl AuditConfig {
             let int = |k: &'static str, min: i64, max: i64, why: &'static str| {
                 let n = v.as_integer().ok_or_else(|| type_err(k, "an integer", v))?;
                 if n < min || n > max {
-                    return Err(ConfigError::Range {
-                        key: k,
-                        value: n,
-                        why,
-                    });
+                    return Err(ConfigError::Range { key: k, value: n, why });
                 }
                 Ok(n)
             };
@@ -118,12 +102,7 @@ impl AuditConfig {
                 "journal_socket" => c.journal_socket = PathBuf::from(string("journal_socket")?),
                 "ndjson_file" => c.ndjson_file = Some(PathBuf::from(string("ndjson_file")?)),
                 "ring_buffer_bytes" => {
-                    let n = int(
-                        "ring_buffer_bytes",
-                        4096,
-                        1 << 30,
-                        "use a power of two between 4096 and 1 GiB",
-                    )?;
+                    let n = int("ring_buffer_bytes", 4096, 1 << 30, "use a power of two between 4096 and 1 GiB")?;
                     if (n as u64).count_ones() != 1 {
                         return Err(ConfigError::Range {
                             key: "ring_buffer_bytes",
@@ -134,12 +113,9 @@ impl AuditConfig {
                     c.ring_buffer_bytes = n as u32;
                 }
                 "queue_capacity" => {
-                    c.queue_capacity =
-                        int("queue_capacity", 1, 1 << 24, "use 1 to 16777216 events")? as usize
+                    c.queue_capacity = int("queue_capacity", 1, 1 << 24, "use 1 to 16777216 events")? as usize
                 }
-                "max_weavers" => {
-                    c.max_weavers = int("max_weavers", 1, 1 << 20, "use 1 to 1048576")? as u32
-                }
+                "max_weavers" => c.max_weavers = int("max_weavers", 1, 1 << 20, "use 1 to 1048576")? as u32,
                 other => return Err(ConfigError::UnknownKey(other.to_string())),
             }
         }
@@ -179,10 +155,7 @@ mod tests {
         assert!(!c.enabled && c.required && !c.index);
         assert_eq!(c.sink, SinkChoice::Ndjson);
         assert_eq!(c.ndjson_file, Some(PathBuf::from("/tmp/a.ndjson")));
-        assert_eq!(
-            (c.ring_buffer_bytes, c.queue_capacity, c.max_weavers),
-            (65536, 10, 8)
-        );
+        assert_eq!((c.ring_buffer_bytes, c.queue_capacity, c.max_weavers), (65536, 10, 8));
     }
 
     #[test]

@@ -360,11 +360,7 @@ const CLONE_FLAGS: &[(u64, &str)] = &[
 
 /// Namespace (and other unshare) flag names in a clone-flags value.
 pub fn namespace_names(flags: u64) -> Vec<String> {
-    CLONE_FLAGS
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| (*n).to_string())
-        .collect()
+    CLONE_FLAGS.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| (*n).to_string()).collect()
 }
 
 /// `PTRACE_*` request names.
@@ -447,17 +443,11 @@ fn net_detail(e: &layout::EvNet) -> NetDetail {
         ),
         10 => {
             let ip = Ipv6Addr::from(e.addr);
-            let text = if e.scope_id != 0 {
-                format!("{ip}%{}", e.scope_id)
-            } else {
-                ip.to_string()
-            };
+            let text = if e.scope_id != 0 { format!("{ip}%{}", e.scope_id) } else { ip.to_string() };
             ("inet6".to_string(), Some(text), Some(e.port), None)
         }
         1 => {
-            let n = (e.addrlen as usize)
-                .saturating_sub(2)
-                .min(layout::UNIX_PATH_LEN);
+            let n = (e.addrlen as usize).saturating_sub(2).min(layout::UNIX_PATH_LEN);
             let raw = &e.unix_path[..n];
             let path = match raw.first() {
                 Some(0) => {
@@ -474,30 +464,16 @@ fn net_detail(e: &layout::EvNet) -> NetDetail {
         }
         f => (format!("af{f}"), None, None, None),
     };
-    NetDetail {
-        fd: e.fd,
-        family,
-        addr,
-        port,
-        unix_path,
-    }
+    NetDetail { fd: e.fd, family, addr, port, unix_path }
 }
 
 fn need<T: layout::Pod>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
-    layout::read::<T>(buf).ok_or(DecodeError::TooShort {
-        kind,
-        len: buf.len(),
-        need: std::mem::size_of::<T>(),
-    })
+    layout::read::<T>(buf).ok_or(DecodeError::TooShort { kind, len: buf.len(), need: std::mem::size_of::<T>() })
 }
 
 /// Decode one ring-buffer record. `weaver` maps a cgroup id to its weaver id;
 /// `boot_to_unix_ns` is CLOCK_REALTIME minus CLOCK_BOOTTIME.
-pub fn decode(
-    buf: &[u8],
-    weaver: impl Fn(u64) -> String,
-    boot_to_unix_ns: i64,
-) -> Result<AuditEvent, DecodeError> {
+pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) -> Result<AuditEvent, DecodeError> {
     let hdr: layout::Hdr = need(buf, 0)?;
     let k = EventKind::from_raw(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
     let raw = hdr.kind;
@@ -516,11 +492,7 @@ pub fn decode(
         EventKind::Connect | EventKind::Bind => {
             let e: layout::EvNet = need(buf, raw)?;
             let d = net_detail(&e);
-            if k == EventKind::Connect {
-                EventDetail::Connect(d)
-            } else {
-                EventDetail::Bind(d)
-            }
+            if k == EventKind::Connect { EventDetail::Connect(d) } else { EventDetail::Bind(d) }
         }
         EventKind::Open | EventKind::Unlink | EventKind::Umount | EventKind::Module => {
             let e: layout::EvPath = need(buf, raw)?;
@@ -535,17 +507,10 @@ pub fn decode(
                     flags: a[1] as u64,
                     mode: a[2] as u32,
                 },
-                EventKind::Unlink => EventDetail::Unlink {
-                    path,
-                    path_truncated,
-                    dirfd: a[0] as i32,
-                    flags: a[1] as u64,
-                },
-                EventKind::Umount => EventDetail::Umount {
-                    path,
-                    path_truncated,
-                    flags: a[0] as u64,
-                },
+                EventKind::Unlink => {
+                    EventDetail::Unlink { path, path_truncated, dirfd: a[0] as i32, flags: a[1] as u64 }
+                }
+                EventKind::Umount => EventDetail::Umount { path, path_truncated, flags: a[0] as u64 },
                 _ => {
                     let delete = hdr.op == 32;
                     let init = hdr.op == 30;
@@ -563,8 +528,7 @@ pub fn decode(
             let e: layout::EvPath2 = need(buf, raw)?;
             let path = cstr(&e.path, e.path_len);
             let path2 = cstr(&e.path2, e.path2_len);
-            let trunc =
-                truncated(e.path_len, layout::PATH_LEN) || truncated(e.path2_len, layout::PATH_LEN);
+            let trunc = truncated(e.path_len, layout::PATH_LEN) || truncated(e.path2_len, layout::PATH_LEN);
             let a = e.args;
             if k == EventKind::Rename {
                 EventDetail::Rename {
@@ -605,19 +569,14 @@ pub fn decode(
                         core_dumped: status & 0x80 != 0,
                     }
                 }
-                EventKind::Listen => EventDetail::Listen {
-                    fd: a[0] as i32,
-                    backlog: a[1] as i32,
-                },
+                EventKind::Listen => EventDetail::Listen { fd: a[0] as i32, backlog: a[1] as i32 },
                 EventKind::Setuid => {
                     let n = match hdr.op {
                         18 | 19 => 2,
                         20 | 21 => 3,
                         _ => 1,
                     };
-                    EventDetail::Setuid {
-                        ids: a[..n].to_vec(),
-                    }
+                    EventDetail::Setuid { ids: a[..n].to_vec() }
                 }
                 EventKind::Ptrace => EventDetail::Ptrace {
                     request: a[0],
@@ -625,20 +584,17 @@ pub fn decode(
                     target_pid: a[1] as i32,
                     addr: a[2] as u64,
                 },
-                EventKind::Unshare => EventDetail::Unshare {
-                    flags: a[0] as u64,
-                    namespaces: namespace_names(a[0] as u64),
-                },
+                EventKind::Unshare => {
+                    EventDetail::Unshare { flags: a[0] as u64, namespaces: namespace_names(a[0] as u64) }
+                }
                 EventKind::Setns => EventDetail::Setns {
                     fd: a[0] as i32,
                     nstype: a[1] as u64,
                     namespaces: namespace_names(a[1] as u64),
                 },
-                _ => EventDetail::Bpf {
-                    cmd: a[0],
-                    cmd_name: bpf_cmd_name(a[0]).map(str::to_string),
-                    size: a[1] as u64,
-                },
+                _ => {
+                    EventDetail::Bpf { cmd: a[0], cmd_name: bpf_cmd_name(a[0]).map(str::to_string), size: a[1] as u64 }
+                }
             }
         }
     };
@@ -649,9 +605,7 @@ pub fn decode(
         time_unix_ns: time.clamp(0, i128::from(u64::MAX)) as u64,
         weaver: weaver(hdr.cgroup_id),
         cgroup_id: hdr.cgroup_id,
-        syscall: layout::op_name(hdr.op)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("op{}", hdr.op)),
+        syscall: layout::op_name(hdr.op).map(str::to_string).unwrap_or_else(|| format!("op{}", hdr.op)),
         pid: hdr.pid,
         tid: hdr.tid,
         ppid: hdr.ppid,
@@ -731,18 +685,11 @@ mod tests {
     #[test]
     fn exit_status_splits_into_code_or_signal() {
         let check = |raw: i64, code: Option<i32>, sig: Option<i32>, core: bool| {
-            let e = layout::EvArgs {
-                hdr: hdr(kind::EXIT, 2),
-                args: [raw, 0, 0, 0],
-            };
+            let e = layout::EvArgs { hdr: hdr(kind::EXIT, 2), args: [raw, 0, 0, 0] };
             let ev = decode(&bytes(&e), weaver, 0).unwrap();
             assert_eq!(
                 ev.detail,
-                EventDetail::Exit {
-                    exit_code: code,
-                    signal: sig,
-                    core_dumped: core
-                },
+                EventDetail::Exit { exit_code: code, signal: sig, core_dumped: core },
                 "raw status {raw:#x}"
             );
         };
@@ -767,36 +714,25 @@ mod tests {
         };
         e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        let EventDetail::Connect(d) = ev.detail else {
-            panic!("not connect: {ev:?}")
-        };
+        let EventDetail::Connect(d) = ev.detail else { panic!("not connect: {ev:?}") };
         assert_eq!((d.addr.as_deref(), d.port), (Some("127.0.0.1"), Some(8080)));
 
         e.family = 10;
         e.addr = Ipv6Addr::LOCALHOST.octets();
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        let EventDetail::Connect(d) = ev.detail else {
-            panic!()
-        };
-        assert_eq!(
-            (d.family.as_str(), d.addr.as_deref()),
-            ("inet6", Some("::1"))
-        );
+        let EventDetail::Connect(d) = ev.detail else { panic!() };
+        assert_eq!((d.family.as_str(), d.addr.as_deref()), ("inet6", Some("::1")));
 
         e.family = 1;
         e.unix_path[..10].copy_from_slice(b"/run/x.skk");
         e.addrlen = 2 + 10;
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        let EventDetail::Connect(d) = ev.detail else {
-            panic!()
-        };
+        let EventDetail::Connect(d) = ev.detail else { panic!() };
         assert_eq!(d.unix_path.as_deref(), Some("/run/x.skk"));
 
         e.unix_path[0] = 0;
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        let EventDetail::Connect(d) = ev.detail else {
-            panic!()
-        };
+        let EventDetail::Connect(d) = ev.detail else { panic!() };
         assert_eq!(d.unix_path.as_deref(), Some("@run/x.skk"));
 
         // addrlen larger than the buffer is clamped, never a panic
@@ -806,23 +742,11 @@ mod tests {
 
     #[test]
     fn short_or_unknown_records_are_errors_not_panics() {
-        let e = layout::EvArgs {
-            hdr: hdr(kind::EXEC, 1),
-            args: [0; 4],
-        };
+        let e = layout::EvArgs { hdr: hdr(kind::EXEC, 1), args: [0; 4] };
         let err = decode(&bytes(&e), weaver, 0).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::TooShort { kind: 1, .. }),
-            "{err}"
-        );
-        let e = layout::EvArgs {
-            hdr: hdr(99, 1),
-            args: [0; 4],
-        };
-        assert_eq!(
-            decode(&bytes(&e), weaver, 0).unwrap_err(),
-            DecodeError::UnknownKind(99)
-        );
+        assert!(matches!(err, DecodeError::TooShort { kind: 1, .. }), "{err}");
+        let e = layout::EvArgs { hdr: hdr(99, 1), args: [0; 4] };
+        assert_eq!(decode(&bytes(&e), weaver, 0).unwrap_err(), DecodeError::UnknownKind(99));
         assert!(decode(&[1, 2, 3], weaver, 0).is_err());
     }
 
@@ -836,31 +760,18 @@ mod tests {
             path: [b'a'; layout::PATH_LEN],
         };
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        let EventDetail::Open {
-            path,
-            path_truncated,
-            flags,
-            ..
-        } = ev.detail
-        else {
-            panic!()
-        };
+        let EventDetail::Open { path, path_truncated, flags, .. } = ev.detail else { panic!() };
         assert_eq!(path.len(), layout::PATH_LEN);
         assert!(path_truncated);
         assert_eq!(open_flag_names(flags), "O_WRONLY|O_CREAT|O_TRUNC");
         e.path_len = 3;
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
-        assert!(
-            matches!(ev.detail, EventDetail::Open { ref path, path_truncated: false, .. } if path == "aaa")
-        );
+        assert!(matches!(ev.detail, EventDetail::Open { ref path, path_truncated: false, .. } if path == "aaa"));
     }
 
     #[test]
     fn events_round_trip_through_json_with_kind_tag() {
-        let e = layout::EvArgs {
-            hdr: hdr(kind::UNSHARE, 27),
-            args: [0x1002_0000, 0, 0, 0],
-        };
+        let e = layout::EvArgs { hdr: hdr(kind::UNSHARE, 27), args: [0x1002_0000, 0, 0, 0] };
         let ev = decode(&bytes(&e), weaver, 0).unwrap();
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["kind"], "unshare");

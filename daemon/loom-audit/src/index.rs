@@ -69,10 +69,7 @@ impl<'c> AuditIndex<'c> {
 
     /// Insert a batch in one transaction; returns the last row id.
     pub fn insert(&self, events: &[AuditEvent]) -> Result<i64, IndexError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(sql("starting an insert"))?;
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting an insert"))?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -128,8 +125,7 @@ impl<'c> AuditIndex<'c> {
         let mut out = Vec::new();
         for row in rows {
             let (id, json) = row.map_err(sql("reading an event row"))?;
-            let ev =
-                serde_json::from_str(&json).map_err(|source| IndexError::Corrupt { id, source })?;
+            let ev = serde_json::from_str(&json).map_err(|source| IndexError::Corrupt { id, source })?;
             out.push((id, ev));
         }
         Ok(out)
@@ -171,10 +167,7 @@ pub fn parse_since(s: &str, now_unix_ns: u64) -> Result<u64, SinceError> {
             'h' => 3600,
             _ => 86400,
         };
-        let ago = n
-            .checked_mul(mult)
-            .and_then(|x| x.checked_mul(1_000_000_000))
-            .ok_or_else(err)?;
+        let ago = n.checked_mul(mult).and_then(|x| x.checked_mul(1_000_000_000)).ok_or_else(err)?;
         return Ok(now_unix_ns.saturating_sub(ago));
     }
     parse_rfc3339_utc(s).ok_or_else(err)
@@ -216,10 +209,7 @@ fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
     let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs)
-        .ok()?
-        .checked_mul(1_000_000_000)?
-        .checked_add(nanos as u64)
+    u64::try_from(secs).ok()?.checked_mul(1_000_000_000)?.checked_add(nanos as u64)
 }
 
 #[cfg(test)]
@@ -250,11 +240,7 @@ mod tests {
         EventDetail::Listen { fd: 3, backlog: 1 }
     }
     fn bpf() -> EventDetail {
-        EventDetail::Bpf {
-            cmd: 5,
-            cmd_name: None,
-            size: 0,
-        }
+        EventDetail::Bpf { cmd: 5, cmd_name: None, size: 0 }
     }
 
     #[test]
@@ -262,47 +248,15 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         let idx = AuditIndex::new(&conn).unwrap();
         AuditIndex::new(&conn).unwrap(); // idempotent
-        idx.insert(&[
-            ev(1, "a", 10, listen()),
-            ev(2, "b", 20, listen()),
-            ev(3, "a", 30, bpf()),
-        ])
-        .unwrap();
-        let seqs = |q: AuditQuery| -> Vec<u64> {
-            idx.query(&q)
-                .unwrap()
-                .into_iter()
-                .map(|(_, e)| e.seq)
-                .collect()
-        };
+        idx.insert(&[ev(1, "a", 10, listen()), ev(2, "b", 20, listen()), ev(3, "a", 30, bpf())]).unwrap();
+        let seqs = |q: AuditQuery| -> Vec<u64> { idx.query(&q).unwrap().into_iter().map(|(_, e)| e.seq).collect() };
         assert_eq!(seqs(AuditQuery::default()), vec![1, 2, 3]);
-        let weaver_a = AuditQuery {
-            weaver: Some("a".into()),
-            ..Default::default()
-        };
+        let weaver_a = AuditQuery { weaver: Some("a".into()), ..Default::default() };
         assert_eq!(seqs(weaver_a.clone()), vec![1, 3]);
-        assert_eq!(
-            seqs(AuditQuery {
-                kind: Some(EventKind::Bpf),
-                ..Default::default()
-            }),
-            vec![3]
-        );
-        assert_eq!(
-            seqs(AuditQuery {
-                since_unix_ns: Some(20),
-                ..Default::default()
-            }),
-            vec![2, 3]
-        );
+        assert_eq!(seqs(AuditQuery { kind: Some(EventKind::Bpf), ..Default::default() }), vec![3]);
+        assert_eq!(seqs(AuditQuery { since_unix_ns: Some(20), ..Default::default() }), vec![2, 3]);
         let first = idx.query(&weaver_a).unwrap()[0].0;
-        assert_eq!(
-            seqs(AuditQuery {
-                after_id: Some(first),
-                ..weaver_a
-            }),
-            vec![3]
-        );
+        assert_eq!(seqs(AuditQuery { after_id: Some(first), ..weaver_a }), vec![3]);
         assert_eq!(idx.prune(25).unwrap(), 2);
         assert_eq!(seqs(AuditQuery::default()), vec![3]);
         let got = idx.query(&AuditQuery::default()).unwrap();
@@ -315,22 +269,9 @@ mod tests {
         assert_eq!(parse_since("30s", now), Ok(now - 30_000_000_000));
         assert_eq!(parse_since("2h", now), Ok(now - 7200 * 1_000_000_000));
         assert_eq!(parse_since("@5", now), Ok(5_000_000_000));
-        assert_eq!(
-            parse_since("1970-01-02T00:00:00Z", now),
-            Ok(86400 * 1_000_000_000)
-        );
-        assert_eq!(
-            parse_since("2026-11-21T11:25:48.5Z", now),
-            Ok(1_795_260_348_500_000_000)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "10x",
-            "2026-13-01",
-            "@-1",
-            "99999999999999999999d",
-        ] {
+        assert_eq!(parse_since("1970-01-02T00:00:00Z", now), Ok(86400 * 1_000_000_000));
+        assert_eq!(parse_since("2026-11-21T11:25:48.5Z", now), Ok(1_795_260_348_500_000_000));
+        for bad in ["", "yesterday", "10x", "2026-13-01", "@-1", "99999999999999999999d"] {
             assert!(parse_since(bad, now).is_err(), "{bad}");
         }
     }

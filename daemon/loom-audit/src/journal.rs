@@ -28,14 +28,11 @@ pub fn valid_field_name(name: &str) -> bool {
         && b.len() <= 64
         && !b[0].is_ascii_digit()
         && b[0] != b'_'
-        && b.iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+        && b.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 /// Encode one entry in the native protocol.
-pub fn encode_entry<N: AsRef<str>, V: AsRef<[u8]>>(
-    fields: &[(N, V)],
-) -> Result<Vec<u8>, FieldNameError> {
+pub fn encode_entry<N: AsRef<str>, V: AsRef<[u8]>>(fields: &[(N, V)]) -> Result<Vec<u8>, FieldNameError> {
     let mut out = Vec::new();
     for (name, value) in fields {
         let name = name.as_ref();
@@ -65,10 +62,7 @@ pub fn decode_entry(mut buf: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         let line_end = buf.iter().position(|&b| b == b'\n')?;
         let line = &buf[..line_end];
         if let Some(eq) = line.iter().position(|&b| b == b'=') {
-            fields.push((
-                String::from_utf8(line[..eq].to_vec()).ok()?,
-                line[eq + 1..].to_vec(),
-            ));
+            fields.push((String::from_utf8(line[..eq].to_vec()).ok()?, line[eq + 1..].to_vec()));
             buf = &buf[line_end + 1..];
         } else {
             let name = String::from_utf8(line.to_vec()).ok()?;
@@ -87,11 +81,7 @@ pub fn decode_entry(mut buf: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 
 /// Quote an argument the way a POSIX shell would need it, only when needed.
 pub fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b))
-    {
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b)) {
         return arg.to_string();
     }
     format!("'{}'", arg.replace('\'', "'\\''"))
@@ -121,18 +111,8 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
         ("LOOM_COMM", ev.comm.clone()),
     ];
     let message = match &ev.detail {
-        EventDetail::Exec {
-            path,
-            argv,
-            path_truncated,
-            argv_truncated,
-            old_pid,
-        } => {
-            let line = argv
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ");
+        EventDetail::Exec { path, argv, path_truncated, argv_truncated, old_pid } => {
+            let line = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_ARGV", line.clone()));
             f.push(("LOOM_ARGC", argv.len().to_string()));
@@ -143,16 +123,9 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             if *argv_truncated {
                 f.push(("LOOM_ARGV_TRUNCATED", "1".into()));
             }
-            format!(
-                "exec {path}: {line}{}",
-                if *argv_truncated { " …" } else { "" }
-            )
+            format!("exec {path}: {line}{}", if *argv_truncated { " …" } else { "" })
         }
-        EventDetail::Exit {
-            exit_code,
-            signal,
-            core_dumped,
-        } => {
+        EventDetail::Exit { exit_code, signal, core_dumped } => {
             if let Some(c) = exit_code {
                 f.push(("LOOM_EXIT_CODE", c.to_string()));
             }
@@ -168,13 +141,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
                 _ => format!("exit {}", ev.comm),
             }
         }
-        EventDetail::Open {
-            path,
-            path_truncated,
-            dirfd,
-            flags,
-            mode,
-        } => {
+        EventDetail::Open { path, path_truncated, dirfd, flags, mode } => {
             let names = open_flag_names(*flags);
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_FLAGS", names.clone()));
@@ -186,12 +153,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             }
             format!("open {path} {names}")
         }
-        EventDetail::Unlink {
-            path,
-            path_truncated,
-            dirfd,
-            flags,
-        } => {
+        EventDetail::Unlink { path, path_truncated, dirfd, flags } => {
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_DIRFD", dirfd.to_string()));
             f.push(("LOOM_FLAGS_RAW", format!("{flags:#x}")));
@@ -200,14 +162,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             }
             format!("{} {path}", ev.syscall)
         }
-        EventDetail::Rename {
-            path,
-            new_path,
-            path_truncated,
-            olddirfd,
-            newdirfd,
-            flags,
-        } => {
+        EventDetail::Rename { path, new_path, path_truncated, olddirfd, newdirfd, flags } => {
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_NEW_PATH", new_path.clone()));
             f.push(("LOOM_DIRFD", olddirfd.to_string()));
@@ -220,11 +175,8 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
         }
         EventDetail::Connect(n) | EventDetail::Bind(n) => {
             let connect = matches!(ev.detail, EventDetail::Connect(_));
-            let (addr_key, port_key) = if connect {
-                ("LOOM_DADDR", "LOOM_DPORT")
-            } else {
-                ("LOOM_LADDR", "LOOM_LPORT")
-            };
+            let (addr_key, port_key) =
+                if connect { ("LOOM_DADDR", "LOOM_DPORT") } else { ("LOOM_LADDR", "LOOM_LPORT") };
             f.push(("LOOM_FD", n.fd.to_string()));
             f.push(("LOOM_FAMILY", n.family.clone()));
             if let Some(a) = &n.addr {
@@ -255,12 +207,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f[2].1 = "5".into();
             format!("{} {ids}", ev.syscall)
         }
-        EventDetail::Ptrace {
-            request,
-            request_name,
-            target_pid,
-            addr,
-        } => {
+        EventDetail::Ptrace { request, request_name, target_pid, addr } => {
             let name = request_name.clone().unwrap_or_else(|| request.to_string());
             f.push(("LOOM_REQUEST", name.clone()));
             f.push(("LOOM_TARGET_PID", target_pid.to_string()));
@@ -268,13 +215,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f[2].1 = "5".into();
             format!("ptrace {name} pid {target_pid}")
         }
-        EventDetail::Mount {
-            source,
-            path,
-            fstype,
-            flags,
-            truncated,
-        } => {
+        EventDetail::Mount { source, path, fstype, flags, truncated } => {
             f.push(("LOOM_SOURCE", source.clone()));
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_FSTYPE", fstype.clone()));
@@ -285,11 +226,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f[2].1 = "5".into();
             format!("{} {source} on {path} type {fstype}", ev.syscall)
         }
-        EventDetail::Umount {
-            path,
-            path_truncated,
-            flags,
-        } => {
+        EventDetail::Umount { path, path_truncated, flags } => {
             f.push(("LOOM_PATH", path.clone()));
             f.push(("LOOM_FLAGS_RAW", format!("{flags:#x}")));
             if *path_truncated {
@@ -303,34 +240,20 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f.push(("LOOM_NAMESPACES", namespaces.join(",")));
             format!("unshare {}", namespaces.join(","))
         }
-        EventDetail::Setns {
-            fd,
-            nstype,
-            namespaces,
-        } => {
+        EventDetail::Setns { fd, nstype, namespaces } => {
             f.push(("LOOM_FD", fd.to_string()));
             f.push(("LOOM_FLAGS_RAW", format!("{nstype:#x}")));
             f.push(("LOOM_NAMESPACES", namespaces.join(",")));
             format!("setns fd {fd} {}", namespaces.join(","))
         }
-        EventDetail::Bpf {
-            cmd,
-            cmd_name,
-            size,
-        } => {
+        EventDetail::Bpf { cmd, cmd_name, size } => {
             let name = cmd_name.clone().unwrap_or_else(|| cmd.to_string());
             f.push(("LOOM_BPF_CMD", name.clone()));
             f.push(("LOOM_SIZE", size.to_string()));
             f[2].1 = "5".into();
             format!("bpf {name}")
         }
-        EventDetail::Module {
-            name,
-            params,
-            fd,
-            len,
-            flags,
-        } => {
+        EventDetail::Module { name, params, fd, len, flags } => {
             if let Some(n) = name {
                 f.push(("LOOM_MODULE", n.clone()));
             }
@@ -348,13 +271,7 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             format!("{} {}", ev.syscall, name.as_deref().unwrap_or(""))
         }
     };
-    f.push((
-        "MESSAGE",
-        format!(
-            "weaver {}: {} pid {}: {message}",
-            ev.weaver, ev.comm, ev.pid
-        ),
-    ));
+    f.push(("MESSAGE", format!("weaver {}: {} pid {}: {message}", ev.weaver, ev.comm, ev.pid)));
     f
 }
 
@@ -391,10 +308,7 @@ impl JournalClient {
 
     pub fn new(path: &Path) -> Result<Self, JournalError> {
         let socket = UnixDatagram::unbound().map_err(JournalError::Socket)?;
-        Ok(Self {
-            socket,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { socket, path: path.to_path_buf() })
     }
 
     /// Send one encoded entry; falls back to a memfd when the datagram is too big.
@@ -402,15 +316,9 @@ impl JournalClient {
         match self.socket.send_to(data, &self.path) {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE) | Some(libc::ENOBUFS)) => {
-                self.send_memfd(data).map_err(|source| JournalError::Memfd {
-                    path: self.path.clone(),
-                    source,
-                })
+                self.send_memfd(data).map_err(|source| JournalError::Memfd { path: self.path.clone(), source })
             }
-            Err(source) => Err(JournalError::Send {
-                path: self.path.clone(),
-                source,
-            }),
+            Err(source) => Err(JournalError::Send { path: self.path.clone(), source }),
         }
     }
 
@@ -421,12 +329,8 @@ impl JournalClient {
 
     fn send_memfd(&self, data: &[u8]) -> std::io::Result<()> {
         // SAFETY: the name is a valid NUL-terminated string; the flags are constants.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"loom-audit-journal".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
+        let fd =
+            unsafe { libc::memfd_create(c"loom-audit-journal".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -434,8 +338,7 @@ impl JournalClient {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut file = std::fs::File::from(fd);
         file.write_all(data)?;
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on a descriptor we own, with an integer argument.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(std::io::Error::last_os_error());
@@ -452,10 +355,7 @@ fn send_fd(socket: &UnixDatagram, path: &Path, fd: i32) -> std::io::Result<()> {
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let p = path.as_os_str().as_bytes();
     if p.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "journal socket path too long",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "journal socket path too long"));
     }
     for (d, s) in addr.sun_path.iter_mut().zip(p) {
         *d = *s as libc::c_char;
@@ -496,19 +396,13 @@ mod tests {
         let got = encode_entry(fields).unwrap();
         assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(&got));
         let back = decode_entry(&got).unwrap();
-        let want: Vec<(String, Vec<u8>)> = fields
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect();
+        let want: Vec<(String, Vec<u8>)> = fields.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         assert_eq!(back, want);
     }
 
     #[test]
     fn simple_values_use_the_equals_form() {
-        check(
-            &[("MESSAGE", b"hi there"), ("LOOM_PID", b"12")],
-            b"MESSAGE=hi there\nLOOM_PID=12\n",
-        );
+        check(&[("MESSAGE", b"hi there"), ("LOOM_PID", b"12")], b"MESSAGE=hi there\nLOOM_PID=12\n");
         check(&[("EMPTY", b"")], b"EMPTY=\n");
     }
 
@@ -526,15 +420,7 @@ mod tests {
 
     #[test]
     fn invalid_field_names_are_rejected() {
-        for bad in [
-            "",
-            "lower",
-            "_TRUSTED",
-            "1ABC",
-            "A-B",
-            "A=B",
-            &"A".repeat(65),
-        ] {
+        for bad in ["", "lower", "_TRUSTED", "1ABC", "A-B", "A=B", &"A".repeat(65)] {
             let err = encode_entry(&[(bad, b"x")]).unwrap_err();
             assert!(err.to_string().contains("invalid"), "{bad}: {err}");
         }
@@ -628,10 +514,7 @@ mod tests {
     fn recv_fd(sock: &UnixDatagram) -> OwnedFd {
         let mut buf = [0u8; 16];
         let mut cmsg = [0u64; 8];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         // SAFETY: zeroed msghdr is valid; pointers set below outlive recvmsg.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;

@@ -193,49 +193,43 @@ pub fn read<T: Pod>(buf: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
-/// Size and field offsets of every mirror, named as in the C header, for the
-/// layout test: `(struct, field, offset, size)`; field `""` is the struct size.
-pub fn layout_table() -> Vec<(&'static str, &'static str, usize, usize)> {
+/// One row of [`layout_table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLayout {
+    /// C struct name, without `struct`.
+    pub strukt: &'static str,
+    /// Field name; `""` for the row that gives the struct's size.
+    pub field: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
+fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+/// Size, field offsets and field sizes of every mirror, named as in the C
+/// header, for the layout test.
+pub fn layout_table() -> Vec<FieldLayout> {
     use std::mem::{offset_of, size_of};
     macro_rules! fields {
         ($v:ident, $cname:literal, $t:ty, [$($f:ident),*]) => {
-            $v.push(($cname, "", 0, size_of::<$t>()));
-            $( $v.push(($cname, stringify!($f), offset_of!($t, $f), 0)); )*
+            $v.push(FieldLayout { strukt: $cname, field: "", offset: 0, size: size_of::<$t>() });
+            $( $v.push(FieldLayout {
+                strukt: $cname,
+                field: stringify!($f),
+                offset: offset_of!($t, $f),
+                size: field_size::<$t, _>(|s| &s.$f),
+            }); )*
         };
     }
     let mut v = Vec::new();
-    fields!(
-        v,
-        "loom_hdr",
-        Hdr,
-        [
-            seq, ts_ns, cgroup_id, kind, op, pid, tid, ppid, uid, gid, euid, comm
-        ]
-    );
-    fields!(
-        v,
-        "loom_ev_exec",
-        EvExec,
-        [hdr, old_pid, flags, filename_len, argv_len, filename, argv]
-    );
+    fields!(v, "loom_hdr", Hdr, [seq, ts_ns, cgroup_id, kind, op, pid, tid, ppid, uid, gid, euid, comm]);
+    fields!(v, "loom_ev_exec", EvExec, [hdr, old_pid, flags, filename_len, argv_len, filename, argv]);
     fields!(v, "loom_ev_args", EvArgs, [hdr, args]);
     fields!(v, "loom_ev_path", EvPath, [hdr, args, path_len, _pad, path]);
-    fields!(
-        v,
-        "loom_ev_path2",
-        EvPath2,
-        [
-            hdr, args, path_len, path2_len, aux_len, _pad, aux, path, path2
-        ]
-    );
-    fields!(
-        v,
-        "loom_ev_net",
-        EvNet,
-        [
-            hdr, fd, addrlen, family, port, scope_id, addr, unix_path, _pad
-        ]
-    );
+    fields!(v, "loom_ev_path2", EvPath2, [hdr, args, path_len, path2_len, aux_len, _pad, aux, path, path2]);
+    fields!(v, "loom_ev_net", EvNet, [hdr, fd, addrlen, family, port, scope_id, addr, unix_path, _pad]);
     v
 }
 
@@ -249,10 +243,7 @@ pub fn constant_table() -> Vec<(&'static str, i64)> {
         ("LOOM_EXEC_ARGV_LEN", EXEC_ARGV_LEN as i64),
         ("LOOM_UNIX_PATH_LEN", UNIX_PATH_LEN as i64),
         ("LOOM_KIND_MAX", i64::from(KIND_MAX)),
-        (
-            "LOOM_EXEC_FILENAME_TRUNCATED",
-            i64::from(EXEC_FILENAME_TRUNCATED),
-        ),
+        ("LOOM_EXEC_FILENAME_TRUNCATED", i64::from(EXEC_FILENAME_TRUNCATED)),
         ("LOOM_EXEC_ARGV_TRUNCATED", i64::from(EXEC_ARGV_TRUNCATED)),
         ("LOOM_KIND_EXEC", i64::from(kind::EXEC)),
         ("LOOM_KIND_EXIT", i64::from(kind::EXIT)),

@@ -26,9 +26,7 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "sink = \"journald\" is configured but {0} does not exist; is systemd-journald running?"
-    )]
+    #[error("sink = \"journald\" is configured but {0} does not exist; is systemd-journald running?")]
     NoJournal(PathBuf),
 }
 
@@ -50,9 +48,7 @@ pub struct JournaldSink {
 
 impl JournaldSink {
     pub fn new(socket: &Path) -> Result<Self, SinkError> {
-        Ok(Self {
-            client: JournalClient::new(socket)?,
-        })
+        Ok(Self { client: JournalClient::new(socket)? })
     }
 }
 
@@ -78,31 +74,19 @@ impl NdjsonSink {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| SinkError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            out: BufWriter::new(file),
-        })
+            .map_err(|source| SinkError::Open { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), out: BufWriter::new(file) })
     }
 }
 
 impl AuditSink for NdjsonSink {
     fn write(&mut self, event: &AuditEvent) -> Result<(), SinkError> {
-        let err = |source| SinkError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        let err = |source| SinkError::Write { path: self.path.clone(), source };
         serde_json::to_writer(&mut self.out, event).map_err(|e| err(e.into()))?;
         self.out.write_all(b"\n").map_err(err)
     }
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|source| SinkError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.out.flush().map_err(|source| SinkError::Write { path: self.path.clone(), source })
     }
     fn describe(&self) -> String {
         format!("ndjson:{}", self.path.display())
@@ -113,10 +97,7 @@ impl AuditSink for NdjsonSink {
 /// exists, else `<state_dir>/audit.ndjson` (or `ndjson_file`).
 pub fn open_sink(config: &AuditConfig, state_dir: &Path) -> Result<Box<dyn AuditSink>, SinkError> {
     let ndjson = || -> Result<Box<dyn AuditSink>, SinkError> {
-        let path = config
-            .ndjson_file
-            .clone()
-            .unwrap_or_else(|| state_dir.join("audit.ndjson"));
+        let path = config.ndjson_file.clone().unwrap_or_else(|| state_dir.join("audit.ndjson"));
         Ok(Box::new(NdjsonSink::open(&path)?))
     };
     match config.sink {
@@ -170,10 +151,7 @@ mod tests {
     #[test]
     fn ndjson_sink_appends_one_parseable_line_per_event() {
         let dir = tempfile::tempdir().unwrap();
-        let config = AuditConfig {
-            journal_socket: dir.path().join("no-journal"),
-            ..AuditConfig::default()
-        };
+        let config = AuditConfig { journal_socket: dir.path().join("no-journal"), ..AuditConfig::default() };
         let mut sink = open_sink(&config, dir.path()).unwrap();
         assert!(sink.describe().starts_with("ndjson:"));
         sink.write(&event(1)).unwrap();
@@ -184,10 +162,7 @@ mod tests {
         sink.write(&event(3)).unwrap();
         sink.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("audit.ndjson")).unwrap();
-        let lines: Vec<AuditEvent> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<AuditEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines, vec![event(1), event(2), event(3)]);
     }
 
@@ -208,10 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("socket");
         let server = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
-        let config = AuditConfig {
-            journal_socket: sock,
-            ..AuditConfig::default()
-        };
+        let config = AuditConfig { journal_socket: sock, ..AuditConfig::default() };
         let mut sink = open_sink(&config, dir.path()).unwrap();
         assert_eq!(sink.describe(), "journald");
         sink.write(&event(1)).unwrap();

@@ -14,29 +14,14 @@ use std::process::{Command, ExitCode};
 
 fn run(action: &str) -> Result<(), String> {
     let (verb, rest) = action.split_once(':').unwrap_or((action, ""));
-    let args: Vec<&str> = if rest.is_empty() {
-        Vec::new()
-    } else {
-        rest.split(',').collect()
-    };
-    let arg = |i: usize| {
-        args.get(i)
-            .copied()
-            .ok_or_else(|| format!("{action}: missing argument {i}"))
-    };
-    let num = |i: usize| -> Result<u64, String> {
-        arg(i)?
-            .parse()
-            .map_err(|e| format!("{action}: argument {i}: {e}"))
-    };
+    let args: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split(',').collect() };
+    let arg = |i: usize| args.get(i).copied().ok_or_else(|| format!("{action}: missing argument {i}"));
+    let num = |i: usize| -> Result<u64, String> { arg(i)?.parse().map_err(|e| format!("{action}: argument {i}: {e}")) };
     let cstr = |s: &str| CString::new(s).map_err(|e| format!("{action}: {e}"));
     match verb {
         "exec" => {
             // exit status is not an error: a killed child is a valid test case
-            Command::new(arg(0)?)
-                .args(&args[1..])
-                .status()
-                .map_err(|e| format!("{action}: {e}"))?;
+            Command::new(arg(0)?).args(&args[1..]).status().map_err(|e| format!("{action}: {e}"))?;
         }
         "write" => {
             let mut f = std::fs::File::create(arg(0)?).map_err(|e| format!("{action}: {e}"))?;
@@ -60,15 +45,7 @@ fn run(action: &str) -> Result<(), String> {
         "mount" => {
             let dir = cstr(arg(0)?)?;
             // SAFETY: valid NUL-terminated strings, null data.
-            let r = unsafe {
-                libc::mount(
-                    c"loomprobe".as_ptr(),
-                    dir.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
+            let r = unsafe { libc::mount(c"loomprobe".as_ptr(), dir.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
             if r != 0 {
                 return Err(format!("{action}: {}", std::io::Error::last_os_error()));
             }
@@ -98,13 +75,7 @@ fn run(action: &str) -> Result<(), String> {
             let path = cstr(arg(0)?)?;
             for _ in 0..num(1)? {
                 // SAFETY: valid path; the fd is closed right away.
-                let fd = unsafe {
-                    libc::open(
-                        path.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                        0o600,
-                    )
-                };
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o600) };
                 if fd < 0 {
                     return Err(format!("{action}: {}", std::io::Error::last_os_error()));
                 }
@@ -115,9 +86,7 @@ fn run(action: &str) -> Result<(), String> {
         "burst-exec" => {
             let prog = arg(1)?;
             for _ in 0..num(0)? {
-                Command::new(prog)
-                    .status()
-                    .map_err(|e| format!("{action}: {e}"))?;
+                Command::new(prog).status().map_err(|e| format!("{action}: {e}"))?;
             }
         }
         _ => return Err(format!("unknown action {action:?}")),

@@ -20,8 +20,7 @@ pub fn privileged(test: &str) -> bool {
     if root && btf && v2 {
         return true;
     }
-    let why =
-        format!("{test}: needs root ({root}), kernel BTF ({btf}) and a cgroup v2 mount ({v2})");
+    let why = format!("{test}: needs root ({root}), kernel BTF ({btf}) and a cgroup v2 mount ({v2})");
     if std::env::var("LOOM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("{why}, and LOOM_REQUIRE_PRIVILEGED=1");
     }
@@ -53,12 +52,7 @@ impl TestCgroup {
         let _ = std::fs::remove_dir(&path);
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         let id = loom_audit::cgroup_id(&path).unwrap();
-        let procs = CString::new(
-            path.join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
+        let procs = CString::new(path.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
         TestCgroup { path, id, procs }
     }
 
@@ -67,12 +61,7 @@ impl TestCgroup {
         let path = self.path.join(name);
         std::fs::create_dir(&path).unwrap();
         let id = loom_audit::cgroup_id(&path).unwrap();
-        let procs = CString::new(
-            path.join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
+        let procs = CString::new(path.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
         TestCgroup { path, id, procs }
     }
 
