@@ -80,10 +80,7 @@ struct Parsed {
 
 fn parse(value: &str) -> Result<Parsed, CipherError> {
     let bad = || CipherError::Format("not a sops ENC[AES256_GCM,…] value".into());
-    let inner = value
-        .strip_prefix("ENC[AES256_GCM,")
-        .and_then(|r| r.strip_suffix(']'))
-        .ok_or_else(bad)?;
+    let inner = value.strip_prefix("ENC[AES256_GCM,").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
     let mut fields = inner.split(',');
     let mut take = |name: &str| -> Result<&str, CipherError> {
         fields
@@ -93,9 +90,7 @@ fn parse(value: &str) -> Result<Parsed, CipherError> {
             .ok_or_else(|| CipherError::Format(format!("missing `{name}:` field")))
     };
     let b64 = |name: &str, s: &str| {
-        STANDARD
-            .decode(s)
-            .map_err(|e| CipherError::Format(format!("`{name}` is not base64: {e}")))
+        STANDARD.decode(s).map_err(|e| CipherError::Format(format!("`{name}` is not base64: {e}")))
     };
     let data = b64("data", take("data")?)?;
     let iv = b64("iv", take("iv")?)?;
@@ -104,34 +99,19 @@ fn parse(value: &str) -> Result<Parsed, CipherError> {
     if fields.next().is_some() {
         return Err(bad());
     }
-    let kind = ValueKind::parse(type_name)
-        .ok_or_else(|| CipherError::Format(format!("unknown value type {type_name:?}")))?;
+    let kind =
+        ValueKind::parse(type_name).ok_or_else(|| CipherError::Format(format!("unknown value type {type_name:?}")))?;
     if iv.len() != 32 {
-        return Err(CipherError::Format(format!(
-            "IV is {} bytes, sops writes 32",
-            iv.len()
-        )));
+        return Err(CipherError::Format(format!("IV is {} bytes, sops writes 32", iv.len())));
     }
     if tag.len() != 16 {
-        return Err(CipherError::Format(format!(
-            "GCM tag is {} bytes, expected 16",
-            tag.len()
-        )));
+        return Err(CipherError::Format(format!("GCM tag is {} bytes, expected 16", tag.len())));
     }
-    Ok(Parsed {
-        data,
-        iv,
-        tag,
-        kind,
-    })
+    Ok(Parsed { data, iv, tag, kind })
 }
 
 /// Decrypts one value. An empty string stays empty: sops does not encrypt empty values.
-pub(crate) fn decrypt(
-    value: &str,
-    key: &DataKey,
-    additional_data: &str,
-) -> Result<Plain, CipherError> {
+pub(crate) fn decrypt(value: &str, key: &DataKey, additional_data: &str) -> Result<Plain, CipherError> {
     if value.is_empty() {
         return Ok(Plain {
             kind: ValueKind::Str,
@@ -154,35 +134,25 @@ pub(crate) fn decrypt(
 }
 
 fn typed(kind: ValueKind, raw: Zeroizing<Vec<u8>>) -> Result<Plain, CipherError> {
-    let text = || {
-        std::str::from_utf8(&raw)
-            .map_err(|_| CipherError::BadTyped(format!("a {kind:?} value is not UTF-8")))
-    };
+    let text =
+        || std::str::from_utf8(&raw).map_err(|_| CipherError::BadTyped(format!("a {kind:?} value is not UTF-8")));
     let (value, mac): (Vec<u8>, Vec<u8>) = match kind {
         ValueKind::Str | ValueKind::Bytes | ValueKind::Comment => {
-            return Ok(Plain {
-                kind,
-                mac_bytes: raw.clone(),
-                value: raw,
-            });
+            return Ok(Plain { kind, mac_bytes: raw.clone(), value: raw });
         }
         ValueKind::Int => {
-            let i: i64 = text()?
-                .parse()
-                .map_err(|_| CipherError::BadTyped("an int value is not an integer".into()))?;
+            let i: i64 = text()?.parse().map_err(|_| CipherError::BadTyped("an int value is not an integer".into()))?;
             let s = i.to_string().into_bytes();
             (s.clone(), s)
         }
         ValueKind::Float => {
-            let f: f64 = text()?
-                .parse()
-                .map_err(|_| CipherError::BadTyped("a float value is not a number".into()))?;
+            let f: f64 = text()?.parse().map_err(|_| CipherError::BadTyped("a float value is not a number".into()))?;
             let s = go_format_float(f).into_bytes();
             (s.clone(), s)
         }
         ValueKind::Bool => {
-            let b = go_parse_bool(text()?)
-                .ok_or_else(|| CipherError::BadTyped("a bool value is not a boolean".into()))?;
+            let b =
+                go_parse_bool(text()?).ok_or_else(|| CipherError::BadTyped("a bool value is not a boolean".into()))?;
             (b.to_string().into_bytes(), go_bool(b).as_bytes().to_vec())
         }
         ValueKind::Time => {
@@ -192,11 +162,7 @@ fn typed(kind: ValueKind, raw: Zeroizing<Vec<u8>>) -> Result<Plain, CipherError>
             (t.clone(), t)
         }
     };
-    Ok(Plain {
-        kind,
-        value: Zeroizing::new(value),
-        mac_bytes: Zeroizing::new(mac),
-    })
+    Ok(Plain { kind, value: Zeroizing::new(value), mac_bytes: Zeroizing::new(mac) })
 }
 
 /// `sops.ToBytes` for a bool.
@@ -210,11 +176,7 @@ pub(crate) fn go_format_float(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {
-        if f > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
+        if f > 0.0 { "+Inf".into() } else { "-Inf".into() }
     } else {
         format!("{f}")
     }
@@ -226,22 +188,10 @@ pub(crate) mod tests {
     use aes_gcm::aead::Aead;
 
     /// Test-only encryptor in sops' format, to build values whose plaintext we choose.
-    pub(crate) fn encrypt(
-        plain: &[u8],
-        kind: &str,
-        key: &[u8; 32],
-        ad: &str,
-        iv: [u8; 32],
-    ) -> String {
+    pub(crate) fn encrypt(plain: &[u8], kind: &str, key: &[u8; 32], ad: &str, iv: [u8; 32]) -> String {
         let cipher = Aes256Gcm32::new(GenericArray::from_slice(key));
         let out = cipher
-            .encrypt(
-                GenericArray::from_slice(&iv),
-                aes_gcm::aead::Payload {
-                    msg: plain,
-                    aad: ad.as_bytes(),
-                },
-            )
+            .encrypt(GenericArray::from_slice(&iv), aes_gcm::aead::Payload { msg: plain, aad: ad.as_bytes() })
             .unwrap();
         let (data, tag) = out.split_at(out.len() - 16);
         format!(
@@ -258,65 +208,35 @@ pub(crate) mod tests {
         let check = |plain: &str, kind: &str, value: &str, mac: &str| {
             let enc = encrypt(plain.as_bytes(), kind, &key, "a:", [1; 32]);
             let p = decrypt(&enc, &key, "a:").unwrap();
-            assert_eq!(
-                std::str::from_utf8(&p.value).unwrap(),
-                value,
-                "{plain} {kind}"
-            );
-            assert_eq!(
-                std::str::from_utf8(&p.mac_bytes).unwrap(),
-                mac,
-                "{plain} {kind}"
-            );
+            assert_eq!(std::str::from_utf8(&p.value).unwrap(), value, "{plain} {kind}");
+            assert_eq!(std::str::from_utf8(&p.mac_bytes).unwrap(), mac, "{plain} {kind}");
         };
         check("hello", "str", "hello", "hello");
         check("007", "int", "7", "7");
         check("1.50", "float", "1.5", "1.5");
-        check(
-            "1e21",
-            "float",
-            "1000000000000000000000",
-            "1000000000000000000000",
-        );
+        check("1e21", "float", "1000000000000000000000", "1000000000000000000000");
         check("true", "bool", "true", "True");
         check("F", "bool", "false", "False");
-        check(
-            "2020-01-02T03:04:05.500+00:00",
-            "time",
-            "2020-01-02T03:04:05.5Z",
-            "2020-01-02T03:04:05.5Z",
-        );
+        check("2020-01-02T03:04:05.500+00:00", "time", "2020-01-02T03:04:05.5Z", "2020-01-02T03:04:05.5Z");
     }
 
     #[test]
     fn refuses_wrong_path_tamper_and_garbage() {
         let key = Zeroizing::new([7u8; 32]);
         let enc = encrypt(b"v", "str", &key, "a:", [1; 32]);
-        assert!(matches!(
-            decrypt(&enc, &key, "b:"),
-            Err(CipherError::Authentication)
-        ));
+        assert!(matches!(decrypt(&enc, &key, "b:"), Err(CipherError::Authentication)));
         let other = Zeroizing::new([8u8; 32]);
-        assert!(matches!(
-            decrypt(&enc, &other, "a:"),
-            Err(CipherError::Authentication)
-        ));
+        assert!(matches!(decrypt(&enc, &other, "a:"), Err(CipherError::Authentication)));
         for bad in [
             "plain",
             "ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:str]",
             "ENC[AES256_GCM,data:!!,iv:AA==,tag:AA==,type:str]",
             "ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:weird]",
         ] {
-            assert!(
-                matches!(decrypt(bad, &key, "a:"), Err(CipherError::Format(_))),
-                "{bad}"
-            );
+            assert!(matches!(decrypt(bad, &key, "a:"), Err(CipherError::Format(_))), "{bad}");
         }
         let not_int = encrypt(b"x", "int", &key, "a:", [1; 32]);
-        assert!(matches!(
-            decrypt(&not_int, &key, "a:"),
-            Err(CipherError::BadTyped(_))
-        ));
+        assert!(matches!(decrypt(&not_int, &key, "a:"), Err(CipherError::BadTyped(_))));
         assert!(decrypt("", &key, "a:").unwrap().value.is_empty());
     }
 

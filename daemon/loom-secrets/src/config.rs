@@ -76,19 +76,13 @@ impl SecretsConfig {
 
     /// The explicit format, if any.
     pub fn sops_format(&self) -> Result<Option<SopsFormat>, SecretsError> {
-        self.format
-            .as_deref()
-            .map(|f| f.parse().map_err(SecretsError::Format))
-            .transpose()
+        self.format.as_deref().map(|f| f.parse().map_err(SecretsError::Format)).transpose()
     }
 
     /// Loads the keys and decrypts the file.
     pub fn load(&self) -> Result<SecretTree, SecretsError> {
         let ring = self.key_ring()?;
-        let sops = |source| SecretsError::Sops {
-            path: self.file.clone(),
-            source,
-        };
+        let sops = |source| SecretsError::Sops { path: self.file.clone(), source };
         match self.sops_format()? {
             Some(f) => decrypt_file_as(&self.file, f, &ring).map_err(sops),
             None => decrypt_file(&self.file, &ring).map_err(sops),

@@ -21,8 +21,8 @@ pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// sops' `MACOnlyEncryptedInitialization`: hashed first when `mac_only_encrypted` is set.
 const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
-    0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3, 0xd1, 0x47, 0xbe, 0x0b,
-    0x0b, 0x97, 0x5b, 0x3b, 0xf4, 0x4f, 0x72, 0xc6, 0xfd, 0xad, 0xec, 0x81, 0x76, 0xf2, 0x7d, 0x69,
+    0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3, 0xd1, 0x47, 0xbe, 0x0b, 0x0b, 0x97, 0x5b,
+    0x3b, 0xf4, 0x4f, 0x72, 0xc6, 0xfd, 0xad, 0xec, 0x81, 0x76, 0xf2, 0x7d, 0x69,
 ];
 
 /// Why a sops file was refused. No variant carries plaintext.
@@ -96,16 +96,8 @@ pub enum SopsError {
 fn no_key_message(recipients: &[String], tried: &[String], failures: &[String]) -> String {
     let mut m = format!(
         "no configured key could unwrap the data key; the file is encrypted to: {}; keys tried: {}",
-        if recipients.is_empty() {
-            "(none)".to_string()
-        } else {
-            recipients.join(", ")
-        },
-        if tried.is_empty() {
-            "(none configured)".to_string()
-        } else {
-            tried.join(", ")
-        },
+        if recipients.is_empty() { "(none)".to_string() } else { recipients.join(", ") },
+        if tried.is_empty() { "(none configured)".to_string() } else { tried.join(", ") },
     );
     if !failures.is_empty() {
         m.push_str("; failures: ");
@@ -213,9 +205,7 @@ impl SecretTree {
         let mut hits = self.leaves.iter().filter(|l| l.dotted == dotted);
         match (hits.next(), hits.next()) {
             (Some(l), None) => Ok(l),
-            (Some(_), Some(_)) => Err(LookupError::Ambiguous {
-                path: dotted.to_string(),
-            }),
+            (Some(_), Some(_)) => Err(LookupError::Ambiguous { path: dotted.to_string() }),
             (None, _) => {
                 let prefix = format!("{dotted}.");
                 let children: Vec<&str> = self
@@ -226,14 +216,9 @@ impl SecretTree {
                     .take(10)
                     .collect();
                 if children.is_empty() {
-                    Err(LookupError::NotFound {
-                        path: dotted.to_string(),
-                    })
+                    Err(LookupError::NotFound { path: dotted.to_string() })
                 } else {
-                    Err(LookupError::NotALeaf {
-                        path: dotted.to_string(),
-                        children: children.join(", "),
-                    })
+                    Err(LookupError::NotALeaf { path: dotted.to_string(), children: children.join(", ") })
                 }
             }
         }
@@ -243,9 +228,7 @@ impl SecretTree {
     pub fn get(&self, dotted: &str) -> Result<&SecretString, LookupError> {
         match &self.find(dotted)?.value {
             LeafValue::Text(s) => Ok(s),
-            LeafValue::Bytes(_) => Err(LookupError::NotText {
-                path: dotted.to_string(),
-            }),
+            LeafValue::Bytes(_) => Err(LookupError::NotText { path: dotted.to_string() }),
         }
     }
 
@@ -256,9 +239,7 @@ impl SecretTree {
             .leaves
             .iter()
             .find(|l| l.path.iter().map(String::as_str).eq(path.iter().copied()))
-            .ok_or(LookupError::NotFound {
-                path: dotted.clone(),
-            })?;
+            .ok_or(LookupError::NotFound { path: dotted.clone() })?;
         match &leaf.value {
             LeafValue::Text(s) => Ok(s),
             LeafValue::Bytes(_) => Err(LookupError::NotText { path: dotted }),
@@ -299,79 +280,55 @@ pub fn decrypt_file(path: impl AsRef<Path>, keys: &KeyRing) -> Result<SecretTree
 }
 
 /// Like [`decrypt_file`] with an explicit format.
-pub fn decrypt_file_as(
-    path: impl AsRef<Path>,
-    format: SopsFormat,
-    keys: &KeyRing,
-) -> Result<SecretTree, SopsError> {
+pub fn decrypt_file_as(path: impl AsRef<Path>, format: SopsFormat, keys: &KeyRing) -> Result<SecretTree, SopsError> {
     let path = path.as_ref();
-    let io = |source| SopsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| SopsError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut buf = Vec::new();
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    file.take(MAX_FILE_SIZE + 1).read_to_end(&mut buf).map_err(io)?;
     if buf.len() as u64 > MAX_FILE_SIZE {
-        return Err(SopsError::TooLarge {
-            path: path.to_path_buf(),
-        });
+        return Err(SopsError::TooLarge { path: path.to_path_buf() });
     }
     decrypt_bytes(&buf, format, keys)
 }
 
 /// Decrypts and verifies sops file content held in memory.
-pub fn decrypt_bytes(
-    bytes: &[u8],
-    format: SopsFormat,
-    keys: &KeyRing,
-) -> Result<SecretTree, SopsError> {
-    let malformed = |detail: String| SopsError::Malformed {
-        format: format.name(),
-        detail,
-    };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        malformed(format!(
-            "not UTF-8 text (first bad byte at offset {})",
-            e.valid_up_to()
-        ))
-    })?;
+pub fn decrypt_bytes(bytes: &[u8], format: SopsFormat, keys: &KeyRing) -> Result<SecretTree, SopsError> {
+    let malformed = |detail: String| SopsError::Malformed { format: format.name(), detail };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| malformed(format!("not UTF-8 text (first bad byte at offset {})", e.valid_up_to())))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let doc = formats::parse(text, format).map_err(malformed)?;
-    let meta = metadata::parse(&doc.metadata).map_err(|d| {
-        if d.contains("not support") {
-            SopsError::Unsupported(d)
+    let doc = formats::parse(text, format).map_err(|d| {
+        if format == SopsFormat::Binary {
+            // Unknown extensions are read as sops' binary store, like sops does.
+            malformed(format!(
+                "{d} (files without a .yaml/.yml/.json/.env/.ini extension are read as sops binary files; set the format explicitly if this one is not)"
+            ))
         } else {
             malformed(d)
         }
     })?;
+    let meta = metadata::parse(&doc.metadata)
+        .map_err(|d| if d.contains("not support") { SopsError::Unsupported(d) } else { malformed(d) })?;
     let Some(stored_mac) = meta.mac.as_deref() else {
         return Err(SopsError::MacMissing);
     };
 
     let (data_key, unwrapped_by) =
-        keys.unwrap_data_key(&meta.age, &meta.pgp)
-            .map_err(|failures| SopsError::NoKeyCouldUnwrap {
-                recipients: meta
-                    .age
-                    .iter()
-                    .map(|a| format!("age {}", a.recipient))
-                    .chain(meta.pgp.iter().map(|p| format!("pgp {}", p.fingerprint)))
-                    .chain(meta.other_recipients.iter().cloned())
-                    .collect(),
-                tried: keys.describe(),
-                failures,
-            })?;
+        keys.unwrap_data_key(&meta.age, &meta.pgp).map_err(|failures| SopsError::NoKeyCouldUnwrap {
+            recipients: meta
+                .age
+                .iter()
+                .map(|a| format!("age {}", a.recipient))
+                .chain(meta.pgp.iter().map(|p| format!("pgp {}", p.fingerprint)))
+                .chain(meta.other_recipients.iter().cloned())
+                .collect(),
+            tried: keys.describe(),
+            failures,
+        })?;
 
-    let mut walker = Walker {
-        key: &data_key,
-        meta: &meta,
-        hash: Sha512::new(),
-        leaves: Vec::new(),
-        comments: Vec::new(),
-    };
+    let mut walker =
+        Walker { key: &data_key, meta: &meta, hash: Sha512::new(), leaves: Vec::new(), comments: Vec::new() };
     if meta.mac_only_encrypted {
         walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
     }
@@ -382,18 +339,15 @@ pub fn decrypt_bytes(
     let computed = Zeroizing::new(hex_upper(&walker.hash.finalize()));
 
     let stored =
-        cipher::decrypt(stored_mac, &data_key, &meta.mac_additional_data).map_err(|e| {
-            SopsError::MacMismatch {
-                reason: match e {
-                    CipherError::Authentication => {
-                        "the stored MAC does not decrypt (the MAC or sops.lastmodified was altered)"
-                            .into()
-                    }
-                    CipherError::Format(d) | CipherError::BadTyped(d) => {
-                        format!("the stored MAC is malformed ({d})")
-                    }
-                },
-            }
+        cipher::decrypt(stored_mac, &data_key, &meta.mac_additional_data).map_err(|e| SopsError::MacMismatch {
+            reason: match e {
+                CipherError::Authentication => {
+                    "the stored MAC does not decrypt (the MAC or sops.lastmodified was altered)".into()
+                }
+                CipherError::Format(d) | CipherError::BadTyped(d) => {
+                    format!("the stored MAC is malformed ({d})")
+                }
+            },
         })?;
     if !constant_time_eq(&stored.value, computed.as_bytes()) {
         return Err(SopsError::MacMismatch {
@@ -406,12 +360,7 @@ pub fn decrypt_bytes(
         key = %unwrapped_by,
         "sops file decrypted and its MAC verified"
     );
-    Ok(SecretTree {
-        format,
-        leaves: walker.leaves,
-        comments: walker.comments,
-        unwrapped_by,
-    })
+    Ok(SecretTree { format, leaves: walker.leaves, comments: walker.comments, unwrapped_by })
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
@@ -549,53 +498,40 @@ impl Walker<'_> {
     ) -> Result<(), SopsError> {
         let dotted = tree_path.join(".");
         let encrypted = should_be_encrypted(&self.meta.rule, ad_path, stack, false);
-        let (kind, value, mac_bytes): (ValueKind, Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) =
-            if encrypted {
-                let Value::Str(enc) = v else {
-                    return Err(SopsError::BadValue {
-                        path: dotted,
-                        detail: "not encrypted although the file's rules say it must be".into(),
-                    });
-                };
-                let p =
-                    cipher::decrypt(enc, self.key, &additional_data(ad_path)).map_err(
-                        |e| match e {
-                            CipherError::Authentication => SopsError::TamperedValue {
-                                path: dotted.clone(),
-                            },
-                            CipherError::Format(d) => SopsError::BadValue {
-                                path: dotted.clone(),
-                                detail: format!("not a valid sops encrypted value: {d}"),
-                            },
-                            CipherError::BadTyped(d) => SopsError::BadValue {
-                                path: dotted.clone(),
-                                detail: d,
-                            },
-                        },
-                    )?;
-                if p.kind == ValueKind::Comment {
-                    return Err(SopsError::BadValue {
-                        path: dotted,
-                        detail: "typed `comment` but stored as a value".into(),
-                    });
-                }
-                (p.kind, p.value, p.mac_bytes)
-            } else {
-                let (kind, value, mac): (ValueKind, String, String) = match v {
-                    Value::Str(s) => (ValueKind::Str, s.clone(), s.clone()),
-                    Value::Int(i) => (ValueKind::Int, i.to_string(), i.to_string()),
-                    Value::Float(f) => (ValueKind::Float, go_format_float(*f), go_format_float(*f)),
-                    Value::Bool(b) => (ValueKind::Bool, b.to_string(), go_bool(*b).to_string()),
-                    Value::Map(_) | Value::List(_) | Value::Null => {
-                        unreachable!("walk_value routes containers and null elsewhere")
-                    }
-                };
-                (
-                    kind,
-                    Zeroizing::new(value.into_bytes()),
-                    Zeroizing::new(mac.into_bytes()),
-                )
+        let (kind, value, mac_bytes): (ValueKind, Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) = if encrypted {
+            let Value::Str(enc) = v else {
+                return Err(SopsError::BadValue {
+                    path: dotted,
+                    detail: "not encrypted although the file's rules say it must be".into(),
+                });
             };
+            let p = cipher::decrypt(enc, self.key, &additional_data(ad_path)).map_err(|e| match e {
+                CipherError::Authentication => SopsError::TamperedValue { path: dotted.clone() },
+                CipherError::Format(d) => SopsError::BadValue {
+                    path: dotted.clone(),
+                    detail: format!("not a valid sops encrypted value: {d}"),
+                },
+                CipherError::BadTyped(d) => SopsError::BadValue { path: dotted.clone(), detail: d },
+            })?;
+            if p.kind == ValueKind::Comment {
+                return Err(SopsError::BadValue {
+                    path: dotted,
+                    detail: "typed `comment` but stored as a value".into(),
+                });
+            }
+            (p.kind, p.value, p.mac_bytes)
+        } else {
+            let (kind, value, mac): (ValueKind, String, String) = match v {
+                Value::Str(s) => (ValueKind::Str, s.clone(), s.clone()),
+                Value::Int(i) => (ValueKind::Int, i.to_string(), i.to_string()),
+                Value::Float(f) => (ValueKind::Float, go_format_float(*f), go_format_float(*f)),
+                Value::Bool(b) => (ValueKind::Bool, b.to_string(), go_bool(*b).to_string()),
+                Value::Map(_) | Value::List(_) | Value::Null => {
+                    unreachable!("walk_value routes containers and null elsewhere")
+                }
+            };
+            (kind, Zeroizing::new(value.into_bytes()), Zeroizing::new(mac.into_bytes()))
+        };
         if !self.meta.mac_only_encrypted || encrypted {
             self.hash.update(&mac_bytes[..]);
         }
@@ -603,13 +539,7 @@ impl Walker<'_> {
             Ok(s) => LeafValue::Text(SecretString::new(s)),
             Err(e) => LeafValue::Bytes(SecretBytes::new(e.into_bytes())),
         };
-        self.leaves.push(Leaf {
-            path: tree_path.to_vec(),
-            dotted,
-            kind,
-            encrypted,
-            value,
-        });
+        self.leaves.push(Leaf { path: tree_path.to_vec(), dotted, kind, encrypted, value });
         Ok(())
     }
 }
@@ -621,12 +551,7 @@ fn additional_data(path: &[String]) -> String {
 }
 
 /// sops' `shouldBeEncrypted`, rule by rule.
-fn should_be_encrypted(
-    rule: &CryptRule,
-    path: &[String],
-    stack: &[Vec<String>],
-    is_comment: bool,
-) -> bool {
+fn should_be_encrypted(rule: &CryptRule, path: &[String], stack: &[Vec<String>], is_comment: bool) -> bool {
     match rule {
         CryptRule::UnencryptedSuffix(s) => !path.iter().any(|p| p.ends_with(s.as_str())),
         CryptRule::EncryptedSuffix(s) => path.iter().any(|p| p.ends_with(s.as_str())),
@@ -665,16 +590,13 @@ mod tests {
         let recipient = id.to_public();
         let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as _)).unwrap();
         let mut out = Vec::new();
-        let armored =
-            age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
-                .unwrap();
+        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
         let mut w = enc.wrap_output(armored).unwrap();
         w.write_all(&KEY).unwrap();
         w.finish().unwrap().finish().unwrap();
         let mut ring = KeyRing::new();
         use age::secrecy::ExposeSecret;
-        ring.add_age_identities_str(id.to_string().expose_secret(), "test")
-            .unwrap();
+        ring.add_age_identities_str(id.to_string().expose_secret(), "test").unwrap();
         (ring, recipient.to_string(), String::from_utf8(out).unwrap())
     }
 
@@ -697,18 +619,11 @@ mod tests {
 
     #[test]
     fn encrypted_regex_and_mac_only_encrypted() {
-        let body = format!(
-            r#""secret_a": "{}", "plain": "visible", "n": 5"#,
-            e("va", "str", "secret_a:")
-        );
+        let body = format!(r#""secret_a": "{}", "plain": "visible", "n": 5"#, e("va", "str", "secret_a:"));
         // With mac_only_encrypted, only encrypted values (after the init bytes) count.
         let mut mac = MAC_ONLY_ENCRYPTED_INIT.to_vec();
         mac.extend_from_slice(b"va");
-        let (ring, text) = file(
-            &body,
-            r#", "encrypted_regex": "^secret", "mac_only_encrypted": true"#,
-            &mac,
-        );
+        let (ring, text) = file(&body, r#", "encrypted_regex": "^secret", "mac_only_encrypted": true"#, &mac);
         let tree = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap();
         assert_eq!(tree.get("secret_a").unwrap().expose(), "va");
         assert_eq!(tree.get("plain").unwrap().expose(), "visible");
@@ -719,10 +634,7 @@ mod tests {
         let (ring, text) = file(&body, r#", "encrypted_regex": "^secret""#, b"vavisible5");
         assert!(decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).is_ok());
         let (ring, text) = file(&body, r#", "encrypted_regex": "^secret""#, b"va");
-        assert!(matches!(
-            decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring),
-            Err(SopsError::MacMismatch { .. })
-        ));
+        assert!(matches!(decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring), Err(SopsError::MacMismatch { .. })));
     }
 
     #[test]
@@ -740,10 +652,7 @@ mod tests {
         let mut mac = b"80800.5TrueclearTrue".to_vec();
         mac.extend_from_slice(b"ab");
         let (ring2, text2) = file(&body, "", &mac);
-        assert!(matches!(
-            decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring),
-            Err(SopsError::MacMismatch { .. })
-        ));
+        assert!(matches!(decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring), Err(SopsError::MacMismatch { .. })));
         let tree = decrypt_bytes(text2.as_bytes(), SopsFormat::Json, &ring2).unwrap();
         assert_eq!(tree.get("port").unwrap().expose(), "8080");
         assert_eq!(tree.get("ratio").unwrap().expose(), "0.5");
@@ -761,27 +670,12 @@ mod tests {
         let stack = vec![vec!["sops:enc".to_string()]];
         assert!(should_be_encrypted(&enc_rule, &["a".into()], &stack, false));
         assert!(!should_be_encrypted(&enc_rule, &[], &stack, true));
-        assert!(!should_be_encrypted(
-            &enc_rule,
-            &["a".into()],
-            &[vec![]],
-            false
-        ));
+        assert!(!should_be_encrypted(&enc_rule, &["a".into()], &[vec![]], false));
         let unenc = CryptRule::UnencryptedCommentRegex(Regex::new("keep").unwrap());
-        assert!(!should_be_encrypted(
-            &unenc,
-            &["a".into()],
-            &[vec!["keep it".into()]],
-            false
-        ));
+        assert!(!should_be_encrypted(&unenc, &["a".into()], &[vec!["keep it".into()]], false));
         assert!(should_be_encrypted(&unenc, &["a".into()], &[vec![]], false));
         let suffix = CryptRule::EncryptedSuffix("_secret".into());
-        assert!(should_be_encrypted(
-            &suffix,
-            &["db_secret".into(), "pw".into()],
-            &[],
-            false
-        ));
+        assert!(should_be_encrypted(&suffix, &["db_secret".into(), "pw".into()], &[], false));
         assert!(!should_be_encrypted(&suffix, &["db".into()], &[], false));
     }
 
@@ -790,11 +684,7 @@ mod tests {
         let (ring, text) = file(r#""a": "x""#, r#", "key_groups": [{}, {}]"#, b"");
         let err = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap_err();
         assert!(matches!(err, SopsError::Unsupported(_)), "{err:?}");
-        let (ring, text) = file(
-            r#""a": "x""#,
-            r#", "unencrypted_suffix": "_u", "encrypted_regex": "x""#,
-            b"",
-        );
+        let (ring, text) = file(r#""a": "x""#, r#", "unencrypted_suffix": "_u", "encrypted_regex": "x""#, b"");
         let err = decrypt_bytes(text.as_bytes(), SopsFormat::Json, &ring).unwrap_err();
         assert!(matches!(err, SopsError::Malformed { .. }), "{err:?}");
     }

@@ -69,9 +69,7 @@ pub enum KeyError {
         path: PathBuf,
     },
     /// The SSH key is protected by a passphrase.
-    #[error(
-        "{path}: the SSH key is passphrase-protected; host keys are not, use the unencrypted host key"
-    )]
+    #[error("{path}: the SSH key is passphrase-protected; host keys are not, use the unencrypted host key")]
     SshEncrypted {
         /// The file.
         path: PathBuf,
@@ -122,26 +120,17 @@ pub struct KeyRing {
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("keys", &self.describe())
-            .finish()
+        f.debug_struct("KeyRing").field("keys", &self.describe()).finish()
     }
 }
 
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| KeyError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut buf = Zeroizing::new(Vec::new());
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    file.take(MAX_KEY_FILE + 1).read_to_end(&mut buf).map_err(io)?;
     if buf.len() as u64 > MAX_KEY_FILE {
-        return Err(KeyError::TooLarge {
-            path: path.to_path_buf(),
-        });
+        return Err(KeyError::TooLarge { path: path.to_path_buf() });
     }
     Ok(buf)
 }
@@ -165,9 +154,7 @@ pub(crate) fn ed25519_seed_to_x25519(seed: &[u8; 32]) -> Zeroizing<[u8; 32]> {
 pub(crate) fn x25519_identity(secret: &[u8; 32]) -> age::x25519::Identity {
     let hrp = bech32::Hrp::parse("age-secret-key-").expect("constant HRP is valid");
     let encoded = Zeroizing::new(
-        bech32::encode::<bech32::Bech32>(hrp, secret)
-            .expect("32 bytes fit in a bech32 string")
-            .to_uppercase(),
+        bech32::encode::<bech32::Bech32>(hrp, secret).expect("32 bytes fit in a bech32 string").to_uppercase(),
     );
     age::x25519::Identity::from_str(&encoded).expect("a freshly encoded identity parses")
 }
@@ -188,11 +175,7 @@ impl KeyRing {
         self.age
             .iter()
             .map(AgeKey::describe)
-            .chain(
-                self.pgp
-                    .iter()
-                    .map(|k| format!("pgp {} (from {})", k.fingerprint, k.origin)),
-            )
+            .chain(self.pgp.iter().map(|k| format!("pgp {} (from {})", k.fingerprint, k.origin)))
             .collect()
     }
 
@@ -201,20 +184,14 @@ impl KeyRing {
     pub fn add_age_identities_file(&mut self, path: impl AsRef<Path>) -> Result<usize, KeyError> {
         let path = path.as_ref();
         let buf = read_key_file(path)?;
-        let text = std::str::from_utf8(&buf).map_err(|_| KeyError::BadAgeIdentity {
-            source_name: path.display().to_string(),
-            line: 1,
-        })?;
+        let text = std::str::from_utf8(&buf)
+            .map_err(|_| KeyError::BadAgeIdentity { source_name: path.display().to_string(), line: 1 })?;
         self.add_age_identities(text, &path.display().to_string())
     }
 
     /// Adds age identities from a string in the `SOPS_AGE_KEY` form (same syntax as the
     /// key file). `origin` names it in messages (e.g. `"SOPS_AGE_KEY"`).
-    pub fn add_age_identities_str(
-        &mut self,
-        identities: &str,
-        origin: &str,
-    ) -> Result<usize, KeyError> {
+    pub fn add_age_identities_str(&mut self, identities: &str, origin: &str) -> Result<usize, KeyError> {
         self.add_age_identities(identities, origin)
     }
 
@@ -225,11 +202,8 @@ impl KeyRing {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let identity =
-                age::x25519::Identity::from_str(line).map_err(|_| KeyError::BadAgeIdentity {
-                    source_name: origin.to_string(),
-                    line: n + 1,
-                })?;
+            let identity = age::x25519::Identity::from_str(line)
+                .map_err(|_| KeyError::BadAgeIdentity { source_name: origin.to_string(), line: n + 1 })?;
             added.push(AgeKey {
                 recipient: identity.to_public().to_string(),
                 identity: AgeIdentity::X25519(identity),
@@ -237,9 +211,7 @@ impl KeyRing {
             });
         }
         if added.is_empty() {
-            return Err(KeyError::NoAgeIdentity {
-                source_name: origin.to_string(),
-            });
+            return Err(KeyError::NoAgeIdentity { source_name: origin.to_string() });
         }
         let count = added.len();
         self.age.extend(added);
@@ -253,31 +225,20 @@ impl KeyRing {
     pub fn add_ssh_ed25519_key_file(&mut self, path: impl AsRef<Path>) -> Result<String, KeyError> {
         let path = path.as_ref();
         let buf = read_key_file(path)?;
-        let text = std::str::from_utf8(&buf).map_err(|_| KeyError::BadSshKey {
-            path: path.to_path_buf(),
-            detail: "not text".into(),
-        })?;
-        let key = ssh_key::PrivateKey::from_openssh(text).map_err(|e| KeyError::BadSshKey {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let text = std::str::from_utf8(&buf)
+            .map_err(|_| KeyError::BadSshKey { path: path.to_path_buf(), detail: "not text".into() })?;
+        let key = ssh_key::PrivateKey::from_openssh(text)
+            .map_err(|e| KeyError::BadSshKey { path: path.to_path_buf(), detail: e.to_string() })?;
         if key.is_encrypted() {
-            return Err(KeyError::SshEncrypted {
-                path: path.to_path_buf(),
-            });
+            return Err(KeyError::SshEncrypted { path: path.to_path_buf() });
         }
         let Some(pair) = key.key_data().ed25519() else {
-            return Err(KeyError::SshNotEd25519 {
-                path: path.to_path_buf(),
-            });
+            return Err(KeyError::SshNotEd25519 { path: path.to_path_buf() });
         };
         let seed = Zeroizing::new(pair.private.to_bytes());
         // The same key as an age SSH identity opens sops' native `ssh-ed25519` recipients.
         let identity = age::ssh::Identity::from_buffer(&buf[..], Some(path.display().to_string()))
-            .map_err(|e| KeyError::BadSshKey {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| KeyError::BadSshKey { path: path.to_path_buf(), detail: e.to_string() })?;
         let x = x25519_identity(&ed25519_seed_to_x25519(&seed));
         let recipient = x.to_public().to_string();
         let origin = format!("SSH host key {}", path.display());
@@ -296,39 +257,24 @@ impl KeyRing {
 
     /// Adds the OpenPGP secret keys of a file (ASCII-armored or binary, without a
     /// passphrase). Returns their primary key fingerprints (upper-case hex).
-    pub fn add_pgp_secret_key_file(
-        &mut self,
-        path: impl AsRef<Path>,
-    ) -> Result<Vec<String>, KeyError> {
+    pub fn add_pgp_secret_key_file(&mut self, path: impl AsRef<Path>) -> Result<Vec<String>, KeyError> {
         let path = path.as_ref();
         let buf = read_key_file(path)?;
-        let bad = |source| KeyError::BadPgpKey {
-            path: path.to_path_buf(),
-            source,
-        };
+        let bad = |source| KeyError::BadPgpKey { path: path.to_path_buf(), source };
         let keys: Vec<SignedSecretKey> = if buf.starts_with(b"-----BEGIN") {
             let (iter, _headers) = SignedSecretKey::from_armor_many(&buf[..]).map_err(bad)?;
             iter.collect::<Result<_, _>>().map_err(bad)?
         } else {
-            SignedSecretKey::from_bytes_many(&buf[..])
-                .map_err(bad)?
-                .collect::<Result<_, _>>()
-                .map_err(bad)?
+            SignedSecretKey::from_bytes_many(&buf[..]).map_err(bad)?.collect::<Result<_, _>>().map_err(bad)?
         };
         if keys.is_empty() {
-            return Err(KeyError::NoPgpKey {
-                path: path.to_path_buf(),
-            });
+            return Err(KeyError::NoPgpKey { path: path.to_path_buf() });
         }
         let mut fingerprints = Vec::new();
         for key in keys {
             let fingerprint = format!("{:X}", key.fingerprint());
             fingerprints.push(fingerprint.clone());
-            self.pgp.push(PgpKey {
-                key,
-                fingerprint,
-                origin: path.display().to_string(),
-            });
+            self.pgp.push(PgpKey { key, fingerprint, origin: path.display().to_string() });
         }
         Ok(fingerprints)
     }
@@ -388,46 +334,30 @@ fn unwrap_age(stanza: &AgeStanza, key: &AgeKey) -> Result<Option<DataKey>, Strin
         Err(e) => return Err(e.to_string()),
     };
     let mut plain = Zeroizing::new(Vec::new());
-    reader
-        .read_to_end(&mut plain)
-        .map_err(|e| format!("age payload does not decrypt: {e}"))?;
+    reader.read_to_end(&mut plain).map_err(|e| format!("age payload does not decrypt: {e}"))?;
     to_data_key(&plain).map(Some)
 }
 
 fn stanza_names_key(stanza: &PgpStanza, key: &PgpKey) -> bool {
     let fp = stanza.fingerprint.replace(' ', "").to_ascii_uppercase();
-    key.fingerprint == fp
-        || key
-            .key
-            .secret_subkeys
-            .iter()
-            .any(|s| format!("{:X}", s.key.fingerprint()) == fp)
+    key.fingerprint == fp || key.key.secret_subkeys.iter().any(|s| format!("{:X}", s.key.fingerprint()) == fp)
 }
 
 fn unwrap_pgp(stanza: &PgpStanza, key: &PgpKey) -> Result<DataKey, String> {
-    let (msg, _) =
-        Message::from_string(&stanza.enc).map_err(|e| format!("not a PGP message: {e}"))?;
+    let (msg, _) = Message::from_string(&stanza.enc).map_err(|e| format!("not a PGP message: {e}"))?;
     let mut msg = msg
         .decrypt(&Password::empty(), &key.key)
         .map_err(|e| format!("cannot decrypt with key {}: {e}", key.fingerprint))?;
     if msg.is_compressed() {
-        msg = msg
-            .decompress()
-            .map_err(|e| format!("cannot decompress: {e}"))?;
+        msg = msg.decompress().map_err(|e| format!("cannot decompress: {e}"))?;
     }
-    let plain = Zeroizing::new(
-        msg.as_data_vec()
-            .map_err(|e| format!("cannot read the decrypted message: {e}"))?,
-    );
+    let plain = Zeroizing::new(msg.as_data_vec().map_err(|e| format!("cannot read the decrypted message: {e}"))?);
     to_data_key(&plain)
 }
 
 fn to_data_key(plain: &[u8]) -> Result<DataKey, String> {
     if plain.len() != 32 {
-        return Err(format!(
-            "unwrapped data key is {} bytes, sops data keys are 32",
-            plain.len()
-        ));
+        return Err(format!("unwrapped data key is {} bytes, sops data keys are 32", plain.len()));
     }
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(plain);

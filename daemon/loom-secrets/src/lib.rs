@@ -33,9 +33,7 @@ mod tree;
 
 pub use cipher::ValueKind;
 pub use config::{SecretsConfig, SecretsError};
-pub use decrypt::{
-    LookupError, MAX_FILE_SIZE, SecretTree, SopsError, decrypt_bytes, decrypt_file, decrypt_file_as,
-};
+pub use decrypt::{LookupError, MAX_FILE_SIZE, SecretTree, SopsError, decrypt_bytes, decrypt_file, decrypt_file_as};
 pub use formats::SopsFormat;
 pub use keys::{KeyError, KeyRing};
 pub use secret::{SecretBytes, SecretString};
@@ -43,7 +41,5 @@ pub use secret::{SecretBytes, SecretString};
 /// The `age1…` recipient sops-nix (ssh-to-age) derives from an ed25519 seed, exposed for
 /// tests and tooling that check a host key against a `.sops.yaml`.
 pub fn ssh_ed25519_seed_to_age_recipient(seed: &[u8; 32]) -> String {
-    keys::x25519_identity(&keys::ed25519_seed_to_x25519(seed))
-        .to_public()
-        .to_string()
+    keys::x25519_identity(&keys::ed25519_seed_to_x25519(seed)).to_public().to_string()
 }

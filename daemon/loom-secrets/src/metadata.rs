@@ -42,17 +42,10 @@ pub(crate) struct Metadata {
 }
 
 pub(crate) fn parse(meta: &Value) -> Result<Metadata, String> {
-    let lastmodified = meta
-        .get("lastmodified")
-        .and_then(Value::as_str)
-        .ok_or("sops metadata has no `lastmodified`")?;
+    let lastmodified = meta.get("lastmodified").and_then(Value::as_str).ok_or("sops metadata has no `lastmodified`")?;
     let mac_additional_data = rfc3339_normalize(lastmodified, false)
         .ok_or_else(|| format!("sops.lastmodified {lastmodified:?} is not an RFC 3339 time"))?;
-    let mac = meta
-        .get("mac")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .map(str::to_string);
+    let mac = meta.get("mac").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_string);
 
     let mut age = Vec::new();
     let mut pgp = Vec::new();
@@ -64,11 +57,7 @@ pub(crate) fn parse(meta: &Value) -> Result<Metadata, String> {
             groups.len()
         ));
     }
-    let sources: Vec<&Value> = if groups.is_empty() {
-        vec![meta]
-    } else {
-        groups
-    };
+    let sources: Vec<&Value> = if groups.is_empty() { vec![meta] } else { groups };
     for src in sources {
         collect_keys(src, &mut age, &mut pgp, &mut other_recipients)?;
     }
@@ -82,11 +71,7 @@ pub(crate) fn parse(meta: &Value) -> Result<Metadata, String> {
         ("unencrypted_comment_regex", true),
         ("encrypted_comment_regex", true),
     ] {
-        let Some(v) = meta
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-        else {
+        let Some(v) = meta.get(name).and_then(Value::as_str).filter(|v| !v.is_empty()) else {
             continue;
         };
         let rule = if regex {
@@ -105,32 +90,21 @@ pub(crate) fn parse(meta: &Value) -> Result<Metadata, String> {
         rules.push(rule);
     }
     if rules.len() > 1 {
-        return Err(
-            "sops metadata sets more than one of the (un)encrypted suffix/regex rules".into(),
-        );
+        return Err("sops metadata sets more than one of the (un)encrypted suffix/regex rules".into());
     }
-    let rule = rules
-        .pop()
-        .unwrap_or_else(|| CryptRule::UnencryptedSuffix("_unencrypted".into()));
+    let rule = rules.pop().unwrap_or_else(|| CryptRule::UnencryptedSuffix("_unencrypted".into()));
 
     let mac_only_encrypted = match meta.get("mac_only_encrypted") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(Value::Str(s)) => go_parse_bool(s)
-            .ok_or_else(|| format!("sops.mac_only_encrypted {s:?} is not a boolean"))?,
+        Some(Value::Str(s)) => {
+            go_parse_bool(s).ok_or_else(|| format!("sops.mac_only_encrypted {s:?} is not a boolean"))?
+        }
         Some(Value::Int(i)) => *i != 0,
         Some(_) => return Err("sops.mac_only_encrypted is not a boolean".into()),
     };
 
-    Ok(Metadata {
-        mac_additional_data,
-        mac,
-        age,
-        pgp,
-        other_recipients,
-        rule,
-        mac_only_encrypted,
-    })
+    Ok(Metadata { mac_additional_data, mac, age, pgp, other_recipients, rule, mac_only_encrypted })
 }
 
 fn list<'a>(v: Option<&'a Value>, name: &str) -> Result<Vec<&'a Value>, String> {
@@ -148,10 +122,7 @@ fn list<'a>(v: Option<&'a Value>, name: &str) -> Result<Vec<&'a Value>, String> 
 }
 
 fn field<'a>(entry: &'a Value, name: &str, list_name: &str, n: usize) -> Result<&'a str, String> {
-    entry
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("sops.{list_name}[{n}] has no `{name}`"))
+    entry.get(name).and_then(Value::as_str).ok_or_else(|| format!("sops.{list_name}[{n}] has no `{name}`"))
 }
 
 fn collect_keys(
@@ -203,45 +174,16 @@ pub(crate) fn rfc3339_normalize(s: &str, keep_fraction: bool) -> Option<String> 
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| -> Option<u32> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
     };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
     let (hour, min, sec) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days[month as usize - 1]
-        || hour > 23
-        || min > 59
-        || sec > 59
-    {
+    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day == 0 || day > days[month as usize - 1] || hour > 23 || min > 59 || sec > 59 {
         return None;
     }
     let mut i = 19;
@@ -260,20 +202,13 @@ pub(crate) fn rfc3339_normalize(s: &str, keep_fraction: bool) -> Option<String> 
     let offset = &s[i..];
     let offset = match offset {
         "Z" => "Z".to_string(),
-        o if o.len() == 6
-            && (o.starts_with('+') || o.starts_with('-'))
-            && o.as_bytes()[3] == b':' =>
-        {
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
             let oh = digits(i + 1..i + 3)?;
             let om = digits(i + 4..i + 6)?;
             if oh > 23 || om > 59 {
                 return None;
             }
-            if oh == 0 && om == 0 {
-                "Z".to_string()
-            } else {
-                o.to_string()
-            }
+            if oh == 0 && om == 0 { "Z".to_string() } else { o.to_string() }
         }
         _ => return None,
     };
@@ -296,33 +231,13 @@ mod tests {
     #[test]
     fn rfc3339_like_go() {
         let n = |s| rfc3339_normalize(s, false);
-        assert_eq!(
-            n("2020-10-07T15:49:13Z").as_deref(),
-            Some("2020-10-07T15:49:13Z")
-        );
-        assert_eq!(
-            n("2020-10-07T15:49:13.123Z").as_deref(),
-            Some("2020-10-07T15:49:13Z")
-        );
-        assert_eq!(
-            n("2020-10-07T15:49:13+00:00").as_deref(),
-            Some("2020-10-07T15:49:13Z")
-        );
-        assert_eq!(
-            n("2020-10-07T15:49:13-07:00").as_deref(),
-            Some("2020-10-07T15:49:13-07:00")
-        );
-        assert_eq!(
-            rfc3339_normalize("2020-10-07T15:49:13.1200Z", true).as_deref(),
-            Some("2020-10-07T15:49:13.12Z")
-        );
-        for bad in [
-            "2020-13-07T15:49:13Z",
-            "2021-02-29T00:00:00Z",
-            "2020-10-07 15:49:13Z",
-            "2020-10-07T15:49:13",
-            "x",
-        ] {
+        assert_eq!(n("2020-10-07T15:49:13Z").as_deref(), Some("2020-10-07T15:49:13Z"));
+        assert_eq!(n("2020-10-07T15:49:13.123Z").as_deref(), Some("2020-10-07T15:49:13Z"));
+        assert_eq!(n("2020-10-07T15:49:13+00:00").as_deref(), Some("2020-10-07T15:49:13Z"));
+        assert_eq!(n("2020-10-07T15:49:13-07:00").as_deref(), Some("2020-10-07T15:49:13-07:00"));
+        assert_eq!(rfc3339_normalize("2020-10-07T15:49:13.1200Z", true).as_deref(), Some("2020-10-07T15:49:13.12Z"));
+        for bad in ["2020-13-07T15:49:13Z", "2021-02-29T00:00:00Z", "2020-10-07 15:49:13Z", "2020-10-07T15:49:13", "x"]
+        {
             assert_eq!(n(bad), None, "{bad}");
         }
     }

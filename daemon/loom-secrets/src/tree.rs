@@ -69,17 +69,13 @@ impl KeySet {
 
 /// Splits the `sops` entry out of the first branch (YAML, JSON, binary). Other branches
 /// lose any `sops` key too, as sops does.
-pub(crate) fn extract_nested_metadata(
-    mut branches: Vec<Vec<Item>>,
-) -> Result<Document, &'static str> {
+pub(crate) fn extract_nested_metadata(mut branches: Vec<Vec<Item>>) -> Result<Document, &'static str> {
     let mut metadata = None;
     for (bi, branch) in branches.iter_mut().enumerate() {
         let mut i = 0;
         while i < branch.len() {
             if matches!(&branch[i], Item::Entry(k, _) if k == "sops") {
-                let Item::Entry(_, v) = branch.remove(i) else {
-                    unreachable!("matched an entry just above")
-                };
+                let Item::Entry(_, v) = branch.remove(i) else { unreachable!("matched an entry just above") };
                 if bi == 0 {
                     if metadata.is_some() {
                         return Err("the file has two `sops` entries");
@@ -130,9 +126,8 @@ pub(crate) fn unflatten(entries: Vec<(String, String)>) -> Result<Value, String>
             };
             let part = &rest[..cut];
             if current_is_list {
-                let idx = part
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad list index {part:?} in metadata key {path:?}"))?;
+                let idx =
+                    part.parse::<usize>().map_err(|_| format!("bad list index {part:?} in metadata key {path:?}"))?;
                 toks.push(Tok::Index(idx));
             } else {
                 toks.push(Tok::Key(part.to_string()));
@@ -226,26 +221,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(v.get("mac").and_then(Value::as_str), Some("M"));
-        let Some(Value::List(pgp)) = v.get("pgp") else {
-            panic!("pgp is not a list: {v:?}")
-        };
+        let Some(Value::List(pgp)) = v.get("pgp") else { panic!("pgp is not a list: {v:?}") };
         assert_eq!(pgp.len(), 2);
-        let ListItem::Value(first) = &pgp[0] else {
-            panic!()
-        };
+        let ListItem::Value(first) = &pgp[0] else { panic!() };
         assert_eq!(first.get("enc").and_then(Value::as_str), Some("E0"));
     }
 
     #[test]
     fn unflatten_refuses_gaps_and_conflicts() {
         assert!(unflatten(vec![("pgp__list_1__map_fp".into(), "x".into())]).is_err());
-        assert!(
-            unflatten(vec![
-                ("a".into(), "x".into()),
-                ("a__map_b".into(), "y".into())
-            ])
-            .is_err()
-        );
+        assert!(unflatten(vec![("a".into(), "x".into()), ("a__map_b".into(), "y".into())]).is_err());
         assert!(unflatten(vec![("a__list_x".into(), "x".into())]).is_err());
     }
 }

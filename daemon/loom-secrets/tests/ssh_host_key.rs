@@ -40,10 +40,7 @@ fn recipient_from_pub_file(pub_path: &Path) -> String {
     // string "ssh-ed25519" (4 + 11 bytes), then string pk (4 + 32 bytes).
     assert_eq!(blob.len(), 4 + 11 + 4 + 32);
     let pk: [u8; 32] = blob[19..].try_into().unwrap();
-    let montgomery = CompressedEdwardsY(pk)
-        .decompress()
-        .expect("valid ed25519 point")
-        .to_montgomery();
+    let montgomery = CompressedEdwardsY(pk).decompress().expect("valid ed25519 point").to_montgomery();
     let hrp = bech32::Hrp::parse("age").unwrap();
     bech32::encode::<bech32::Bech32>(hrp, montgomery.as_bytes()).unwrap()
 }
@@ -51,18 +48,9 @@ fn recipient_from_pub_file(pub_path: &Path) -> String {
 /// Encrypts one value in sops' format under `key` with additional data `ad`.
 fn enc(plain: &str, kind: &str, key: &[u8; 32], ad: &str, n: u8) -> String {
     let cipher = aes_gcm::AesGcm::<aes_gcm::aes::Aes256, U32>::new(GenericArray::from_slice(key));
-    let iv: [u8; 32] = Sha512::digest([n, 0x5a]).as_slice()[..32]
-        .try_into()
-        .unwrap();
-    let out = cipher
-        .encrypt(
-            GenericArray::from_slice(&iv),
-            Payload {
-                msg: plain.as_bytes(),
-                aad: ad.as_bytes(),
-            },
-        )
-        .unwrap();
+    let iv: [u8; 32] = Sha512::digest([n, 0x5a]).as_slice()[..32].try_into().unwrap();
+    let out =
+        cipher.encrypt(GenericArray::from_slice(&iv), Payload { msg: plain.as_bytes(), aad: ad.as_bytes() }).unwrap();
     let (data, tag) = out.split_at(out.len() - 16);
     format!(
         "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]",
@@ -75,8 +63,7 @@ fn enc(plain: &str, kind: &str, key: &[u8; 32], ad: &str, n: u8) -> String {
 fn age_armor(data_key: &[u8; 32], recipient: &dyn age::Recipient) -> String {
     let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient)).unwrap();
     let mut out = Vec::new();
-    let armored =
-        age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
+    let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
     let mut w = encryptor.wrap_output(armored).unwrap();
     w.write_all(data_key).unwrap();
     w.finish().unwrap().finish().unwrap();
@@ -92,10 +79,7 @@ fn sops_yaml(data_key: &[u8; 32], recipient_name: &str, armored: &str) -> String
         mac.update(v.as_bytes());
     }
     let mac_hex: String = mac.finalize().iter().map(|b| format!("{b:02X}")).collect();
-    let indented: String = armored
-        .lines()
-        .map(|l| format!("            {l}\n"))
-        .collect();
+    let indented: String = armored.lines().map(|l| format!("            {l}\n")).collect();
     format!(
         "api_key: {}\nnested:\n    token: {}\n    port: {}\nnote_unencrypted: public\nsops:\n    age:\n        - recipient: {recipient_name}\n          enc: |\n{indented}    lastmodified: \"{lastmodified}\"\n    mac: {}\n    unencrypted_suffix: _unencrypted\n    version: 3.9.0\n",
         enc("sk-ant-123", "str", data_key, "api_key:", 1),
@@ -131,20 +115,13 @@ fn seed_conversion_is_sha512_clamp() {
     let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(s);
     let hrp = bech32::Hrp::parse("age").unwrap();
     let expected = bech32::encode::<bech32::Bech32>(hrp, public.as_bytes()).unwrap();
-    assert_eq!(
-        loom_secrets::ssh_ed25519_seed_to_age_recipient(&seed),
-        expected
-    );
+    assert_eq!(loom_secrets::ssh_ed25519_seed_to_age_recipient(&seed), expected);
 }
 
 #[test]
 fn ssh_host_key_opens_file_encrypted_to_its_converted_recipient() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ssh_keygen(
-        dir.path(),
-        "ssh_host_ed25519_key",
-        &["-t", "ed25519", "-N", ""],
-    );
+    let key = ssh_keygen(dir.path(), "ssh_host_ed25519_key", &["-t", "ed25519", "-N", ""]);
     let recipient_str = recipient_from_pub_file(&key.with_extension("pub"));
     let recipient = age::x25519::Recipient::from_str(&recipient_str).unwrap();
     let file = sops_yaml(&DATA_KEY, &recipient_str, &age_armor(&DATA_KEY, &recipient));
@@ -165,10 +142,7 @@ fn ssh_host_key_opens_file_encrypted_to_its_converted_recipient() {
     let err = decrypt_bytes(file.as_bytes(), SopsFormat::Yaml, &other_ring).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, SopsError::NoKeyCouldUnwrap { .. }), "{err:?}");
-    assert!(
-        msg.contains(&recipient_str) && msg.contains(&other_recipient),
-        "{msg}"
-    );
+    assert!(msg.contains(&recipient_str) && msg.contains(&other_recipient), "{msg}");
     assert!(msg.contains("SSH host key"), "{msg}");
 
     // Tampering with the unencrypted value breaks the MAC only.
@@ -181,11 +155,7 @@ fn ssh_host_key_opens_file_encrypted_to_its_converted_recipient() {
 fn ssh_host_key_opens_native_ssh_ed25519_recipients() {
     // sops >= 3.10 can encrypt to an SSH public key directly (age's ssh-ed25519 stanza).
     let dir = tempfile::tempdir().unwrap();
-    let key = ssh_keygen(
-        dir.path(),
-        "ssh_host_ed25519_key",
-        &["-t", "ed25519", "-N", ""],
-    );
+    let key = ssh_keygen(dir.path(), "ssh_host_ed25519_key", &["-t", "ed25519", "-N", ""]);
     let pub_line = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let pub_line = pub_line.trim();
     let recipient = age::ssh::Recipient::from_str(pub_line).unwrap();
@@ -205,33 +175,21 @@ fn unusable_ssh_keys_are_refused_clearly() {
     assert!(err.to_string().contains("ed25519"), "{err}");
 
     let locked = ssh_keygen(dir.path(), "locked", &["-t", "ed25519", "-N", "hunter22"]);
-    let err = KeyRing::new()
-        .add_ssh_ed25519_key_file(&locked)
-        .unwrap_err();
+    let err = KeyRing::new().add_ssh_ed25519_key_file(&locked).unwrap_err();
     assert!(matches!(err, KeyError::SshEncrypted { .. }), "{err:?}");
 
-    let public = KeyRing::new()
-        .add_ssh_ed25519_key_file(locked.with_extension("pub"))
-        .unwrap_err();
+    let public = KeyRing::new().add_ssh_ed25519_key_file(locked.with_extension("pub")).unwrap_err();
     assert!(matches!(public, KeyError::BadSshKey { .. }), "{public:?}");
 }
 
 #[test]
 fn secrets_config_loads_keys_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ssh_keygen(
-        dir.path(),
-        "ssh_host_ed25519_key",
-        &["-t", "ed25519", "-N", ""],
-    );
+    let key = ssh_keygen(dir.path(), "ssh_host_ed25519_key", &["-t", "ed25519", "-N", ""]);
     let recipient_str = recipient_from_pub_file(&key.with_extension("pub"));
     let recipient = age::x25519::Recipient::from_str(&recipient_str).unwrap();
     let file = dir.path().join("loom.yaml");
-    std::fs::write(
-        &file,
-        sops_yaml(&DATA_KEY, &recipient_str, &age_armor(&DATA_KEY, &recipient)),
-    )
-    .unwrap();
+    std::fs::write(&file, sops_yaml(&DATA_KEY, &recipient_str, &age_armor(&DATA_KEY, &recipient))).unwrap();
     let cfg: loom_secrets::SecretsConfig = toml::from_str(&format!(
         "file = {:?}\nssh_host_keys = [{:?}]\n",
         file.display().to_string(),
@@ -247,9 +205,6 @@ fn secrets_config_loads_keys_and_file() {
     ))
     .unwrap();
     let err = missing.load().unwrap_err();
-    assert!(
-        matches!(err, loom_secrets::SecretsError::Key(KeyError::Io { .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, loom_secrets::SecretsError::Key(KeyError::Io { .. })), "{err:?}");
     assert!(toml::from_str::<loom_secrets::SecretsConfig>("file = \"x\"\nbogus = 1\n").is_err());
 }

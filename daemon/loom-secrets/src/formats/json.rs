@@ -9,11 +9,9 @@ use crate::tree::{Item, KeySet, ListItem, Value};
 
 pub(crate) fn parse(text: &str) -> Result<Vec<Item>, String> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let v = de::Deserialize::deserialize(&mut de).map_err(|e: serde_json::Error| {
-        format!("JSON error at line {} column {}: {e}", e.line(), e.column())
-    })?;
-    de.end()
-        .map_err(|e| format!("JSON error at line {}: trailing data: {e}", e.line()))?;
+    let v = de::Deserialize::deserialize(&mut de)
+        .map_err(|e: serde_json::Error| format!("JSON error at line {} column {}: {e}", e.line(), e.column()))?;
+    de.end().map_err(|e| format!("JSON error at line {}: trailing data: {e}", e.line()))?;
     match v {
         JsonValue(Value::Map(items)) => Ok(items),
         _ => Err("the JSON document must be an object".into()),
@@ -90,9 +88,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_types() {
-        let items =
-            parse(r#"{"z": 1, "a": [true, 1.5, null, "s"], "m": {"k": 18446744073709551615}}"#)
-                .unwrap();
+        let items = parse(r#"{"z": 1, "a": [true, 1.5, null, "s"], "m": {"k": 18446744073709551615}}"#).unwrap();
         assert_eq!(
             items,
             vec![
@@ -108,10 +104,7 @@ mod tests {
                 ),
                 Item::Entry(
                     "m".into(),
-                    Value::Map(vec![Item::Entry(
-                        "k".into(),
-                        Value::Float(18446744073709551615.0)
-                    )])
+                    Value::Map(vec![Item::Entry("k".into(), Value::Float(18446744073709551615.0))])
                 ),
             ]
         );
@@ -119,11 +112,7 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        assert!(
-            parse(r#"{"a": 1, "a": 2}"#)
-                .unwrap_err()
-                .contains("duplicate")
-        );
+        assert!(parse(r#"{"a": 1, "a": 2}"#).unwrap_err().contains("duplicate"));
         assert!(parse("[1]").unwrap_err().contains("object"));
         assert!(parse(r#"{"a": }"#).unwrap_err().contains("line 1"));
         assert!(parse(r#"{"a": 1} x"#).unwrap_err().contains("trailing"));

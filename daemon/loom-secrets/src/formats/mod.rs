@@ -25,12 +25,7 @@ pub enum SopsFormat {
 impl SopsFormat {
     /// The format sops itself picks for a file name: by extension, binary otherwise.
     pub fn from_path(path: &Path) -> Self {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("yaml" | "yml") => Self::Yaml,
             Some("json") => Self::Json,
             Some("env") => Self::Dotenv,
@@ -60,9 +55,7 @@ impl std::str::FromStr for SopsFormat {
             "dotenv" | "env" => Ok(Self::Dotenv),
             "ini" => Ok(Self::Ini),
             "binary" => Ok(Self::Binary),
-            other => Err(format!(
-                "unknown sops format {other:?}: expected yaml, json, dotenv, ini or binary"
-            )),
+            other => Err(format!("unknown sops format {other:?}: expected yaml, json, dotenv, ini or binary")),
         }
     }
 }
@@ -78,9 +71,8 @@ pub(crate) fn parse(text: &str, format: SopsFormat) -> Result<Document, String> 
             let items = json::parse(text)?;
             let doc = extract_nested_metadata(vec![items]).map_err(str::to_string)?;
             if format == SopsFormat::Binary {
-                let has_data = doc.branches[0]
-                    .iter()
-                    .any(|i| matches!(i, Item::Entry(k, Value::Str(_)) if k == "data"));
+                let has_data =
+                    doc.branches[0].iter().any(|i| matches!(i, Item::Entry(k, Value::Str(_)) if k == "data"));
                 if !has_data {
                     return Err("a binary sops file needs a string `data` entry".into());
                 }
@@ -125,18 +117,14 @@ fn parse_dotenv(text: &str) -> Result<Document, String> {
         return Err("no `sops_*` metadata lines: this is not a sops-encrypted file".into());
     }
     let metadata = unflatten(meta)?;
-    Ok(Document {
-        branches: vec![items],
-        metadata,
-    })
+    Ok(Document { branches: vec![items], metadata })
 }
 
 /// sops' INI store (go-ini semantics for what sops writes): a `DEFAULT` section first,
 /// `key = value` with trimmed keys and values, quotes stripped, `;`/`#` comments, and the
 /// metadata flattened in a `[sops]` section with `\n` escaped.
 fn parse_ini(text: &str) -> Result<Document, String> {
-    let mut sections: Vec<(String, Vec<Item>, KeySet)> =
-        vec![("DEFAULT".to_string(), Vec::new(), KeySet::default())];
+    let mut sections: Vec<(String, Vec<Item>, KeySet)> = vec![("DEFAULT".to_string(), Vec::new(), KeySet::default())];
     let mut pending_comment: Option<String> = None;
     for (n, raw) in text.split('\n').enumerate() {
         let line = raw.trim();
@@ -176,9 +164,7 @@ fn parse_ini(text: &str) -> Result<Document, String> {
             }
             value.to_string()
         };
-        let Some((_, items, seen)) = sections.last_mut() else {
-            unreachable!("DEFAULT is always there")
-        };
+        let Some((_, items, seen)) = sections.last_mut() else { unreachable!("DEFAULT is always there") };
         if !seen.insert(&key) {
             return Err(format!("line {}: duplicate key {key:?}", n + 1));
         }
@@ -205,12 +191,8 @@ fn parse_ini(text: &str) -> Result<Document, String> {
             branch.push(Item::Entry(name, Value::Map(items)));
         }
     }
-    let metadata =
-        meta.ok_or("no [sops] section: this is not a sops-encrypted INI file".to_string())?;
-    Ok(Document {
-        branches: vec![branch],
-        metadata,
-    })
+    let metadata = meta.ok_or("no [sops] section: this is not a sops-encrypted INI file".to_string())?;
+    Ok(Document { branches: vec![branch], metadata })
 }
 
 fn unquote(s: &str) -> &str {
@@ -228,60 +210,29 @@ mod tests {
 
     #[test]
     fn format_from_extension() {
-        assert_eq!(
-            SopsFormat::from_path(Path::new("a.enc.yaml")),
-            SopsFormat::Yaml
-        );
+        assert_eq!(SopsFormat::from_path(Path::new("a.enc.yaml")), SopsFormat::Yaml);
         assert_eq!(SopsFormat::from_path(Path::new("a.YML")), SopsFormat::Yaml);
         assert_eq!(SopsFormat::from_path(Path::new("a.json")), SopsFormat::Json);
-        assert_eq!(
-            SopsFormat::from_path(Path::new("a.env")),
-            SopsFormat::Dotenv
-        );
+        assert_eq!(SopsFormat::from_path(Path::new("a.env")), SopsFormat::Dotenv);
         assert_eq!(SopsFormat::from_path(Path::new("a.ini")), SopsFormat::Ini);
-        assert_eq!(
-            SopsFormat::from_path(Path::new("key.bin")),
-            SopsFormat::Binary
-        );
-        assert_eq!(
-            SopsFormat::from_path(Path::new("noext")),
-            SopsFormat::Binary
-        );
+        assert_eq!(SopsFormat::from_path(Path::new("key.bin")), SopsFormat::Binary);
+        assert_eq!(SopsFormat::from_path(Path::new("noext")), SopsFormat::Binary);
         assert_eq!("dotenv".parse::<SopsFormat>(), Ok(SopsFormat::Dotenv));
         assert!("toml".parse::<SopsFormat>().is_err());
     }
 
     #[test]
     fn dotenv_keeps_spaces_and_reads_flat_metadata() {
-        let doc = parse(
-            "#c\nfoo = bar\nsops_mac=M\nsops_pgp__list_0__map_enc=a\\nb\n",
-            SopsFormat::Dotenv,
-        )
-        .unwrap();
+        let doc = parse("#c\nfoo = bar\nsops_mac=M\nsops_pgp__list_0__map_enc=a\\nb\n", SopsFormat::Dotenv).unwrap();
         assert_eq!(
             doc.branches[0],
-            vec![
-                Item::Comment("c".into()),
-                Item::Entry("foo ".into(), Value::Str(" bar".into()))
-            ]
+            vec![Item::Comment("c".into()), Item::Entry("foo ".into(), Value::Str(" bar".into()))]
         );
-        let Some(Value::List(pgp)) = doc.metadata.get("pgp") else {
-            panic!()
-        };
-        let crate::tree::ListItem::Value(p) = &pgp[0] else {
-            panic!()
-        };
+        let Some(Value::List(pgp)) = doc.metadata.get("pgp") else { panic!() };
+        let crate::tree::ListItem::Value(p) = &pgp[0] else { panic!() };
         assert_eq!(p.get("enc").and_then(Value::as_str), Some("a\nb"));
-        assert!(
-            parse("novalue\n", SopsFormat::Dotenv)
-                .unwrap_err()
-                .contains("line 1")
-        );
-        assert!(
-            parse("a=b\n", SopsFormat::Dotenv)
-                .unwrap_err()
-                .contains("sops_")
-        );
+        assert!(parse("novalue\n", SopsFormat::Dotenv).unwrap_err().contains("line 1"));
+        assert!(parse("a=b\n", SopsFormat::Dotenv).unwrap_err().contains("sops_"));
     }
 
     #[test]
@@ -306,15 +257,7 @@ mod tests {
             ]
         );
         assert_eq!(doc.metadata.get("mac").and_then(Value::as_str), Some("M"));
-        assert!(
-            parse("[db\n", SopsFormat::Ini)
-                .unwrap_err()
-                .contains("line 1")
-        );
-        assert!(
-            parse("[db]\na=1\n", SopsFormat::Ini)
-                .unwrap_err()
-                .contains("[sops]")
-        );
+        assert!(parse("[db\n", SopsFormat::Ini).unwrap_err().contains("line 1"));
+        assert!(parse("[db]\na=1\n", SopsFormat::Ini).unwrap_err().contains("[sops]"));
     }
 }

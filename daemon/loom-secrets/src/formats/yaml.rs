@@ -26,9 +26,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Vec<Item>>, String> {
     };
     let mut parser = Parser::new_from_str(text);
     loop {
-        let (ev, mark) = parser
-            .next_token()
-            .map_err(|e| format!("YAML syntax error: {e}"))?;
+        let (ev, mark) = parser.next_token().map_err(|e| format!("YAML syntax error: {e}"))?;
         if matches!(ev, Event::StreamEnd) {
             break;
         }
@@ -47,18 +45,8 @@ struct Comment {
 }
 
 enum Frame {
-    Map {
-        items: Vec<Item>,
-        seen: KeySet,
-        key: Option<String>,
-        anchor: usize,
-        col: usize,
-    },
-    Seq {
-        items: Vec<ListItem>,
-        anchor: usize,
-        col: usize,
-    },
+    Map { items: Vec<Item>, seen: KeySet, key: Option<String>, anchor: usize, col: usize },
+    Seq { items: Vec<ListItem>, anchor: usize, col: usize },
 }
 
 struct Builder {
@@ -97,16 +85,14 @@ impl Builder {
                 self.branches.push(branch);
             }
             Event::Alias(id) => {
-                let v =
-                    self.anchors.get(&id).cloned().ok_or_else(|| {
-                        format!("line {}: alias to an unknown anchor", mark.line())
-                    })?;
+                let v = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| format!("line {}: alias to an unknown anchor", mark.line()))?;
                 self.alias_nodes += count_nodes(&v);
                 if self.alias_nodes > MAX_ALIAS_NODES {
-                    return Err(format!(
-                        "line {}: aliases expand to more than {MAX_ALIAS_NODES} nodes",
-                        mark.line()
-                    ));
+                    return Err(format!("line {}: aliases expand to more than {MAX_ALIAS_NODES} nodes", mark.line()));
                 }
                 self.push_value(v, mark)?;
             }
@@ -130,31 +116,17 @@ impl Builder {
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 if matches!(self.stack.last(), Some(Frame::Map { key: None, .. })) {
-                    return Err(format!(
-                        "line {}: complex (non-scalar) mapping keys are not supported",
-                        mark.line()
-                    ));
+                    return Err(format!("line {}: complex (non-scalar) mapping keys are not supported", mark.line()));
                 }
                 if self.stack.len() >= MAX_DEPTH {
-                    return Err(format!(
-                        "line {}: nesting deeper than {MAX_DEPTH} levels",
-                        mark.line()
-                    ));
+                    return Err(format!("line {}: nesting deeper than {MAX_DEPTH} levels", mark.line()));
                 }
                 let col = mark.col();
                 self.stack.push(match ev {
-                    Event::MappingStart(..) => Frame::Map {
-                        items: Vec::new(),
-                        seen: KeySet::default(),
-                        key: None,
-                        anchor,
-                        col,
-                    },
-                    _ => Frame::Seq {
-                        items: Vec::new(),
-                        anchor,
-                        col,
-                    },
+                    Event::MappingStart(..) => {
+                        Frame::Map { items: Vec::new(), seen: KeySet::default(), key: None, anchor, col }
+                    }
+                    _ => Frame::Seq { items: Vec::new(), anchor, col },
                 });
                 // Comments between a key and its nested container's first entry are head
                 // comments of that entry, inside the container (as go-yaml attaches them).
@@ -184,9 +156,7 @@ impl Builder {
                 self.doc_root = Some(v);
             }
             Some(Frame::Map { items, key, .. }) => {
-                let k = key.take().ok_or_else(|| {
-                    format!("line {}: a mapping value without a key", mark.line())
-                })?;
+                let k = key.take().ok_or_else(|| format!("line {}: a mapping value without a key", mark.line()))?;
                 items.push(Item::Entry(k, v));
             }
             Some(Frame::Seq { items, .. }) => items.push(ListItem::Value(v)),
@@ -322,11 +292,7 @@ fn parse_go_int(s: &str) -> Option<i64> {
     }
     let magnitude = u64::from_str_radix(&digits, radix).ok()?;
     if neg {
-        if magnitude <= i64::MAX as u64 + 1 {
-            Some((magnitude as i128).wrapping_neg() as i64)
-        } else {
-            None
-        }
+        if magnitude <= i64::MAX as u64 + 1 { Some((magnitude as i128).wrapping_neg() as i64) } else { None }
     } else {
         i64::try_from(magnitude).ok()
     }
@@ -390,9 +356,7 @@ impl<'a> CommentScanner<'a> {
         let mut parser = Parser::new_from_str(self.text);
         let char_to_byte = CharIndex::new(self.text);
         loop {
-            let (ev, mark) = parser
-                .next_token()
-                .map_err(|e| format!("YAML syntax error: {e}"))?;
+            let (ev, mark) = parser.next_token().map_err(|e| format!("YAML syntax error: {e}"))?;
             match ev {
                 Event::StreamEnd => break,
                 Event::Scalar(_, style, _, _) => {
@@ -429,14 +393,8 @@ impl<'a> CommentScanner<'a> {
                     continue;
                 }
                 if bytes[i] == b'#' && (i == 0 || bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
-                    let text = line[i + 1..]
-                        .trim_end_matches(['\r', ' ', '\t'])
-                        .to_string();
-                    out.push(Comment {
-                        line: n + 1,
-                        col: line[..i].chars().count() + 1,
-                        text,
-                    });
+                    let text = line[i + 1..].trim_end_matches(['\r', ' ', '\t']).to_string();
+                    out.push(Comment { line: n + 1, col: line[..i].chars().count() + 1, text });
                     break;
                 }
                 i += 1;
@@ -517,10 +475,7 @@ struct CharIndex {
 
 impl CharIndex {
     fn new(text: &str) -> Self {
-        Self {
-            starts: text.char_indices().map(|(b, _)| b).collect(),
-            len: text.len(),
-        }
+        Self { starts: text.char_indices().map(|(b, _)| b).collect(), len: text.len() }
     }
     fn byte(&self, char_index: usize) -> usize {
         self.starts.get(char_index).copied().unwrap_or(self.len)
@@ -551,16 +506,12 @@ mod tests {
         assert_eq!(plain("2001-12-14"), Value::Str("2001-12-14".into()));
         assert_eq!(plain("1.2.3"), Value::Str("1.2.3".into()));
         assert_eq!(plain("+"), Value::Str("+".into()));
-        assert_eq!(
-            plain("99999999999999999999"),
-            Value::Float(99999999999999999999.0)
-        );
+        assert_eq!(plain("99999999999999999999"), Value::Float(99999999999999999999.0));
     }
 
     #[test]
     fn comments_are_found_outside_scalars_only() {
-        let src =
-            "# head\na: \"x # not\" # inline\nb: |\n  #not a comment\n  more\n# foot\nc: 'y'\n";
+        let src = "# head\na: \"x # not\" # inline\nb: |\n  #not a comment\n  more\n# foot\nc: 'y'\n";
         let c = CommentScanner::new(src).scan().unwrap();
         let texts: Vec<_> = c.iter().map(|c| (c.line, c.text.as_str())).collect();
         assert_eq!(texts, vec![(1, " head"), (2, " inline"), (6, " foot")]);
@@ -584,10 +535,7 @@ mod tests {
                         ListItem::Value(Value::Str("y".into())),
                     ])
                 ),
-                Item::Entry(
-                    "n".into(),
-                    Value::Map(vec![Item::Entry("m".into(), Value::Bool(true))])
-                ),
+                Item::Entry("n".into(), Value::Map(vec![Item::Entry("m".into(), Value::Bool(true))])),
             ]
         );
     }
@@ -595,18 +543,10 @@ mod tests {
     #[test]
     fn refuses_bad_structure() {
         assert!(parse("a: 1\na: 2\n").unwrap_err().contains("duplicate key"));
-        assert!(
-            parse("- 1\n- 2\n")
-                .unwrap_err()
-                .contains("must be a mapping")
-        );
+        assert!(parse("- 1\n- 2\n").unwrap_err().contains("must be a mapping"));
         assert!(parse("a: [1, 2\n").unwrap_err().contains("syntax"));
         let deep = "[".repeat(200) + &"]".repeat(200);
-        assert!(
-            parse(&format!("a: {deep}\n"))
-                .unwrap_err()
-                .contains("nesting")
-        );
+        assert!(parse(&format!("a: {deep}\n")).unwrap_err().contains("nesting"));
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
         assert!(parse(bomb).unwrap_err().contains("aliases"));
     }
