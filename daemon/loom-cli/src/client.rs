@@ -27,10 +27,7 @@ impl std::error::Error for CliError {}
 
 impl CliError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        CliError {
-            code: code.into(),
-            message: message.into(),
-        }
+        CliError { code: code.into(), message: message.into() }
     }
 }
 
@@ -41,31 +38,19 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: &Path) -> Self {
-        Client {
-            socket: socket.to_path_buf(),
-        }
+        Client { socket: socket.to_path_buf() }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, CliError> {
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, CliError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     "is loomd running? Start it, or point --socket at its socket"
                 }
-                std::io::ErrorKind::PermissionDenied => {
-                    "you need to be in the loom group (or root) to use loomd"
-                }
+                std::io::ErrorKind::PermissionDenied => "you need to be in the loom group (or root) to use loomd",
                 _ => "check --socket",
             };
-            CliError::new(
-                "unavailable",
-                format!(
-                    "cannot connect to loomd at {}: {e} ({hint})",
-                    self.socket.display()
-                ),
-            )
+            CliError::new("unavailable", format!("cannot connect to loomd at {}: {e} ({hint})", self.socket.display()))
         })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -84,32 +69,23 @@ impl Client {
         upgrade: Option<&str>,
     ) -> Result<Response<Incoming>, CliError> {
         let mut sender = self.connect().await?;
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "loomd");
+        let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, "loomd");
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         if let Some(proto) = upgrade {
-            builder = builder
-                .header(hyper::header::CONNECTION, "upgrade")
-                .header(hyper::header::UPGRADE, proto);
+            builder = builder.header(hyper::header::CONNECTION, "upgrade").header(hyper::header::UPGRADE, proto);
         }
         let req = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::new("bad_request", e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| {
-            CliError::new("unavailable", format!("loomd closed the connection: {e}"))
-        })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| CliError::new("unavailable", format!("loomd closed the connection: {e}")))?;
         if resp.status().is_client_error() || resp.status().is_server_error() {
             let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => CliError::new(
                     &serde_json::to_value(e.error.code)
@@ -118,13 +94,9 @@ impl Client {
                         .unwrap_or_default(),
                     e.error.message,
                 ),
-                Err(_) => CliError::new(
-                    "internal",
-                    format!(
-                        "loomd answered {status}: {}",
-                        String::from_utf8_lossy(&bytes)
-                    ),
-                ),
+                Err(_) => {
+                    CliError::new("internal", format!("loomd answered {status}: {}", String::from_utf8_lossy(&bytes)))
+                }
             });
         }
         Ok(resp)
@@ -146,10 +118,7 @@ impl Client {
             .map_err(|e| CliError::new("unavailable", format!("reading loomd's answer: {e}")))?
             .to_bytes();
         if status != StatusCode::OK {
-            return Err(CliError::new(
-                "internal",
-                format!("unexpected status {status}"),
-            ));
+            return Err(CliError::new("internal", format!("unexpected status {status}")));
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| CliError::new("internal", format!("loomd's answer is not JSON: {e}")))

@@ -32,56 +32,26 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(orig) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                orig,
-            );
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, orig);
         }
     }
 }
 
 fn term_size() -> Option<(u16, u16)> {
-    let mut ws = nix::libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct on our stack.
     let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
-pub async fn run(
-    client: &Client,
-    key: &str,
-    command: Vec<String>,
-    tty: bool,
-) -> Result<i32, CliError> {
-    let req = ExecRequest {
-        command,
-        tty,
-        term_size: if tty { term_size() } else { None },
-    };
+pub async fn run(client: &Client, key: &str, command: Vec<String>, tty: bool) -> Result<i32, CliError> {
+    let req = ExecRequest { command, tty, term_size: if tty { term_size() } else { None } };
     let body = serde_json::to_vec(&req).unwrap_or_default();
-    let resp = client
-        .send(
-            Method::POST,
-            &format!("/v1/weavers/{key}/exec"),
-            Some(body),
-            Some("loom-exec"),
-        )
-        .await?;
+    let resp = client.send(Method::POST, &format!("/v1/weavers/{key}/exec"), Some(body), Some("loom-exec")).await?;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(CliError::new(
-            "internal",
-            format!("loomd did not start the exec stream ({})", resp.status()),
-        ));
+        return Err(CliError::new("internal", format!("loomd did not start the exec stream ({})", resp.status())));
     }
-    let io = hyper::upgrade::on(resp)
-        .await
-        .map_err(|e| CliError::new("unavailable", format!("exec stream: {e}")))?;
+    let io = hyper::upgrade::on(resp).await.map_err(|e| CliError::new("unavailable", format!("exec stream: {e}")))?;
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(io));
     let _raw = RawMode::enter(tty);
     tokio::spawn(async move {
@@ -90,18 +60,12 @@ pub async fn run(
         loop {
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    let _ = wr
-                        .write_all(&exec_frame::encode(exec_frame::STDIN_EOF, &[]))
-                        .await;
+                    let _ = wr.write_all(&exec_frame::encode(exec_frame::STDIN_EOF, &[])).await;
                     // Keep the write half open: closing it would read as a client that left.
                     std::future::pending::<()>().await;
                 }
                 Ok(n) => {
-                    if wr
-                        .write_all(&exec_frame::encode(exec_frame::STDIN, &buf[..n]))
-                        .await
-                        .is_err()
-                    {
+                    if wr.write_all(&exec_frame::encode(exec_frame::STDIN, &buf[..n])).await.is_err() {
                         return;
                     }
                 }
@@ -111,10 +75,7 @@ pub async fn run(
     let mut inbuf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = rd
-            .read(&mut chunk)
-            .await
-            .map_err(|e| CliError::new("unavailable", format!("exec stream: {e}")))?;
+        let n = rd.read(&mut chunk).await.map_err(|e| CliError::new("unavailable", format!("exec stream: {e}")))?;
         if n == 0 {
             return Err(CliError::new(
                 "unavailable",
@@ -122,9 +83,7 @@ pub async fn run(
             ));
         }
         inbuf.extend_from_slice(&chunk[..n]);
-        while let Some((kind, data, used)) =
-            exec_frame::decode(&inbuf).map_err(|e| CliError::new("internal", e))?
-        {
+        while let Some((kind, data, used)) = exec_frame::decode(&inbuf).map_err(|e| CliError::new("internal", e))? {
             match kind {
                 exec_frame::STDOUT => {
                     let mut out = std::io::stdout().lock();

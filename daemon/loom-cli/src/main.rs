@@ -17,11 +17,7 @@ use loom_core::api::CreateWeaver;
 use loom_core::weaver::AgentSpec;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "loom",
-    version,
-    about = "Drive loomd: create, watch and stop weavers that run agent loops"
-)]
+#[command(name = "loom", version, about = "Drive loomd: create, watch and stop weavers that run agent loops")]
 struct Cli {
     /// loomd's socket.
     #[arg(long, global = true, env = "LOOM_SOCKET", default_value = loom_core::config::DEFAULT_SOCKET)]
@@ -131,9 +127,8 @@ struct CreateArgs {
 fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
     let mut env = BTreeMap::new();
     for kv in &a.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            CliError::new("bad_request", format!("--env {kv:?} is not KEY=VALUE"))
-        })?;
+        let (k, v) =
+            kv.split_once('=').ok_or_else(|| CliError::new("bad_request", format!("--env {kv:?} is not KEY=VALUE")))?;
         env.insert(k.to_string(), v.to_string());
     }
     let repo = match a.repo {
@@ -147,12 +142,8 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
     };
     let agent = match (a.prompt, a.model) {
         (Some(p), Some(model)) => Some(AgentSpec {
-            prompt: std::fs::read_to_string(&p).map_err(|e| {
-                CliError::new(
-                    "bad_request",
-                    format!("reading --prompt {}: {e}", p.display()),
-                )
-            })?,
+            prompt: std::fs::read_to_string(&p)
+                .map_err(|e| CliError::new("bad_request", format!("reading --prompt {}: {e}", p.display())))?,
             model,
             max_iterations: a.max_iterations,
             until: a.until,
@@ -179,13 +170,7 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
 fn path_key(id: &str) -> String {
     // Ids and names are [a-z0-9-]; anything else is still sent safely and loomd says not found.
     id.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
 
@@ -200,78 +185,41 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         }
     };
     match cli.command {
-        Command::Status => print(
-            &client.json(Method::GET, "/v1/status", None).await?,
-            &render::status,
-        ),
+        Command::Status => print(&client.json(Method::GET, "/v1/status", None).await?, &render::status),
         Command::Weaver(cmd) => match cmd {
             WeaverCmd::Create(a) => {
                 let body = serde_json::to_value(create_body(*a)?).unwrap_or_default();
-                print(
-                    &client.json(Method::POST, "/v1/weavers", Some(body)).await?,
-                    &render::created,
-                );
+                print(&client.json(Method::POST, "/v1/weavers", Some(body)).await?, &render::created);
             }
-            WeaverCmd::Ps => print(
-                &client.json(Method::GET, "/v1/weavers", None).await?,
-                &render::ps,
-            ),
+            WeaverCmd::Ps => print(&client.json(Method::GET, "/v1/weavers", None).await?, &render::ps),
             WeaverCmd::Inspect { id } => print(
-                &client
-                    .json(Method::GET, &format!("/v1/weavers/{}", path_key(&id)), None)
-                    .await?,
+                &client.json(Method::GET, &format!("/v1/weavers/{}", path_key(&id)), None).await?,
                 &render::inspect,
             ),
             WeaverCmd::Stop { id } => print(
-                &client
-                    .json(
-                        Method::POST,
-                        &format!("/v1/weavers/{}/stop", path_key(&id)),
-                        None,
-                    )
-                    .await?,
+                &client.json(Method::POST, &format!("/v1/weavers/{}/stop", path_key(&id)), None).await?,
                 &render::one_line,
             ),
             WeaverCmd::Start { id } => print(
-                &client
-                    .json(
-                        Method::POST,
-                        &format!("/v1/weavers/{}/start", path_key(&id)),
-                        None,
-                    )
-                    .await?,
+                &client.json(Method::POST, &format!("/v1/weavers/{}/start", path_key(&id)), None).await?,
                 &render::one_line,
             ),
             WeaverCmd::Rm { id, force } => {
                 let q = if force { "?force=true" } else { "" };
-                print(
-                    &client
-                        .json(
-                            Method::DELETE,
-                            &format!("/v1/weavers/{}{q}", path_key(&id)),
-                            None,
-                        )
-                        .await?,
-                    &|v| format!("removed {}\n", v["removed"].as_str().unwrap_or("")),
-                );
+                print(&client.json(Method::DELETE, &format!("/v1/weavers/{}{q}", path_key(&id)), None).await?, &|v| {
+                    format!("removed {}\n", v["removed"].as_str().unwrap_or(""))
+                });
             }
             WeaverCmd::Logs { id, follow } => {
                 let q = if follow { "?follow=true" } else { "" };
-                let resp = client
-                    .send(
-                        Method::GET,
-                        &format!("/v1/weavers/{}/logs{q}", path_key(&id)),
-                        None,
-                        None,
-                    )
-                    .await?;
+                let resp =
+                    client.send(Method::GET, &format!("/v1/weavers/{}/logs{q}", path_key(&id)), None, None).await?;
                 let mut body = resp.into_body();
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
                 while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| {
-                        CliError::new("unavailable", format!("the log stream broke: {e}"))
-                    })?;
+                    let frame =
+                        frame.map_err(|e| CliError::new("unavailable", format!("the log stream broke: {e}")))?;
                     if let Some(data) = frame.data_ref() {
                         let _ = out.write_all(data);
                         let _ = out.flush();
@@ -289,10 +237,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loom: {e}");
@@ -303,10 +248,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             if json {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"error": {"code": e.code, "message": e.message}})
-                );
+                eprintln!("{}", serde_json::json!({"error": {"code": e.code, "message": e.message}}));
             } else {
                 eprintln!("loom: {}", e.message);
             }

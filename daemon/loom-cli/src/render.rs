@@ -20,14 +20,7 @@ pub fn status(v: &Value) -> String {
     );
     if let Some(m) = v["weavers"].as_object() {
         let counts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        out += &format!(
-            "weavers: {}\n",
-            if counts.is_empty() {
-                "none".into()
-            } else {
-                counts.join(", ")
-            }
-        );
+        out += &format!("weavers: {}\n", if counts.is_empty() { "none".into() } else { counts.join(", ") });
     }
     for w in v["warnings"].as_array().into_iter().flatten() {
         out += &format!("warning: {}\n", s(w));
@@ -41,38 +34,17 @@ pub fn status(v: &Value) -> String {
 }
 
 pub fn created(v: &Value) -> String {
-    format!(
-        "{}\t{}\t{} (pid {})\n",
-        s(&v["id"]),
-        s(&v["name"]),
-        s(&v["state"]),
-        s(&v["pid"])
-    )
+    format!("{}\t{}\t{} (pid {})\n", s(&v["id"]), s(&v["name"]), s(&v["state"]), s(&v["pid"]))
 }
 
 pub fn one_line(v: &Value) -> String {
-    let code = v["exit_code"]
-        .as_i64()
-        .map(|c| format!(" (exit {c})"))
-        .unwrap_or_default();
-    format!(
-        "{}\t{}\t{}{}\n",
-        s(&v["id"]),
-        s(&v["name"]),
-        s(&v["state"]),
-        code
-    )
+    let code = v["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default();
+    format!("{}\t{}\t{}{}\n", s(&v["id"]), s(&v["name"]), s(&v["state"]), code)
 }
 
 pub fn ps(v: &Value) -> String {
-    let mut rows = vec![[
-        "ID".to_string(),
-        "NAME".into(),
-        "STATE".into(),
-        "EXIT".into(),
-        "RESTARTS".into(),
-        "COMMAND".into(),
-    ]];
+    let mut rows =
+        vec![["ID".to_string(), "NAME".into(), "STATE".into(), "EXIT".into(), "RESTARTS".into(), "COMMAND".into()]];
     for w in v.as_array().into_iter().flatten() {
         let cmd = w["spec"]["command"]
             .as_array()
@@ -88,9 +60,7 @@ pub fn ps(v: &Value) -> String {
             cmd.chars().take(40).collect(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
             r.iter()

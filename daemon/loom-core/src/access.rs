@@ -52,21 +52,13 @@ mod tests {
     use super::*;
 
     fn caller(uid: u32, gids: &[u32]) -> Caller {
-        Caller {
-            uid,
-            pid: 1,
-            gids: gids.to_vec(),
-        }
+        Caller { uid, pid: 1, gids: gids.to_vec() }
     }
 
     #[test]
     fn roles() {
-        let groups = AccessGroups {
-            admin: Some(100),
-            operator: Some(200),
-        };
-        let check =
-            |c: Caller, expected: Option<Role>| assert_eq!(groups.role_of(&c), expected, "{c:?}");
+        let groups = AccessGroups { admin: Some(100), operator: Some(200) };
+        let check = |c: Caller, expected: Option<Role>| assert_eq!(groups.role_of(&c), expected, "{c:?}");
         check(caller(0, &[0]), Some(Role::Admin));
         check(caller(1000, &[1000, 100]), Some(Role::Admin));
         check(caller(1000, &[1000, 200]), Some(Role::Operator));

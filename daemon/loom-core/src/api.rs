@@ -149,9 +149,7 @@ pub mod exec_frame {
         }
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
         if len > MAX_LEN {
-            return Err(format!(
-                "exec frame of {len} bytes is over the {MAX_LEN}-byte limit"
-            ));
+            return Err(format!("exec frame of {len} bytes is over the {MAX_LEN}-byte limit"));
         }
         let end = 5 + len as usize;
         if buf.len() < end {
@@ -182,16 +180,8 @@ mod tests {
 
     #[test]
     fn error_shape() {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: ErrorCode::NotFound,
-                message: "no weaver x".into(),
-            },
-        };
-        assert_eq!(
-            serde_json::to_string(&body).unwrap(),
-            r#"{"error":{"code":"not_found","message":"no weaver x"}}"#
-        );
+        let body = ErrorBody { error: ErrorDetail { code: ErrorCode::NotFound, message: "no weaver x".into() } };
+        assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"error":{"code":"not_found","message":"no weaver x"}}"#);
     }
 
     #[test]
@@ -207,10 +197,7 @@ mod tests {
         let (k, d, n) = exec_frame::decode(&buf).unwrap().unwrap();
         assert_eq!((k, d), (exec_frame::STDOUT, &b"hello"[..]));
         let (k, d, _) = exec_frame::decode(&buf[n..]).unwrap().unwrap();
-        assert_eq!(
-            (k, i32::from_be_bytes(d.try_into().unwrap())),
-            (exec_frame::EXIT, 3)
-        );
+        assert_eq!((k, i32::from_be_bytes(d.try_into().unwrap())), (exec_frame::EXIT, 3));
         assert_eq!(exec_frame::decode(&buf[..3]).unwrap(), None);
         assert!(exec_frame::decode(&[1, 0xff, 0xff, 0xff, 0xff]).is_err());
     }

@@ -50,10 +50,7 @@ pub enum ConfigError {
     #[error("invalid backend {0:?}: use systemd, nspawn or kubernetes")]
     Backend(String),
     #[error("invalid config value for {field}: {message}")]
-    Value {
-        field: &'static str,
-        message: String,
-    },
+    Value { field: &'static str, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,10 +96,7 @@ pub struct AccessConfig {
 
 impl Default for AccessConfig {
     fn default() -> Self {
-        AccessConfig {
-            admin_group: "loom-admin".into(),
-            operator_group: "loom".into(),
-        }
+        AccessConfig { admin_group: "loom-admin".into(), operator_group: "loom".into() }
     }
 }
 
@@ -173,10 +167,7 @@ impl Config {
         if self.weaver.memory.0 < 16 << 20 {
             return Err(ConfigError::Value {
                 field: "weaver.memory",
-                message: format!(
-                    "{} is below the 16M a weaver needs to start",
-                    self.weaver.memory
-                ),
+                message: format!("{} is below the 16M a weaver needs to start", self.weaver.memory),
             });
         }
         Ok(())

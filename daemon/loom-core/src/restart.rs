@@ -51,11 +51,7 @@ impl RestartTracker {
         jitter: f64,
     ) -> Decision {
         let failed = exit_code != 0;
-        while self
-            .failures
-            .front()
-            .is_some_and(|t| now_secs.saturating_sub(*t) >= FAILURE_WINDOW_SECS)
-        {
+        while self.failures.front().is_some_and(|t| now_secs.saturating_sub(*t) >= FAILURE_WINDOW_SECS) {
             self.failures.pop_front();
         }
         if failed {
@@ -99,23 +95,14 @@ mod tests {
     #[test]
     fn never_stays() {
         let mut t = RestartTracker::default();
-        assert_eq!(
-            t.on_exit(RestartPolicy::Never, 1, 0, 0, 0.5),
-            Decision::Stay
-        );
+        assert_eq!(t.on_exit(RestartPolicy::Never, 1, 0, 0, 0.5), Decision::Stay);
     }
 
     #[test]
     fn on_failure_restarts_only_failures() {
         let mut t = RestartTracker::default();
-        assert_eq!(
-            t.on_exit(RestartPolicy::OnFailure, 0, 0, 0, 0.5),
-            Decision::Stay
-        );
-        assert!(matches!(
-            t.on_exit(RestartPolicy::OnFailure, 2, 0, 0, 0.5),
-            Decision::Restart { .. }
-        ));
+        assert_eq!(t.on_exit(RestartPolicy::OnFailure, 0, 0, 0, 0.5), Decision::Stay);
+        assert!(matches!(t.on_exit(RestartPolicy::OnFailure, 2, 0, 0, 0.5), Decision::Restart { .. }));
     }
 
     #[test]
@@ -136,25 +123,16 @@ mod tests {
     #[test]
     fn jitter_stays_in_the_upper_half() {
         let mut t = RestartTracker::default();
-        assert_eq!(
-            t.on_exit(RestartPolicy::Always, 0, 0, 0, 0.0),
-            Decision::Restart { after_ms: 500 }
-        );
+        assert_eq!(t.on_exit(RestartPolicy::Always, 0, 0, 0, 0.0), Decision::Restart { after_ms: 500 });
     }
 
     #[test]
     fn ten_failures_in_an_hour_give_up() {
         let mut t = RestartTracker::default();
         for i in 0..9 {
-            assert!(matches!(
-                t.on_exit(RestartPolicy::OnFailure, 1, 0, i * 60, 0.3),
-                Decision::Restart { .. }
-            ));
+            assert!(matches!(t.on_exit(RestartPolicy::OnFailure, 1, 0, i * 60, 0.3), Decision::Restart { .. }));
         }
-        assert!(matches!(
-            t.on_exit(RestartPolicy::OnFailure, 1, 0, 600, 0.3),
-            Decision::GiveUp { .. }
-        ));
+        assert!(matches!(t.on_exit(RestartPolicy::OnFailure, 1, 0, 600, 0.3), Decision::GiveUp { .. }));
     }
 
     #[test]
@@ -163,13 +141,7 @@ mod tests {
         for i in 0..9 {
             t.on_exit(RestartPolicy::OnFailure, 1, 0, i, 0.3);
         }
-        let d = t.on_exit(
-            RestartPolicy::OnFailure,
-            1,
-            0,
-            FAILURE_WINDOW_SECS + 100,
-            0.3,
-        );
+        let d = t.on_exit(RestartPolicy::OnFailure, 1, 0, FAILURE_WINDOW_SECS + 100, 0.3);
         assert!(matches!(d, Decision::Restart { .. }), "{d:?}");
         assert_eq!(t.failures_in_window(), 1);
     }
@@ -180,9 +152,6 @@ mod tests {
         for i in 0..5 {
             t.on_exit(RestartPolicy::Always, 1, 0, i, 1.0);
         }
-        assert_eq!(
-            t.on_exit(RestartPolicy::Always, 1, 120, 10, 1.0),
-            Decision::Restart { after_ms: 1_000 }
-        );
+        assert_eq!(t.on_exit(RestartPolicy::Always, 1, 120, 10, 1.0), Decision::Restart { after_ms: 1_000 });
     }
 }

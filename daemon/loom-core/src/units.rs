@@ -44,10 +44,7 @@ impl FromStr for ByteSize {
             return Err(err());
         }
         let n: u64 = digits.parse().map_err(|_| err())?;
-        let bytes = n
-            .checked_shl(shift)
-            .filter(|v| v >> shift == n)
-            .ok_or_else(err)?;
+        let bytes = n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(err)?;
         if bytes == 0 {
             return Err(err());
         }
@@ -132,10 +129,7 @@ impl Cpus {
 impl FromStr for Cpus {
     type Err = UnitError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let v: f64 = s
-            .trim()
-            .parse()
-            .map_err(|_| UnitError::Cpus(s.to_string()))?;
+        let v: f64 = s.trim().parse().map_err(|_| UnitError::Cpus(s.to_string()))?;
         Cpus::from_f64(v).map_err(|_| UnitError::Cpus(s.to_string()))
     }
 }
@@ -182,11 +176,7 @@ mod tests {
     use super::*;
 
     fn check_size(input: &str, expected: Option<u64>) {
-        assert_eq!(
-            input.parse::<ByteSize>().ok().map(|b| b.0),
-            expected,
-            "{input}"
-        );
+        assert_eq!(input.parse::<ByteSize>().ok().map(|b| b.0), expected, "{input}");
     }
 
     #[test]

@@ -53,9 +53,7 @@ impl fmt::Display for WeaverId {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error(
-        "invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it"
-    )]
+    #[error("invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it")]
     Id(String),
     #[error(
         "invalid weaver name {0:?}: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'"
@@ -79,9 +77,7 @@ pub enum SpecError {
     Command(String),
     #[error("--branch needs --repo: there is nothing to check out")]
     BranchWithoutRepo,
-    #[error(
-        "a weaver runs either a command (-- CMD) or the agent loop (--prompt with --model), not neither: {0}"
-    )]
+    #[error("a weaver runs either a command (-- CMD) or the agent loop (--prompt with --model), not neither: {0}")]
     NothingToRun(String),
     #[error("{0}")]
     Agent(String),
@@ -95,13 +91,8 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
         && b.len() <= 63
         && b[0].is_ascii_lowercase()
         && b[b.len() - 1] != b'-'
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Name(name.to_string()))
-    }
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok { Ok(()) } else { Err(SpecError::Name(name.to_string())) }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -301,18 +292,7 @@ mod tests {
         for ok in ["a", "web-1", "a0", &"x".repeat(63)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "1abc",
-            "-a",
-            "a-",
-            "A",
-            "a_b",
-            "a.b",
-            &"x".repeat(64),
-            "a/b",
-            "ünï",
-        ] {
+        for bad in ["", "1abc", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64), "a/b", "ünï"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
@@ -332,10 +312,7 @@ mod tests {
         assert!(validate_env_key("FOO_1").is_ok());
         assert!(validate_env_key("1FOO").is_err());
         assert!(validate_env_key("A=B").is_err());
-        assert!(matches!(
-            validate_env_key("OPENAI_API_KEY"),
-            Err(SpecError::ReservedEnv(_))
-        ));
+        assert!(matches!(validate_env_key("OPENAI_API_KEY"), Err(SpecError::ReservedEnv(_))));
     }
 
     #[test]
@@ -371,23 +348,16 @@ pub fn resolve_spec(
         )));
     }
     if let Some(b) = &req.branch
-        && (b.is_empty()
-            || b.starts_with('-')
-            || b.contains(['\0', ' ', '~', '^', ':'])
-            || b.contains(".."))
+        && (b.is_empty() || b.starts_with('-') || b.contains(['\0', ' ', '~', '^', ':']) || b.contains(".."))
     {
-        return Err(SpecError::Command(format!(
-            "invalid --branch {b:?}: not a valid git branch name"
-        )));
+        return Err(SpecError::Command(format!("invalid --branch {b:?}: not a valid git branch name")));
     }
     let memory = match req.memory {
         Some(s) => s.parse()?,
         None => defaults.memory,
     };
     if memory.0 < 16 << 20 {
-        return Err(SpecError::Unit(crate::units::UnitError::Size(format!(
-            "{memory} (below the 16M minimum)"
-        ))));
+        return Err(SpecError::Unit(crate::units::UnitError::Size(format!("{memory} (below the 16M minimum)"))));
     }
     let cpus = match req.cpus {
         Some(v) => Cpus::from_f64(v)?,
@@ -409,10 +379,7 @@ pub fn resolve_spec(
         }
     }
     if req.env.len() > 256 {
-        return Err(SpecError::Env(format!(
-            "{} variables (at most 256)",
-            req.env.len()
-        )));
+        return Err(SpecError::Env(format!("{} variables (at most 256)", req.env.len())));
     }
     let network = match req.network {
         Some(s) => s.parse()?,
@@ -429,19 +396,14 @@ pub fn resolve_spec(
         return Err(SpecError::Command("the command name is empty".into()));
     }
     if let Some(a) = &req.agent {
-        if a.model
-            .split_once('/')
-            .is_none_or(|(p, m)| p.is_empty() || m.is_empty())
-        {
+        if a.model.split_once('/').is_none_or(|(p, m)| p.is_empty() || m.is_empty()) {
             return Err(SpecError::Agent(format!(
                 "invalid --model {:?}: use PROVIDER/MODEL, e.g. anthropic/claude-sonnet-4-5",
                 a.model
             )));
         }
         if a.prompt.trim().is_empty() {
-            return Err(SpecError::Agent(
-                "the prompt is empty: --prompt needs a file with the task in it".into(),
-            ));
+            return Err(SpecError::Agent("the prompt is empty: --prompt needs a file with the task in it".into()));
         }
     }
     Ok(WeaverSpec {
@@ -478,12 +440,7 @@ mod resolve_tests {
 
     #[test]
     fn defaults_fill_in() {
-        let spec = resolve_spec(
-            CreateWeaver::default(),
-            &WeaverDefaults::default(),
-            "w-abc".into(),
-        )
-        .unwrap();
+        let spec = resolve_spec(CreateWeaver::default(), &WeaverDefaults::default(), "w-abc".into()).unwrap();
         assert_eq!(spec.name, "w-abc");
         assert_eq!(spec.memory, ByteSize(4 << 30));
         assert_eq!(spec.network, NetworkMode::Private);
@@ -497,47 +454,23 @@ mod resolve_tests {
             r
         };
         check(req(|r| r.memory = Some("2G".into())), Ok(()));
-        check(
-            req(|r| r.memory = Some("2 gigs".into())),
-            Err("invalid size \"2 gigs\""),
-        );
+        check(req(|r| r.memory = Some("2 gigs".into())), Err("invalid size \"2 gigs\""));
         check(req(|r| r.memory = Some("1M".into())), Err("16M minimum"));
-        check(
-            req(|r| r.name = Some("Bad Name".into())),
-            Err("invalid weaver name"),
-        );
+        check(req(|r| r.name = Some("Bad Name".into())), Err("invalid weaver name"));
         check(req(|r| r.cpus = Some(0.0)), Err("invalid CPU count"));
         check(req(|r| r.tasks = Some(1)), Err("invalid task limit"));
-        check(
-            req(|r| r.ttl = Some("forever".into())),
-            Err("invalid duration"),
-        );
-        check(
-            req(|r| r.network = Some("bridge".into())),
-            Err("invalid network mode"),
-        );
-        check(
-            req(|r| r.restart = Some("sometimes".into())),
-            Err("invalid restart policy"),
-        );
-        check(
-            req(|r| r.branch = Some("main".into())),
-            Err("--branch needs --repo"),
-        );
-        check(
-            req(|r| r.repo = Some("--upload-pack=evil".into())),
-            Err("invalid --repo"),
-        );
+        check(req(|r| r.ttl = Some("forever".into())), Err("invalid duration"));
+        check(req(|r| r.network = Some("bridge".into())), Err("invalid network mode"));
+        check(req(|r| r.restart = Some("sometimes".into())), Err("invalid restart policy"));
+        check(req(|r| r.branch = Some("main".into())), Err("--branch needs --repo"));
+        check(req(|r| r.repo = Some("--upload-pack=evil".into())), Err("invalid --repo"));
         check(
             req(|r| {
                 r.env.insert("OPENAI_API_KEY".into(), "x".into());
             }),
             Err("cannot be overridden"),
         );
-        check(
-            req(|r| r.command = vec!["".into()]),
-            Err("command name is empty"),
-        );
+        check(req(|r| r.command = vec!["".into()]), Err("command name is empty"));
         check(
             req(|r| {
                 r.agent = Some(AgentSpec {

@@ -25,10 +25,7 @@ pub enum CgroupError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CgroupError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +47,12 @@ pub struct WeaverCgroups {
 impl WeaverCgroups {
     /// Every `cgroup.procs` a process joins to become part of the weaver.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        std::iter::once(&self.unified)
-            .chain(&self.v1)
-            .map(|p| p.join("cgroup.procs"))
-            .collect()
+        std::iter::once(&self.unified).chain(&self.v1).map(|p| p.join("cgroup.procs")).collect()
     }
 
     /// The cgroup id the kernel reports for processes in this cgroup (its inode number).
     pub fn id(&self) -> Result<u64, CgroupError> {
-        Ok(fs::metadata(&self.unified)
-            .map_err(io_err(&self.unified))?
-            .ino())
+        Ok(fs::metadata(&self.unified).map_err(io_err(&self.unified))?.ino())
     }
 }
 
@@ -79,8 +71,7 @@ pub struct CgroupHost {
 
 impl CgroupHost {
     pub fn detect(parent: &str) -> Result<CgroupHost, CgroupError> {
-        let mounts = fs::read_to_string("/proc/self/mounts")
-            .map_err(io_err(Path::new("/proc/self/mounts")))?;
+        let mounts = fs::read_to_string("/proc/self/mounts").map_err(io_err(Path::new("/proc/self/mounts")))?;
         let mut unified_root = None;
         let mut v1 = Vec::new();
         for line in mounts.lines() {
@@ -102,31 +93,17 @@ impl CgroupHost {
         }
         let unified_root = unified_root.ok_or(CgroupError::NoUnified)?;
         let ctl = unified_root.join("cgroup.controllers");
-        let v2_controllers: Vec<String> = fs::read_to_string(&ctl)
-            .map_err(io_err(&ctl))?
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+        let v2_controllers: Vec<String> =
+            fs::read_to_string(&ctl).map_err(io_err(&ctl))?.split_whitespace().map(str::to_string).collect();
         v1.retain(|(c, _)| !v2_controllers.contains(c));
-        Ok(CgroupHost {
-            unified_root,
-            v2_controllers,
-            v1_roots: v1,
-            parent: parent.to_string(),
-        })
+        Ok(CgroupHost { unified_root, v2_controllers, v1_roots: v1, parent: parent.to_string() })
     }
 
     pub fn paths(&self, id: &WeaverId) -> WeaverCgroups {
-        let mut v1: Vec<PathBuf> = self
-            .v1_roots
-            .iter()
-            .map(|(_, root)| root.join(&self.parent).join(id.as_str()))
-            .collect();
+        let mut v1: Vec<PathBuf> =
+            self.v1_roots.iter().map(|(_, root)| root.join(&self.parent).join(id.as_str())).collect();
         v1.dedup();
-        WeaverCgroups {
-            unified: self.unified_root.join(&self.parent).join(id.as_str()),
-            v1,
-        }
+        WeaverCgroups { unified: self.unified_root.join(&self.parent).join(id.as_str()), v1 }
     }
 
     /// The folder holding every weaver's v2 cgroup; audit programs count levels from here.
@@ -158,18 +135,12 @@ impl CgroupHost {
         for c in &self.v2_controllers {
             match c.as_str() {
                 "memory" => {
-                    write(
-                        &paths.unified.join("memory.max"),
-                        &limits.memory.0.to_string(),
-                    )?;
+                    write(&paths.unified.join("memory.max"), &limits.memory.0.to_string())?;
                     // No swap: past the limit the OOM killer acts, as an operator expects.
                     let _ = fs::write(paths.unified.join("memory.swap.max"), "0");
                 }
                 "pids" => write(&paths.unified.join("pids.max"), &limits.tasks.to_string())?,
-                "cpu" => write(
-                    &paths.unified.join("cpu.max"),
-                    &format!("{} 100000", limits.cpus.quota_us(100_000)),
-                )?,
+                "cpu" => write(&paths.unified.join("cpu.max"), &format!("{} 100000", limits.cpus.quota_us(100_000)))?,
                 _ => {}
             }
         }
@@ -178,22 +149,13 @@ impl CgroupHost {
             mkdir(&dir)?;
             match controller.as_str() {
                 "memory" => {
-                    write(
-                        &dir.join("memory.limit_in_bytes"),
-                        &limits.memory.0.to_string(),
-                    )?;
-                    let _ = fs::write(
-                        dir.join("memory.memsw.limit_in_bytes"),
-                        limits.memory.0.to_string(),
-                    );
+                    write(&dir.join("memory.limit_in_bytes"), &limits.memory.0.to_string())?;
+                    let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), limits.memory.0.to_string());
                 }
                 "pids" => write(&dir.join("pids.max"), &limits.tasks.to_string())?,
                 "cpu" => {
                     write(&dir.join("cpu.cfs_period_us"), "100000")?;
-                    write(
-                        &dir.join("cpu.cfs_quota_us"),
-                        &limits.cpus.quota_us(100_000).to_string(),
-                    )?;
+                    write(&dir.join("cpu.cfs_quota_us"), &limits.cpus.quota_us(100_000).to_string())?;
                 }
                 _ => {}
             }
@@ -220,10 +182,7 @@ pub fn kill_all(paths: &WeaverCgroups) {
     }
     for procs in paths.procs_files() {
         for pid in pids_in_tree(procs.parent().unwrap_or(Path::new("/"))) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -262,10 +221,7 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }
             Err(e) => {
-                return Err(CgroupError::Io {
-                    path: dir.to_path_buf(),
-                    source: e,
-                });
+                return Err(CgroupError::Io { path: dir.to_path_buf(), source: e });
             }
         }
     }
@@ -275,10 +231,7 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
 fn mkdir(dir: &Path) -> Result<(), CgroupError> {
     match fs::create_dir_all(dir) {
         Ok(()) => Ok(()),
-        Err(e) => Err(CgroupError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(CgroupError::Io { path: dir.to_path_buf(), source: e }),
     }
 }
 

@@ -44,10 +44,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
+        ApiError { code, message: message.into() }
     }
 }
 
@@ -73,11 +70,7 @@ impl From<StoreError> for ApiError {
 #[async_trait::async_trait]
 pub trait WeaverHooks: Send + Sync + std::fmt::Debug {
     /// Extra environment for the weaver's next run; an error refuses the start.
-    async fn before_start(
-        &self,
-        _id: &WeaverId,
-        _rec: &WeaverRecord,
-    ) -> Result<Vec<(String, String)>, String> {
+    async fn before_start(&self, _id: &WeaverId, _rec: &WeaverRecord) -> Result<Vec<(String, String)>, String> {
         Ok(vec![])
     }
     async fn after_start(&self, _id: &WeaverId, _leader_pid: i32, _cgroup_id: Option<u64>) {}
@@ -100,21 +93,18 @@ pub struct Daemon {
     /// Serialises lifecycle operations on one weaver; different weavers never wait on each other.
     locks: Mutex<HashMap<WeaverId, Arc<tokio::sync::Mutex<()>>>>,
     binds_ro: Vec<(PathBuf, String)>,
+    /// Weavers waiting out a restart backoff; a stop takes them out of here.
+    pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
 }
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon")
-            .field("backend", &self.backend.kind())
-            .finish_non_exhaustive()
+        f.debug_struct("Daemon").field("backend", &self.backend.kind()).finish_non_exhaustive()
     }
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// How long a stop waits for the weaver to end by itself before killing it.
@@ -144,6 +134,7 @@ impl Daemon {
             started: Instant::now(),
             locks: Mutex::new(HashMap::new()),
             binds_ro,
+            pending_restarts: Mutex::new(Default::default()),
         })
     }
 
@@ -152,10 +143,7 @@ impl Daemon {
     }
 
     pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Swaps in a reloaded config; what needs a restart (socket, state dir, backend) is kept
@@ -163,12 +151,9 @@ impl Daemon {
     pub fn reload(&self, new: Config, groups: AccessGroups) -> Vec<String> {
         let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
         let mut warnings = vec![];
-        if new.socket != cfg.socket || new.state_dir != cfg.state_dir || new.backend != cfg.backend
-        {
-            warnings.push(
-                "socket, state_dir and backend changes take effect only after a restart of loomd"
-                    .to_string(),
-            );
+        if new.socket != cfg.socket || new.state_dir != cfg.state_dir || new.backend != cfg.backend {
+            warnings
+                .push("socket, state_dir and backend changes take effect only after a restart of loomd".to_string());
         }
         let keep = (cfg.socket.clone(), cfg.state_dir.clone(), cfg.backend);
         *cfg = new;
@@ -178,10 +163,7 @@ impl Daemon {
     }
 
     pub fn role_of(&self, caller: &Caller) -> Option<Role> {
-        self.groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .role_of(caller)
+        self.groups.read().unwrap_or_else(|e| e.into_inner()).role_of(caller)
     }
 
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
@@ -196,30 +178,18 @@ impl Daemon {
         self.weavers_dir.join(id.as_str())
     }
 
-    pub async fn handle(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: Request,
-    ) -> Result<Response, ApiError> {
+    pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request) -> Result<Response, ApiError> {
         let role = self.authorize(caller, &req)?;
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
-            Request::CreateWeaver(req) => self
-                .create(caller, *req)
-                .await
-                .map(|i| Response::Weaver(Box::new(i))),
+            Request::CreateWeaver(req) => self.create(caller, *req).await.map(|i| Response::Weaver(Box::new(i))),
             Request::ListWeavers => {
                 let all = self.with_store(|s| s.list())?;
                 Ok(Response::Weavers(
-                    all.into_iter()
-                        .filter(|r| may_touch(role, caller, r.info.owner_uid))
-                        .map(|r| r.info)
-                        .collect(),
+                    all.into_iter().filter(|r| may_touch(role, caller, r.info.owner_uid)).map(|r| r.info).collect(),
                 ))
             }
-            Request::InspectWeaver(key) => Ok(Response::Weaver(Box::new(
-                self.lookup(caller, role, &key)?.info,
-            ))),
+            Request::InspectWeaver(key) => Ok(Response::Weaver(Box::new(self.lookup(caller, role, &key)?.info))),
             Request::StopWeaver(key) => {
                 let rec = self.lookup(caller, role, &key)?;
                 self.stop(&rec.info.id, format!("stopped by uid {}", caller.uid))
@@ -228,25 +198,17 @@ impl Daemon {
             }
             Request::StartWeaver(key) => {
                 let rec = self.lookup(caller, role, &key)?;
-                self.start(&rec.info.id)
-                    .await
-                    .map(|i| Response::Weaver(Box::new(i)))
+                self.start(&rec.info.id).await.map(|i| Response::Weaver(Box::new(i)))
             }
             Request::RemoveWeaver { key, force } => {
                 let rec = self.lookup(caller, role, &key)?;
-                self.remove(&rec.info.id, force)
-                    .await
-                    .map(|id| Response::Removed { id })
+                self.remove(&rec.info.id, force).await.map(|id| Response::Removed { id })
             }
         }
     }
 
     /// Refuses callers with no role, with a line in loomd's log an operator can audit.
-    pub fn authorize<T: std::fmt::Debug>(
-        &self,
-        caller: &Caller,
-        what: &T,
-    ) -> Result<Role, ApiError> {
+    pub fn authorize<T: std::fmt::Debug>(&self, caller: &Caller, what: &T) -> Result<Role, ApiError> {
         self.role_of(caller).ok_or_else(|| {
             let what = format!("{what:?}");
             tracing::warn!(target: "loom::access", uid = caller.uid, pid = caller.pid, request = %what.chars().take(80).collect::<String>(), "refused a client outside the admin and operator groups");
@@ -271,19 +233,16 @@ impl Daemon {
         match self.with_store(|s| s.find(key))? {
             Lookup::One(rec) if may_touch(role, caller, rec.info.owner_uid) => Ok(*rec),
             Lookup::One(_) | Lookup::None => Err(not_found()),
-            Lookup::Ambiguous(n) => Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("{key:?} matches {n} weavers: give more of the id"),
-            )),
+            Lookup::Ambiguous(n) => {
+                Err(ApiError::new(ErrorCode::BadRequest, format!("{key:?} matches {n} weavers: give more of the id")))
+            }
         }
     }
 
     pub fn status(&self) -> Status {
         let mut weavers = BTreeMap::new();
         for rec in self.with_store(|s| s.list()).unwrap_or_default() {
-            *weavers
-                .entry(rec.info.state.as_str().to_string())
-                .or_insert(0) += 1;
+            *weavers.entry(rec.info.state.as_str().to_string()).or_insert(0) += 1;
         }
         let cfg = self.config();
         Status {
@@ -297,11 +256,7 @@ impl Daemon {
         }
     }
 
-    async fn create(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: CreateWeaver,
-    ) -> Result<WeaverInfo, ApiError> {
+    async fn create(self: &Arc<Self>, caller: &Caller, req: CreateWeaver) -> Result<WeaverInfo, ApiError> {
         let id = WeaverId::from_random(rand::random());
         let defaults = self.config().weaver;
         let spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
@@ -340,30 +295,20 @@ impl Daemon {
         let prepared = tokio::task::spawn_blocking(move || -> Result<(), rootfs::RootfsError> {
             let root = dir.join("root");
             rootfs::create_skeleton(&root)?;
-            std::fs::create_dir_all(dir.join("run")).map_err(|e| rootfs::RootfsError::Io {
-                path: dir.join("run"),
-                source: e,
-            })?;
+            std::fs::create_dir_all(dir.join("run"))
+                .map_err(|e| rootfs::RootfsError::Io { path: dir.join("run"), source: e })?;
             if let Some(repo) = repo {
                 rootfs::populate_workspace(&root.join("workspace"), &repo, branch.as_deref())?;
             }
             Ok(())
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(rootfs::RootfsError::Repo {
-                repo: String::new(),
-                detail: e.to_string(),
-            })
-        });
+        .unwrap_or_else(|e| Err(rootfs::RootfsError::Repo { repo: String::new(), detail: e.to_string() }));
         if let Err(e) = prepared {
             rec.info.state = WeaverState::Failed;
             rec.info.reason = Some(e.to_string());
             self.with_store(|s| s.update(&rec))?;
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("weaver {} ({id}) failed: {e}", rec.info.name),
-            ));
+            return Err(ApiError::new(ErrorCode::BadRequest, format!("weaver {} ({id}) failed: {e}", rec.info.name)));
         }
         self.launch(&mut rec).await?;
         Ok(rec.info)
@@ -389,7 +334,7 @@ impl Daemon {
         match self.backend.start(&launch).await {
             Ok(started) => {
                 rec.info.state = WeaverState::Running;
-                rec.info.pid = Some(started.leader_pid);
+                rec.info.pid = (started.leader_pid > 0).then_some(started.leader_pid);
                 rec.info.started_at = Some(now_secs());
                 rec.info.exit_code = None;
                 rec.info.reason = None;
@@ -397,8 +342,7 @@ impl Daemon {
                 self.with_store(|s| s.update(rec))?;
                 tracing::info!(weaver = %id, name = %rec.info.name, pid = started.leader_pid, "weaver running");
                 for h in &self.hooks {
-                    h.after_start(&id, started.leader_pid, started.cgroup_id)
-                        .await;
+                    h.after_start(&id, started.leader_pid, started.cgroup_id).await;
                 }
                 self.watch(id, started.handle);
                 Ok(())
@@ -418,10 +362,7 @@ impl Daemon {
         self.with_store(|s| s.update(rec))?;
         Err(ApiError::new(
             ErrorCode::Internal,
-            format!(
-                "weaver {} ({}) failed to start: {reason}",
-                rec.info.name, rec.info.id
-            ),
+            format!("weaver {} ({}) failed to start: {reason}", rec.info.name, rec.info.id),
         ))
     }
 
@@ -457,23 +398,11 @@ impl Daemon {
             let _ = self.with_store(|s| s.update(&rec));
             return;
         }
-        rec.info.state = if lost.is_some() {
-            WeaverState::Failed
-        } else {
-            WeaverState::Exited
-        };
-        rec.info.reason = lost
-            .clone()
-            .or_else(|| code.map(|c| format!("exited with code {c}")));
+        rec.info.state = if lost.is_some() { WeaverState::Failed } else { WeaverState::Exited };
+        rec.info.reason = lost.clone().or_else(|| code.map(|c| format!("exited with code {c}")));
         let now = now_secs();
         let ran = now.saturating_sub(rec.info.started_at.unwrap_or(now));
-        let decision = rec.tracker.on_exit(
-            rec.info.spec.restart,
-            code.unwrap_or(-1),
-            ran,
-            now,
-            rand::random::<f64>(),
-        );
+        let decision = rec.tracker.on_exit(rec.info.spec.restart, code.unwrap_or(-1), ran, now, rand::random::<f64>());
         match decision {
             Decision::Stay => {}
             Decision::GiveUp { reason } => {
@@ -488,6 +417,7 @@ impl Daemon {
                 ));
                 let this = self.clone();
                 let id = id.clone();
+                lock(&self.pending_restarts).insert(id.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(after_ms)).await;
                     this.restart_after_backoff(id, handle).await;
@@ -501,6 +431,9 @@ impl Daemon {
     async fn restart_after_backoff(self: &Arc<Self>, id: WeaverId, previous: RunHandle) {
         let guard = self.weaver_lock(&id);
         let _g = guard.lock().await;
+        if !lock(&self.pending_restarts).remove(&id) {
+            return; // Stopped or removed while waiting.
+        }
         let Ok(Some(mut rec)) = self.with_store(|s| s.get(&id)) else {
             return;
         };
@@ -519,12 +452,10 @@ impl Daemon {
         let guard = self.weaver_lock(id);
         let _g = guard.lock().await;
         let Some(mut rec) = self.with_store(|s| s.get(id))? else {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("weaver {id} was removed"),
-            ));
+            return Err(ApiError::new(ErrorCode::NotFound, format!("weaver {id} was removed")));
         };
-        if !rec.info.state.is_active() {
+        let was_pending = lock(&self.pending_restarts).remove(id);
+        if !rec.info.state.is_active() && !was_pending {
             return Ok(rec.info);
         }
         rec.info.state = WeaverState::Stopped;
@@ -547,10 +478,7 @@ impl Daemon {
         let guard = self.weaver_lock(id);
         let _g = guard.lock().await;
         let Some(mut rec) = self.with_store(|s| s.get(id))? else {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("weaver {id} was removed"),
-            ));
+            return Err(ApiError::new(ErrorCode::NotFound, format!("weaver {id} was removed")));
         };
         if rec.info.state.is_active() {
             return Err(ApiError::new(
@@ -563,10 +491,7 @@ impl Daemon {
         {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!(
-                    "weaver {} outlived its ttl: create a new one",
-                    rec.info.name
-                ),
+                format!("weaver {} outlived its ttl: create a new one", rec.info.name),
             ));
         }
         // A start by hand is a fresh chance: the operator has looked at the failures.
@@ -578,9 +503,7 @@ impl Daemon {
     }
 
     async fn remove(self: &Arc<Self>, id: &WeaverId, force: bool) -> Result<WeaverId, ApiError> {
-        let active = self
-            .with_store(|s| s.get(id))?
-            .is_some_and(|r| r.info.state.is_active());
+        let active = self.with_store(|s| s.get(id))?.is_some_and(|r| r.info.state.is_active());
         if active {
             if !force {
                 return Err(ApiError::new(
@@ -622,8 +545,7 @@ impl Daemon {
                 let _g = guard.lock().await;
                 let mut rec = rec;
                 rec.info.state = WeaverState::Failed;
-                rec.info.reason =
-                    Some("loomd stopped while creating it: `loom weaver start` it again".into());
+                rec.info.reason = Some("loomd stopped while creating it: `loom weaver start` it again".into());
                 self.with_store(|s| s.update(&rec))?;
                 ended += 1;
                 continue;
@@ -637,8 +559,7 @@ impl Daemon {
                     rec.info.state = WeaverState::Running;
                     self.with_store(|s| s.update(&rec))?;
                     for h in &self.hooks {
-                        h.after_start(&id, rec.info.pid.unwrap_or(0), self.backend.cgroup_id(&id))
-                            .await;
+                        h.after_start(&id, rec.info.pid.unwrap_or(0), self.backend.cgroup_id(&id)).await;
                     }
                     self.watch(id, handle);
                     adopted += 1;
@@ -664,9 +585,7 @@ impl Daemon {
         for rec in due {
             let ttl = rec.info.spec.ttl.map(|t| t.to_string()).unwrap_or_default();
             tracing::info!(weaver = %rec.info.id, %ttl, "ttl expired");
-            let _ = self
-                .stop(&rec.info.id, format!("its ttl of {ttl} expired"))
-                .await;
+            let _ = self.stop(&rec.info.id, format!("its ttl of {ttl} expired")).await;
         }
     }
 
@@ -678,10 +597,7 @@ impl Daemon {
     }
 
     pub fn is_active(&self, id: &WeaverId) -> bool {
-        self.with_store(|s| s.get(id))
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.info.state.is_active())
+        self.with_store(|s| s.get(id)).ok().flatten().is_some_and(|r| r.info.state.is_active())
     }
 
     /// How to run a command inside a running weaver, with the environment its command has.
@@ -693,10 +609,7 @@ impl Daemon {
     ) -> Result<(ExecPlan, Vec<(String, String)>), ApiError> {
         let role = self.authorize(caller, &"exec")?;
         let rec = self.lookup(caller, role, key)?;
-        if req.command.is_empty()
-            || req.command[0].is_empty()
-            || req.command.iter().any(|a| a.contains('\0'))
-        {
+        if req.command.is_empty() || req.command[0].is_empty() || req.command.iter().any(|a| a.contains('\0')) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "exec needs a command: `loom weaver exec ID -- CMD ARGS...`",
@@ -705,29 +618,19 @@ impl Daemon {
         let (WeaverState::Running, Some(pid)) = (rec.info.state, rec.info.pid) else {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!(
-                    "weaver {} is {}, not running: `loom weaver start` it first",
-                    rec.info.name, rec.info.state
-                ),
+                format!("weaver {} is {}, not running: `loom weaver start` it first", rec.info.name, rec.info.state),
             ));
         };
         let env = std::fs::read(format!("/proc/{pid}/environ"))
             .map(|raw| {
                 raw.split(|b| *b == 0)
                     .filter_map(|kv| {
-                        std::str::from_utf8(kv)
-                            .ok()?
-                            .split_once('=')
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                        std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
                     })
                     .collect()
             })
             .unwrap_or_default();
         tracing::info!(weaver = %rec.info.id, uid = caller.uid, command = %req.command[0], "exec");
-        Ok((
-            self.backend
-                .exec_plan(&rec.info.id, pid, &req.command, req.tty),
-            env,
-        ))
+        Ok((self.backend.exec_plan(&rec.info.id, pid, &req.command, req.tty), env))
     }
 }

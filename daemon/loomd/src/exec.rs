@@ -45,21 +45,13 @@ pub async fn start(
             ws_xpixel: 0,
             ws_ypixel: 0,
         });
-        let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| {
-            ApiError::new(ErrorCode::Internal, format!("allocating a terminal: {e}"))
-        })?;
+        let pty = nix::pty::openpty(size.as_ref(), None)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("allocating a terminal: {e}")))?;
         let slave = pty.slave;
         let dup = |fd: &OwnedFd| {
-            fd.try_clone().map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!("duplicating the terminal: {e}"),
-                )
-            })
+            fd.try_clone().map_err(|e| ApiError::new(ErrorCode::Internal, format!("duplicating the terminal: {e}")))
         };
-        cmd.stdin(Stdio::from(dup(&slave)?))
-            .stdout(Stdio::from(dup(&slave)?))
-            .stderr(Stdio::from(slave));
+        cmd.stdin(Stdio::from(dup(&slave)?)).stdout(Stdio::from(dup(&slave)?)).stderr(Stdio::from(slave));
         // SAFETY: between fork and exec the child only joins cgroups, starts a session and takes
         // the terminal on fd 0: plain syscalls, no allocation.
         unsafe {
@@ -74,9 +66,7 @@ pub async fn start(
         }
         Some(pty.master)
     } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: the child only joins cgroups and starts a process group between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -91,12 +81,7 @@ pub async fn start(
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("starting {}: {e}", plan.argv[0]),
-            )
-        })?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("starting {}: {e}", plan.argv[0])))?;
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(io) => TokioIo::new(io),
@@ -110,10 +95,7 @@ pub async fn start(
         }
         // A client gone mid-stream must not leave the command running.
         if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
         let _ = child.kill().await;
     });
@@ -121,11 +103,7 @@ pub async fn start(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, UPGRADE_PROTOCOL)
-        .body(
-            Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
         .unwrap_or_default())
 }
 
@@ -156,11 +134,7 @@ async fn pump<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut stdin_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
     if let Some(master) = master {
         let reader = master.try_clone().await?;
-        readers.push(tokio::spawn(forward(
-            reader,
-            exec_frame::STDOUT,
-            tx.clone(),
-        )));
+        readers.push(tokio::spawn(forward(reader, exec_frame::STDOUT, tx.clone())));
         stdin_sink = Some(Box::new(master));
     } else {
         if let Some(out) = child.stdout.take() {
@@ -208,11 +182,8 @@ async fn pump<IO: AsyncRead + AsyncWrite + Unpin>(
     while let Ok(f) = rx.try_recv() {
         wr.write_all(&f).await?;
     }
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    wr.write_all(&exec_frame::encode(exec_frame::EXIT, &code.to_be_bytes()))
-        .await?;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    wr.write_all(&exec_frame::encode(exec_frame::EXIT, &code.to_be_bytes())).await?;
     wr.flush().await?;
     wr.shutdown().await?;
     Ok(())

@@ -15,9 +15,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use loom_core::access::Caller;
-use loom_core::api::{
-    CreateWeaver, ErrorBody, ErrorCode, ErrorDetail, ExecRequest, MAX_BODY_BYTES,
-};
+use loom_core::api::{CreateWeaver, ErrorBody, ErrorCode, ErrorDetail, ExecRequest, MAX_BODY_BYTES};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -34,11 +32,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(900);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn serve(
-    daemon: Arc<Daemon>,
-    listener: UnixListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -61,11 +55,7 @@ fn caller_of(stream: &UnixStream) -> Option<Caller> {
     let pid = cred.pid().unwrap_or(0);
     let mut gids = crate::procfs::groups_of(pid).unwrap_or_default();
     gids.push(cred.gid());
-    Some(Caller {
-        uid: cred.uid(),
-        pid,
-        gids,
-    })
+    Some(Caller { uid: cred.uid(), pid, gids })
 }
 
 async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
@@ -94,26 +84,13 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Http
     HttpResponse::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
         .unwrap_or_default()
 }
 
 pub fn error_response(e: &ApiError) -> HttpResponse<Body> {
-    let status =
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(
-        status,
-        &ErrorBody {
-            error: ErrorDetail {
-                code: e.code,
-                message: e.message.clone(),
-            },
-        },
-    )
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &ErrorBody { error: ErrorDetail { code: e.code, message: e.message.clone() } })
 }
 
 /// Reads a JSON body within the size and time limits, mapping every failure to a clear 4xx.
@@ -121,46 +98,29 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     req: HttpRequest<Incoming>,
 ) -> Result<(T, hyper::http::request::Parts), ApiError> {
     let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is over the {MAX_BODY_BYTES}-byte limit"),
-        )
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is over the {MAX_BODY_BYTES}-byte limit"))
     };
-    if let Some(len) = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         && len > MAX_BODY_BYTES as u64
     {
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    let collected =
-        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::Timeout,
-                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
-                )
-            })?
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
-                    ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("reading the request body failed: {e}"),
-                    )
-                }
-            })?;
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(ErrorCode::Timeout, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
+        })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(ErrorCode::BadRequest, format!("reading the request body failed: {e}"))
+            }
+        })?;
     let bytes = collected.to_bytes();
-    let text = if bytes.is_empty() {
-        &b"{}"[..]
-    } else {
-        &bytes[..]
-    };
+    let text = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
     let value = serde_json::from_slice(text)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))?;
     Ok((value, parts))
@@ -174,11 +134,7 @@ fn query_flag(req: &HttpRequest<Incoming>, name: &str) -> bool {
         .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
 }
 
-async fn route(
-    daemon: Arc<Daemon>,
-    caller: Caller,
-    req: HttpRequest<Incoming>,
-) -> HttpResponse<Body> {
+async fn route(daemon: Arc<Daemon>, caller: Caller, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     match route_inner(daemon, caller, req).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
@@ -193,12 +149,7 @@ async fn route_inner(
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
-    let not_found = || {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no endpoint {method} {path}: see `loom --help`"),
-        )
-    };
+    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no endpoint {method} {path}: see `loom --help`"));
     let (request, timeout) = match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => (Request::Status, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers"]) => (Request::ListWeavers, REQUEST_TIMEOUT),
@@ -207,22 +158,12 @@ async fn route_inner(
             let (body, _) = read_json::<CreateWeaver>(req).await?;
             (Request::CreateWeaver(Box::new(body)), CREATE_TIMEOUT)
         }
-        (&Method::GET, ["v1", "weavers", key]) => {
-            (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT)
+        (&Method::GET, ["v1", "weavers", key]) => (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT),
+        (&Method::DELETE, ["v1", "weavers", key]) => {
+            (Request::RemoveWeaver { key: key.to_string(), force: query_flag(&req, "force") }, REQUEST_TIMEOUT)
         }
-        (&Method::DELETE, ["v1", "weavers", key]) => (
-            Request::RemoveWeaver {
-                key: key.to_string(),
-                force: query_flag(&req, "force"),
-            },
-            REQUEST_TIMEOUT,
-        ),
-        (&Method::POST, ["v1", "weavers", key, "stop"]) => {
-            (Request::StopWeaver(key.to_string()), REQUEST_TIMEOUT)
-        }
-        (&Method::POST, ["v1", "weavers", key, "start"]) => {
-            (Request::StartWeaver(key.to_string()), REQUEST_TIMEOUT)
-        }
+        (&Method::POST, ["v1", "weavers", key, "stop"]) => (Request::StopWeaver(key.to_string()), REQUEST_TIMEOUT),
+        (&Method::POST, ["v1", "weavers", key, "start"]) => (Request::StartWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers", key, "logs"]) => {
             let follow = query_flag(&req, "follow");
             return logs(daemon, &caller, key, follow).await;
@@ -238,38 +179,23 @@ async fn route_inner(
     };
     let resp = tokio::time::timeout(timeout, daemon.handle(&caller, request))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::Timeout,
-                format!("the request took longer than {timeout:?}"),
-            )
-        })??;
+        .map_err(|_| ApiError::new(ErrorCode::Timeout, format!("the request took longer than {timeout:?}")))??;
     Ok(match resp {
         Response::Status(s) => json_response(StatusCode::OK, &s),
         Response::Weaver(w) => json_response(StatusCode::OK, &w),
         Response::Weavers(ws) => json_response(StatusCode::OK, &ws),
-        Response::Removed { id } => {
-            json_response(StatusCode::OK, &serde_json::json!({ "removed": id }))
-        }
+        Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
 }
 
 /// Streams a weaver's log: what is there, then (with follow) what is appended while it runs.
-async fn logs(
-    daemon: Arc<Daemon>,
-    caller: &Caller,
-    key: &str,
-    follow: bool,
-) -> Result<HttpResponse<Body>, ApiError> {
+async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> Result<HttpResponse<Body>, ApiError> {
     let (id, path) = daemon.log_of(caller, key)?;
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("reading {}: {e}", path.display()),
-            ));
+            return Err(ApiError::new(ErrorCode::Internal, format!("reading {}: {e}", path.display())));
         }
     };
     struct Tail {
@@ -280,14 +206,7 @@ async fn logs(
         id: loom_core::weaver::WeaverId,
         buf: Vec<u8>,
     }
-    let state = Tail {
-        file,
-        path,
-        follow,
-        daemon,
-        id,
-        buf: vec![0; 64 * 1024],
-    };
+    let state = Tail { file, path, follow, daemon, id, buf: vec![0; 64 * 1024] };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if st.file.is_none() {

@@ -35,10 +35,7 @@ pub fn inner_pid(pid: i32) -> Option<(i32, usize)> {
 
 pub fn parse_nspid(status: &str) -> Option<(i32, usize)> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    let ids: Vec<i32> = line["NSpid:".len()..]
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let ids: Vec<i32> = line["NSpid:".len()..].split_whitespace().filter_map(|s| s.parse().ok()).collect();
     Some((*ids.last()?, ids.len()))
 }
 
@@ -57,12 +54,7 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 pub fn groups_of(pid: i32) -> Option<Vec<u32>> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Groups:"))?;
-    Some(
-        line["Groups:".len()..]
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
-            .collect(),
-    )
+    Some(line["Groups:".len()..].split_whitespace().filter_map(|s| s.parse().ok()).collect())
 }
 
 #[cfg(test)]
@@ -71,8 +63,7 @@ mod tests {
 
     #[test]
     fn start_ticks_survive_odd_comms() {
-        let stat =
-            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100";
+        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100";
         assert_eq!(parse_start_ticks(stat), Some(98765));
         assert_eq!(parse_start_ticks("garbage"), None);
     }

@@ -21,29 +21,13 @@ pub enum RootfsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RootfsError::Io { path: path.to_path_buf(), source }
 }
 
 /// Builds the skeleton at `root`: empty mount points, the merged-/usr links and `os-release`
 /// (nspawn refuses a root without one).
 pub fn create_skeleton(root: &Path) -> Result<(), RootfsError> {
-    for d in [
-        "usr",
-        "etc",
-        "workspace",
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "var/tmp",
-        "root",
-        "nix/store",
-        ".loom",
-    ] {
+    for d in ["usr", "etc", "workspace", "proc", "sys", "dev", "run", "tmp", "var/tmp", "root", "nix/store", ".loom"] {
         let p = root.join(d);
         fs::create_dir_all(&p).map_err(io_err(&p))?;
     }
@@ -59,10 +43,7 @@ pub fn create_skeleton(root: &Path) -> Result<(), RootfsError> {
         .unwrap_or_else(|_| "ID=loom\nNAME=loom weaver\n".into());
     fs::write(&os_release, text).map_err(io_err(&os_release))?;
     for (name, body) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-        ),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
         ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
     ] {
@@ -74,21 +55,12 @@ pub fn create_skeleton(root: &Path) -> Result<(), RootfsError> {
 
 /// Puts the repository into `workspace`: a git URL is cloned, a local directory is cloned if
 /// it is a git repository and copied otherwise.
-pub fn populate_workspace(
-    workspace: &Path,
-    repo: &str,
-    branch: Option<&str>,
-) -> Result<(), RootfsError> {
-    let fail = |detail: String| RootfsError::Repo {
-        repo: repo.to_string(),
-        detail,
-    };
+pub fn populate_workspace(workspace: &Path, repo: &str, branch: Option<&str>) -> Result<(), RootfsError> {
+    let fail = |detail: String| RootfsError::Repo { repo: repo.to_string(), detail };
     let local = Path::new(repo);
     if local.is_absolute() && local.is_dir() && !local.join(".git").exists() {
         if branch.is_some() {
-            return Err(fail(
-                "--branch needs a git repository, and this directory is not one".into(),
-            ));
+            return Err(fail("--branch needs a git repository, and this directory is not one".into()));
         }
         let out = Command::new("cp")
             .arg("-a")
@@ -98,9 +70,7 @@ pub fn populate_workspace(
             .output()
             .map_err(|e| fail(format!("running cp: {e}")))?;
         if !out.status.success() {
-            return Err(fail(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         return Ok(());
     }
@@ -117,13 +87,9 @@ pub fn populate_workspace(
         cmd.args(["--branch", b]);
     }
     cmd.arg("--").arg(repo).arg(workspace);
-    let out = cmd
-        .output()
-        .map_err(|e| fail(format!("running git: {e} (is git installed?)")))?;
+    let out = cmd.output().map_err(|e| fail(format!("running git: {e} (is git installed?)")))?;
     if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
     Ok(())
 }
@@ -133,10 +99,7 @@ pub fn remove(root: &Path) -> Result<(), RootfsError> {
     match fs::remove_dir_all(root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RootfsError::Io {
-            path: root.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(RootfsError::Io { path: root.to_path_buf(), source: e }),
     }
 }
 
@@ -149,10 +112,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         create_skeleton(dir.path()).unwrap();
         assert!(dir.path().join("etc/os-release").is_file());
-        assert_eq!(
-            fs::read_link(dir.path().join("bin")).unwrap(),
-            PathBuf::from("usr/bin")
-        );
+        assert_eq!(fs::read_link(dir.path().join("bin")).unwrap(), PathBuf::from("usr/bin"));
         assert!(dir.path().join("workspace").is_dir());
         // Idempotent: a restart reuses the root.
         create_skeleton(dir.path()).unwrap();

@@ -21,11 +21,7 @@ use crate::daemon::Daemon;
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "loomd",
-    version,
-    about = "The loom host daemon: runs agent loops in isolated weavers"
-)]
+#[command(name = "loomd", version, about = "The loom host daemon: runs agent loops in isolated weavers")]
 pub struct Args {
     /// TOML config file; without one loomd runs on embedded defaults.
     #[arg(long, env = "LOOMD_CONFIG")]
@@ -48,8 +44,8 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         None => Ok(Config::default()),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the config file {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading the config file {}", p.display()))?;
             Config::from_toml(&text).with_context(|| format!("in {}", p.display()))
         }
     }
@@ -69,31 +65,18 @@ pub fn apply_flags(mut config: Config, args: &Args) -> Config {
 }
 
 pub fn resolve_groups(config: &Config) -> AccessGroups {
-    let gid = |name: &str| {
-        nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .map(|g| g.gid.as_raw())
-    };
-    AccessGroups {
-        admin: gid(&config.access.admin_group),
-        operator: gid(&config.access.operator_group),
-    }
+    let gid = |name: &str| nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw());
+    AccessGroups { admin: gid(&config.access.admin_group), operator: gid(&config.access.operator_group) }
 }
 
 fn init_logging() {
     use tracing_subscriber::prelude::*;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("LOOMD_LOG").unwrap_or_else(|_| "info".into());
-    let journald = Path::new("/run/systemd/journal/socket")
-        .exists()
-        .then(tracing_journald::layer)
-        .and_then(Result::ok);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOOMD_LOG").unwrap_or_else(|_| "info".into());
+    let journald = Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);
     match journald {
-        Some(layer) => tracing_subscriber::registry()
-            .with(filter)
-            .with(layer.with_syslog_identifier("loomd".into()))
-            .init(),
+        Some(layer) => {
+            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("loomd".into())).init()
+        }
         None => tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
@@ -121,11 +104,7 @@ pub fn main() -> ExitCode {
         };
     }
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loomd: starting the async runtime failed: {e}");
@@ -147,25 +126,19 @@ fn systemd_is_pid1() -> bool {
 }
 
 fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
-    let exe =
-        std::env::current_exe().context("finding loomd's own binary (it runs as the shim)")?;
+    let exe = std::env::current_exe().context("finding loomd's own binary (it runs as the shim)")?;
     let timeout = Duration::from_secs(config.weaver.start_timeout.0);
     match kind {
         BackendKind::Nspawn => {
             let cgroups = CgroupHost::detect("loom").context("finding the cgroup hierarchy")?;
-            Ok(Arc::new(NspawnBackend::new(
-                cgroups,
-                config.state_dir.join("weavers"),
-                exe,
-                timeout,
-            )))
+            Ok(Arc::new(NspawnBackend::new(cgroups, config.state_dir.join("weavers"), exe, timeout)))
         }
         BackendKind::Systemd => {
             bail!("the systemd backend is not available in this build: run with --backend nspawn")
         }
-        BackendKind::Kubernetes => bail!(
-            "the kubernetes backend is not available in this build: run with --backend nspawn"
-        ),
+        BackendKind::Kubernetes => {
+            bail!("the kubernetes backend is not available in this build: run with --backend nspawn")
+        }
     }
 }
 
@@ -175,18 +148,12 @@ fn bind_socket(path: &Path, operator_gid: Option<u32>) -> anyhow::Result<UnixLis
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "{} is in use: is another loomd running? Stop it or pick another --socket",
-                path.display()
-            );
+            bail!("{} is in use: is another loomd running? Stop it or pick another --socket", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .context("chmod 0660 on the socket")?;
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).context("chmod 0660 on the socket")?;
     if let Some(gid) = operator_gid {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .context("chown of the socket to the operator group")?;
@@ -197,17 +164,9 @@ fn bind_socket(path: &Path, operator_gid: Option<u32>) -> anyhow::Result<UnixLis
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = apply_flags(load_config(args.config.as_deref())?, &args);
     config.validate()?;
-    let kind = config.backend.unwrap_or(if systemd_is_pid1() {
-        BackendKind::Systemd
-    } else {
-        BackendKind::Nspawn
-    });
-    std::fs::create_dir_all(config.state_dir.join("weavers")).with_context(|| {
-        format!(
-            "creating the state directory {}",
-            config.state_dir.display()
-        )
-    })?;
+    let kind = config.backend.unwrap_or(if systemd_is_pid1() { BackendKind::Systemd } else { BackendKind::Nspawn });
+    std::fs::create_dir_all(config.state_dir.join("weavers"))
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
         .context("chmod 0700 on the state directory")?;
     let store = Store::open(&config.state_dir.join("loom.db"))?;

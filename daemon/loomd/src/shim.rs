@@ -50,10 +50,7 @@ pub fn run(run_dir: &Path) -> i32 {
     {
         Ok(p) => p,
         Err(e) => {
-            eprintln!(
-                "loom shim: cannot read {}: {e}",
-                run_dir.join(PLAN_FILE).display()
-            );
+            eprintln!("loom shim: cannot read {}: {e}", run_dir.join(PLAN_FILE).display());
             write_exit(run_dir, 125);
             return 125;
         }
@@ -61,14 +58,8 @@ pub fn run(run_dir: &Path) -> i32 {
     // The shim must not die with the terminal or loomd's process group.
     // SAFETY: ignoring signals touches no memory of ours.
     unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGHUP,
-            nix::sys::signal::SigHandler::SigIgn,
-        );
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGINT,
-            nix::sys::signal::SigHandler::SigIgn,
-        );
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn);
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
     }
     let Some((prog, args)) = plan.argv.split_first() else {
         write_exit(run_dir, 125);
@@ -94,9 +85,7 @@ pub fn run(run_dir: &Path) -> i32 {
     let _ = fs::write(run_dir.join(CHILD_PID_FILE), child.id().to_string());
     forward_sigterm_to(child.id() as i32);
     let code = match child.wait() {
-        Ok(status) => status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(_) => 125,
     };
     write_exit(run_dir, code);

@@ -18,9 +18,7 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "a weaver named {0:?} already exists: pick another --name or `loom weaver rm` the old one"
-    )]
+    #[error("a weaver named {0:?} already exists: pick another --name or `loom weaver rm` the old one")]
     NameTaken(String),
     #[error("store query failed")]
     Sql(#[from] rusqlite::Error),
@@ -56,20 +54,12 @@ const WEAVER_MIGRATIONS: &[&str] = &["CREATE TABLE weavers (
 
 /// Applies a component's migrations in order, each once, each in its own transaction.
 /// Components version independently, so crates add tables without touching each other.
-pub fn migrate(
-    conn: &mut Connection,
-    component: &str,
-    steps: &[&str],
-) -> Result<(), rusqlite::Error> {
+pub fn migrate(conn: &mut Connection, component: &str, steps: &[&str]) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
     )?;
     let current: i64 = conn
-        .query_row(
-            "SELECT version FROM schema_versions WHERE component = ?1",
-            [component],
-            |r| r.get(0),
-        )
+        .query_row("SELECT version FROM schema_versions WHERE component = ?1", [component], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     for (i, step) in steps.iter().enumerate().skip(current as usize) {
@@ -92,10 +82,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(open_err)?;
@@ -116,9 +103,7 @@ impl Store {
         );
         match r {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                 Err(StoreError::NameTaken(rec.info.spec.name.clone()))
             }
             Err(e) => Err(e.into()),
@@ -137,33 +122,23 @@ impl Store {
     }
 
     pub fn get(&self, id: &WeaverId) -> Result<Option<WeaverRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("{SELECT} WHERE id = ?1"))?;
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT} WHERE id = ?1"))?;
         let row = stmt.query_row([id.as_str()], row_to_raw).optional()?;
         row.map(raw_to_record).transpose()
     }
 
     /// A weaver by its full id, its name, or an unambiguous id prefix of at least 4 digits.
     pub fn find(&self, key: &str) -> Result<Lookup, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("{SELECT} WHERE id = ?1 OR name = ?1"))?;
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT} WHERE id = ?1 OR name = ?1"))?;
         if let Some(raw) = stmt.query_row([key], row_to_raw).optional()? {
             return Ok(Lookup::One(Box::new(raw_to_record(raw)?)));
         }
         if key.len() >= 4 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&format!("{SELECT} WHERE substr(id, 1, length(?1)) = ?1"))?;
-            let rows: Vec<RawRow> = stmt
-                .query_map([key], row_to_raw)?
-                .collect::<Result<_, _>>()?;
+            let mut stmt = self.conn.prepare_cached(&format!("{SELECT} WHERE substr(id, 1, length(?1)) = ?1"))?;
+            let rows: Vec<RawRow> = stmt.query_map([key], row_to_raw)?.collect::<Result<_, _>>()?;
             return match rows.len() {
                 0 => Ok(Lookup::None),
-                1 => Ok(Lookup::One(Box::new(raw_to_record(
-                    rows.into_iter().next().unwrap_or_default(),
-                )?))),
+                1 => Ok(Lookup::One(Box::new(raw_to_record(rows.into_iter().next().unwrap_or_default())?))),
                 n => Ok(Lookup::Ambiguous(n)),
             };
         }
@@ -171,16 +146,13 @@ impl Store {
     }
 
     pub fn list(&self) -> Result<Vec<WeaverRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("{SELECT} ORDER BY created_at, id"))?;
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT} ORDER BY created_at, id"))?;
         let rows: Vec<RawRow> = stmt.query_map([], row_to_raw)?.collect::<Result<_, _>>()?;
         rows.into_iter().map(raw_to_record).collect()
     }
 
     pub fn delete(&mut self, id: &WeaverId) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM weavers WHERE id = ?1", [id.as_str()])?;
+        self.conn.execute("DELETE FROM weavers WHERE id = ?1", [id.as_str()])?;
         Ok(())
     }
 }
@@ -192,8 +164,7 @@ pub enum Lookup {
     Ambiguous(usize),
 }
 
-const SELECT: &str =
-    "SELECT id, name, owner_uid, spec, state, exit_code, reason, backend, created_at, started_at,
+const SELECT: &str = "SELECT id, name, owner_uid, spec, state, exit_code, reason, backend, created_at, started_at,
     expires_at, restarts, leader_pid, handle, tracker FROM weavers";
 
 #[derive(Debug, Default)]
@@ -236,22 +207,13 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 fn raw_to_record(raw: RawRow) -> Result<WeaverRecord, StoreError> {
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        StoreError::Corrupt(format!("weaver {}: {what}: {e}", raw.id))
-    };
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("weaver {}: {what}: {e}", raw.id));
     let spec: WeaverSpec = serde_json::from_str(&raw.spec).map_err(|e| corrupt("spec", &e))?;
-    let handle = raw
-        .handle
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| corrupt("handle", &e))?;
+    let handle = raw.handle.as_deref().map(serde_json::from_str).transpose().map_err(|e| corrupt("handle", &e))?;
     let tracker = serde_json::from_str(&raw.tracker).map_err(|e| corrupt("restart tracker", &e))?;
     let id = WeaverId::try_from(raw.id.clone()).map_err(|e| corrupt("id", &e))?;
-    let state: WeaverState = raw
-        .state
-        .parse()
-        .map_err(|e: String| corrupt("state", &e))?;
+    let state: WeaverState = raw.state.parse().map_err(|e: String| corrupt("state", &e))?;
     Ok(WeaverRecord {
         info: WeaverInfo {
             id,
@@ -293,8 +255,7 @@ type Params = (
 
 fn params_of(rec: &WeaverRecord) -> Result<Params, StoreError> {
     let i = &rec.info;
-    let json =
-        |v: Result<String, serde_json::Error>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
+    let json = |v: Result<String, serde_json::Error>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
     Ok((
         i.id.to_string(),
         i.name.clone(),
@@ -309,11 +270,7 @@ fn params_of(rec: &WeaverRecord) -> Result<Params, StoreError> {
         i.expires_at,
         i.restarts,
         i.pid,
-        rec.handle
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        rec.handle.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?,
         json(serde_json::to_string(&rec.tracker))?,
     ))
 }
@@ -327,10 +284,7 @@ mod tests {
 
     fn record(id: u8, name: &str) -> WeaverRecord {
         let spec = resolve_spec(
-            CreateWeaver {
-                command: vec!["true".into()],
-                ..Default::default()
-            },
+            CreateWeaver { command: vec!["true".into()], ..Default::default() },
             &WeaverDefaults::default(),
             name.into(),
         )
@@ -351,10 +305,7 @@ mod tests {
                 restarts: 0,
                 spec,
             },
-            handle: Some(RunHandle::Shim {
-                pid: 42,
-                start_ticks: 7,
-            }),
+            handle: Some(RunHandle::Shim { pid: 42, start_ticks: 7 }),
             tracker: RestartTracker::default(),
         }
     }
@@ -375,10 +326,7 @@ mod tests {
         b.info.state = WeaverState::Running;
         b.info.pid = Some(99);
         store.update(&b).unwrap();
-        assert_eq!(
-            store.get(&a.info.id).unwrap().unwrap().info.state,
-            WeaverState::Running
-        );
+        assert_eq!(store.get(&a.info.id).unwrap().unwrap().info.state, WeaverState::Running);
         assert_eq!(store.list().unwrap().len(), 2);
         store.delete(&a.info.id).unwrap();
         assert_eq!(store.list().unwrap().len(), 1);
@@ -390,20 +338,14 @@ mod tests {
         let mut store = Store::open(&dir.path().join("loom.db")).unwrap();
         store.insert(&record(1, "same")).unwrap();
         let e = store.insert(&record(2, "same")).unwrap_err();
-        assert!(
-            matches!(e, StoreError::NameTaken(ref n) if n == "same"),
-            "{e}"
-        );
+        assert!(matches!(e, StoreError::NameTaken(ref n) if n == "same"), "{e}");
     }
 
     #[test]
     fn reopening_keeps_data_and_migrations_run_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("loom.db");
-        Store::open(&path)
-            .unwrap()
-            .insert(&record(3, "kept"))
-            .unwrap();
+        Store::open(&path).unwrap().insert(&record(3, "kept")).unwrap();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list().unwrap()[0].info.name, "kept");
     }

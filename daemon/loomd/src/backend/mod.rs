@@ -118,12 +118,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed;
 
     /// Stops the run: a polite signal, then force after `grace`.
-    async fn stop(
-        &self,
-        id: &WeaverId,
-        handle: &RunHandle,
-        grace: Duration,
-    ) -> Result<(), BackendError>;
+    async fn stop(&self, id: &WeaverId, handle: &RunHandle, grace: Duration) -> Result<(), BackendError>;
 
     /// Frees what the backend holds for a weaver that will not run again (cgroups, units).
     async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError>;

@@ -9,7 +9,7 @@ use loom_core::config::BackendKind;
 use loom_core::weaver::WeaverId;
 use tokio::io::unix::AsyncFd;
 
-use super::nspawn_args::{Register, nspawn_argv};
+use super::nspawn_args::{Register, START_MARKER, nspawn_argv};
 use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
 use crate::cgroups::{CgroupHost, Limits, kill_all, pids_in_tree};
 use crate::procfs;
@@ -27,34 +27,19 @@ pub struct NspawnBackend {
 }
 
 impl NspawnBackend {
-    pub fn new(
-        cgroups: CgroupHost,
-        weavers_dir: PathBuf,
-        shim_exe: PathBuf,
-        start_timeout: Duration,
-    ) -> Self {
-        NspawnBackend {
-            cgroups,
-            weavers_dir,
-            shim_exe,
-            start_timeout,
-            nix_store: Path::new("/nix/store").is_dir(),
-        }
+    pub fn new(cgroups: CgroupHost, weavers_dir: PathBuf, shim_exe: PathBuf, start_timeout: Duration) -> Self {
+        NspawnBackend { cgroups, weavers_dir, shim_exe, start_timeout, nix_store: Path::new("/nix/store").is_dir() }
     }
 
     fn run_dir_for(&self, id: &WeaverId) -> PathBuf {
         self.weavers_dir.join(id.as_str()).join("run")
     }
 
-    /// The container's first process: the pid-2 process of the payload's pid namespace once
-    /// it has exec'd the weaver's command.
+    /// The container's first process: the pid-2 process of the payload's pid namespace
+    /// (nspawn runs with --as-pid2).
     fn find_leader(&self, id: &WeaverId) -> Option<i32> {
         let tree = self.cgroups.paths(id).unified;
-        pids_in_tree(&tree).into_iter().find(|&pid| {
-            matches!(procfs::inner_pid(pid), Some((2, depth)) if depth >= 2)
-                && fs::read_link(format!("/proc/{pid}/exe"))
-                    .is_ok_and(|exe| !exe.ends_with("systemd-nspawn"))
-        })
+        pids_in_tree(&tree).into_iter().find(|&pid| matches!(procfs::inner_pid(pid), Some((2, depth)) if depth >= 2))
     }
 }
 
@@ -62,10 +47,7 @@ fn log_tail(path: &Path) -> String {
     let text = fs::read(path).unwrap_or_default();
     let tail = &text[text.len().saturating_sub(2048)..];
     let s = String::from_utf8_lossy(tail);
-    let lines: Vec<&str> = s
-        .lines()
-        .filter(|l| !l.contains("/run/systemd/nspawn/propagate"))
-        .collect();
+    let lines: Vec<&str> = s.lines().filter(|l| !l.contains("/run/systemd/nspawn/propagate")).collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
@@ -99,47 +81,26 @@ impl Backend for NspawnBackend {
 
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
         let spec = &launch.spec;
-        let cg = self.cgroups.create(
-            &launch.id,
-            Limits {
-                memory: spec.memory,
-                cpus: spec.cpus,
-                tasks: spec.tasks,
-            },
-        )?;
+        let cg = self.cgroups.create(&launch.id, Limits { memory: spec.memory, cpus: spec.cpus, tasks: spec.tasks })?;
         let run_dir = launch.run_dir();
-        fs::create_dir_all(&run_dir).map_err(|e| BackendError::Io {
-            context: format!("creating {}", run_dir.display()),
-            source: e,
-        })?;
+        fs::create_dir_all(&run_dir)
+            .map_err(|e| BackendError::Io { context: format!("creating {}", run_dir.display()), source: e })?;
         for f in [shim::EXIT_FILE, shim::CHILD_PID_FILE] {
             let _ = fs::remove_file(run_dir.join(f));
         }
-        let plan = ShimPlan {
-            argv: nspawn_argv(launch, Register::No, self.nix_store),
-            join_cgroups: cg.procs_files(),
-        };
-        fs::write(
-            run_dir.join(shim::PLAN_FILE),
-            serde_json::to_vec(&plan).unwrap_or_default(),
-        )
-        .map_err(|e| BackendError::Io {
-            context: format!("writing the launch plan in {}", run_dir.display()),
-            source: e,
+        let _ = fs::remove_file(launch.root().join(START_MARKER));
+        let plan = ShimPlan { argv: nspawn_argv(launch, Register::No, self.nix_store), join_cgroups: cg.procs_files() };
+        fs::write(run_dir.join(shim::PLAN_FILE), serde_json::to_vec(&plan).unwrap_or_default()).map_err(|e| {
+            BackendError::Io { context: format!("writing the launch plan in {}", run_dir.display()), source: e }
         })?;
         let log_path = launch.log_path();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| BackendError::Io {
-                context: format!("opening {}", log_path.display()),
-                source: e,
-            })?;
-        let log2 = log.try_clone().map_err(|e| BackendError::Io {
-            context: "duplicating the log fd".into(),
-            source: e,
-        })?;
+            .map_err(|e| BackendError::Io { context: format!("opening {}", log_path.display()), source: e })?;
+        let log2 =
+            log.try_clone().map_err(|e| BackendError::Io { context: "duplicating the log fd".into(), source: e })?;
         let mut cmd = tokio::process::Command::new(&self.shim_exe);
         cmd.arg("__shim")
             .arg(&run_dir)
@@ -163,23 +124,30 @@ impl Backend for NspawnBackend {
         let shim_pid = child.id().unwrap_or(0) as i32;
         drop(child);
         let start_ticks = procfs::start_ticks(shim_pid).unwrap_or(0);
-        let handle = RunHandle::Shim {
-            pid: shim_pid,
-            start_ticks,
-        };
+        let handle = RunHandle::Shim { pid: shim_pid, start_ticks };
         let deadline = Instant::now() + self.start_timeout;
+        let marker = launch.root().join(START_MARKER);
+        let wanted_cmdline: Vec<u8> = spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
         let mut pause = Duration::from_millis(1);
+        let mut marked_at: Option<Instant> = None;
         loop {
-            if let Some(leader_pid) = self.find_leader(&launch.id) {
-                return Ok(Started {
-                    handle,
-                    leader_pid,
-                    cgroup_id: cg.id().ok(),
-                });
+            if marked_at.is_none() && marker.exists() {
+                marked_at = Some(Instant::now());
             }
-            if let Some(exit) = shim::read_exit(&run_dir) {
+            if let Some(marked) = marked_at {
+                // The marker is written just before exec: wait for the exec itself, briefly,
+                // and accept a command that rewrites its own argv or has already ended.
+                let leader = self.find_leader(&launch.id);
+                let execd = leader
+                    .is_some_and(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted_cmdline));
+                if execd || marked.elapsed() > Duration::from_millis(100) || shim::read_exit(&run_dir).is_some() {
+                    return Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id: cg.id().ok() });
+                }
+            } else if let Some(exit) = shim::read_exit(&run_dir)
+                && !marker.exists()
+            {
                 return Err(BackendError::StartFailed(format!(
-                    "systemd-nspawn exited with code {} before the command ran: {}",
+                    "exit code {} before the command ran: {}",
                     exit.code,
                     log_tail(&log_path)
                 )));
@@ -195,19 +163,17 @@ impl Backend for NspawnBackend {
 
     async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
         let RunHandle::Shim { pid, start_ticks } = handle else {
-            return Observed::Lost {
-                reason: "not a run of the nspawn backend".into(),
-            };
+            return Observed::Lost { reason: "not a run of the nspawn backend".into() };
         };
         let run_dir = self.run_dir_for(id);
         if procfs::is_same_process(*pid, *start_ticks) {
-            return Observed::Running {
-                leader_pid: self.find_leader(id),
-            };
+            return Observed::Running { leader_pid: self.find_leader(id) };
         }
         match shim::read_exit(&run_dir) {
             Some(e) => Observed::Exited { code: e.code },
-            None => Observed::Lost { reason: "its supervising shim vanished without recording an exit (host reboot or a kill)".into() },
+            None => Observed::Lost {
+                reason: "its supervising shim vanished without recording an exit (host reboot or a kill)".into(),
+            },
         }
     }
 
@@ -218,28 +184,15 @@ impl Backend for NspawnBackend {
         self.observe(id, handle).await
     }
 
-    async fn stop(
-        &self,
-        id: &WeaverId,
-        handle: &RunHandle,
-        grace: Duration,
-    ) -> Result<(), BackendError> {
+    async fn stop(&self, id: &WeaverId, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
         let RunHandle::Shim { pid, start_ticks } = handle else {
             return Ok(());
         };
         if procfs::is_same_process(*pid, *start_ticks) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if tokio::time::timeout(grace, wait_for_exit(*pid, *start_ticks))
-                .await
-                .is_err()
-            {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(grace, wait_for_exit(*pid, *start_ticks)).await.is_err() {
                 kill_all(&self.cgroups.paths(id));
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), wait_for_exit(*pid, *start_ticks))
-                        .await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), wait_for_exit(*pid, *start_ticks)).await;
             }
         }
         // Whatever escaped nspawn's own teardown dies with the cgroup.
@@ -252,20 +205,10 @@ impl Backend for NspawnBackend {
         Ok(())
     }
 
-    fn exec_plan(
-        &self,
-        id: &WeaverId,
-        leader_pid: i32,
-        command: &[String],
-        _tty: bool,
-    ) -> ExecPlan {
+    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
         let cg = self.cgroups.paths(id);
         let payload = cg.unified.join("payload");
-        let unified = if payload.is_dir() {
-            payload
-        } else {
-            cg.unified.clone()
-        };
+        let unified = if payload.is_dir() { payload } else { cg.unified.clone() };
         let mut join: Vec<PathBuf> = vec![unified.join("cgroup.procs")];
         join.extend(cg.v1.iter().map(|p| p.join("cgroup.procs")));
         let mut argv = vec![
@@ -277,10 +220,7 @@ impl Backend for NspawnBackend {
             "--".into(),
         ];
         argv.extend(command.iter().cloned());
-        ExecPlan {
-            argv,
-            join_cgroups: join,
-        }
+        ExecPlan { argv, join_cgroups: join }
     }
 
     fn cgroup_id(&self, id: &WeaverId) -> Option<u64> {

@@ -16,7 +16,8 @@ pub enum Register {
 
 /// Capabilities a weaver's root never needs; inside a user namespace they are namespaced,
 /// and dropping them closes what is left of the kernel's attack surface.
-const DROPPED_CAPS: &str = "CAP_SYS_MODULE,CAP_SYS_RAWIO,CAP_SYS_TIME,CAP_SYS_BOOT,CAP_MKNOD,CAP_AUDIT_CONTROL,CAP_NET_ADMIN";
+const DROPPED_CAPS: &str =
+    "CAP_SYS_MODULE,CAP_SYS_RAWIO,CAP_SYS_TIME,CAP_SYS_BOOT,CAP_MKNOD,CAP_AUDIT_CONTROL,CAP_NET_ADMIN";
 
 pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<String> {
     let spec = &launch.spec;
@@ -24,14 +25,7 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
         "systemd-nspawn".into(),
         "--quiet".into(),
         "--keep-unit".into(),
-        format!(
-            "--register={}",
-            if register == Register::Yes {
-                "yes"
-            } else {
-                "no"
-            }
-        ),
+        format!("--register={}", if register == Register::Yes { "yes" } else { "no" }),
         format!("--directory={}", launch.root().display()),
         format!("--machine={}", spec.name),
         format!("--hostname={}", spec.name),
@@ -69,9 +63,23 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
         a.push(format!("--setenv={k}={v}"));
     }
     a.push("--".into());
+    a.extend(START_WRAPPER.iter().map(|s| s.to_string()));
     a.extend(spec.command.iter().cloned());
     a
 }
+
+/// Inside the container, relative to its root: written right before the command is exec'd,
+/// so loomd can tell "the command ran (and maybe ended at once)" from "nspawn failed".
+pub const START_MARKER: &str = ".loom/started";
+
+/// Runs the command after checking it exists and dropping the start marker. A missing
+/// command fails here, before the marker, so `create` reports it instead of a quick exit.
+const START_WRAPPER: [&str; 4] = [
+    "/bin/sh",
+    "-c",
+    "command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\"",
+    "loom-start",
+];
 
 #[cfg(test)]
 mod tests {
@@ -81,10 +89,7 @@ mod tests {
     use loom_core::weaver::{WeaverId, resolve_spec};
 
     fn launch(f: impl FnOnce(&mut CreateWeaver)) -> Launch {
-        let mut req = CreateWeaver {
-            command: vec!["/bin/echo".into(), "hi there".into()],
-            ..Default::default()
-        };
+        let mut req = CreateWeaver { command: vec!["/bin/echo".into(), "hi there".into()], ..Default::default() };
         f(&mut req);
         Launch {
             id: WeaverId::from_random([1, 2, 3, 4, 5, 6]),
@@ -111,16 +116,13 @@ mod tests {
             assert!(a.iter().any(|x| x == flag), "{flag} missing from {a:?}");
         }
         let sep = a.iter().position(|x| x == "--").unwrap();
-        assert_eq!(a[sep + 1..], ["/bin/echo", "hi there"]);
+        assert_eq!(a[sep + 1..sep + 5], START_WRAPPER);
+        assert_eq!(a[sep + 5..], ["/bin/echo", "hi there"]);
     }
 
     #[test]
     fn host_network_shares_the_namespace() {
-        let a = nspawn_argv(
-            &launch(|r| r.network = Some("host".into())),
-            Register::Yes,
-            true,
-        );
+        let a = nspawn_argv(&launch(|r| r.network = Some("host".into())), Register::Yes, true);
         assert!(!a.iter().any(|x| x == "--private-network"));
         assert!(a.iter().any(|x| x == "--register=yes"));
         assert!(a.iter().any(|x| x == "--bind-ro=/nix/store"));
@@ -137,20 +139,13 @@ mod tests {
         );
         let sep = a.iter().position(|x| x == "--").unwrap();
         let foo = a.iter().position(|x| x == "--setenv=FOO=a b").unwrap();
-        let proxy = a
-            .iter()
-            .position(|x| x == "--setenv=OPENAI_BASE_URL=http://127.0.0.1:4000/v1")
-            .unwrap();
+        let proxy = a.iter().position(|x| x == "--setenv=OPENAI_BASE_URL=http://127.0.0.1:4000/v1").unwrap();
         assert!(foo < sep && proxy < sep);
     }
 
     #[test]
     fn an_image_dir_provides_usr() {
-        let a = nspawn_argv(
-            &launch(|r| r.image = Some("/srv/images/base".into())),
-            Register::No,
-            false,
-        );
+        let a = nspawn_argv(&launch(|r| r.image = Some("/srv/images/base".into())), Register::No, false);
         assert!(a.iter().any(|x| x == "--bind-ro=/srv/images/base/usr:/usr"));
     }
 }

@@ -27,12 +27,7 @@ impl RecordingBackend {
 
     /// Ends the run whose leader is `pid` with `code`, as if its command exited.
     pub fn finish(&self, pid: i32, code: i32) {
-        if let Some(tx) = self
-            .runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&pid)
-        {
+        if let Some(tx) = self.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&pid) {
             let _ = tx.send(Some(code));
         }
     }
@@ -43,21 +38,14 @@ impl RecordingBackend {
     }
 
     fn record(&self, call: String) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(call);
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
     }
 
     fn run(&self, handle: &RunHandle) -> Option<watch::Receiver<Option<i32>>> {
         let RunHandle::Shim { pid, .. } = handle else {
             return None;
         };
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pid)
-            .map(|tx| tx.subscribe())
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).get(pid).map(|tx| tx.subscribe())
     }
 }
 
@@ -68,17 +56,8 @@ impl Backend for RecordingBackend {
     }
 
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
-        self.record(format!(
-            "start {} {}",
-            launch.spec.name,
-            launch.spec.command.join(" ")
-        ));
-        if let Some(reason) = self
-            .fail_starts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        self.record(format!("start {} {}", launch.spec.name, launch.spec.command.join(" ")));
+        if let Some(reason) = self.fail_starts.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(BackendError::StartFailed(reason));
         }
         let pid = {
@@ -87,18 +66,8 @@ impl Backend for RecordingBackend {
             1000 + *n
         };
         let (tx, _) = watch::channel(None);
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, tx);
-        Ok(Started {
-            handle: RunHandle::Shim {
-                pid,
-                start_ticks: 1,
-            },
-            leader_pid: pid,
-            cgroup_id: Some(pid as u64),
-        })
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, tx);
+        Ok(Started { handle: RunHandle::Shim { pid, start_ticks: 1 }, leader_pid: pid, cgroup_id: Some(pid as u64) })
     }
 
     async fn observe(&self, _id: &WeaverId, handle: &RunHandle) -> Observed {
@@ -106,16 +75,10 @@ impl Backend for RecordingBackend {
             Some(rx) => match *rx.borrow() {
                 Some(code) => Observed::Exited { code },
                 None => Observed::Running {
-                    leader_pid: if let RunHandle::Shim { pid, .. } = handle {
-                        Some(*pid)
-                    } else {
-                        None
-                    },
+                    leader_pid: if let RunHandle::Shim { pid, .. } = handle { Some(*pid) } else { None },
                 },
             },
-            None => Observed::Lost {
-                reason: "unknown run".into(),
-            },
+            None => Observed::Lost { reason: "unknown run".into() },
         }
     }
 
@@ -126,12 +89,7 @@ impl Backend for RecordingBackend {
         self.observe(id, handle).await
     }
 
-    async fn stop(
-        &self,
-        id: &WeaverId,
-        handle: &RunHandle,
-        _grace: Duration,
-    ) -> Result<(), BackendError> {
+    async fn stop(&self, id: &WeaverId, handle: &RunHandle, _grace: Duration) -> Result<(), BackendError> {
         self.record(format!("stop {id}"));
         if let RunHandle::Shim { pid, .. } = handle {
             self.finish(*pid, 143);
@@ -144,17 +102,8 @@ impl Backend for RecordingBackend {
         Ok(())
     }
 
-    fn exec_plan(
-        &self,
-        _id: &WeaverId,
-        _leader_pid: i32,
-        command: &[String],
-        _tty: bool,
-    ) -> ExecPlan {
-        ExecPlan {
-            argv: command.to_vec(),
-            join_cgroups: vec![],
-        }
+    fn exec_plan(&self, _id: &WeaverId, _leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
+        ExecPlan { argv: command.to_vec(), join_cgroups: vec![] }
     }
 
     fn cgroup_id(&self, _id: &WeaverId) -> Option<u64> {

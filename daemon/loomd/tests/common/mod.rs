@@ -1,0 +1,228 @@
+//! Test support: a real loomd process on a temporary state dir, a raw HTTP client for its
+//! socket, and the real `loom` CLI.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when this machine can run real weavers. Without them the test is skipped loudly,
+/// unless LOOM_REQUIRE_PRIVILEGED=1 (CI), where a missing capability is a failure.
+pub fn privileged(what: &str) -> bool {
+    let mut missing = vec![];
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_string());
+    }
+    if Command::new("systemd-nspawn").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing.push("systemd-nspawn (apt-get install systemd-container)".into());
+    }
+    if !std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().contains("cgroup2") {
+        missing.push("a cgroup v2 mount".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{what}: needs {}", missing.join(", "));
+    if std::env::var("LOOM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("LOOM_REQUIRE_PRIVILEGED=1 but {msg}");
+    }
+    eprintln!("SKIPPED (not privileged): {msg}");
+    false
+}
+
+pub fn loomd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loomd"))
+}
+
+/// The `loom` CLI, built by `cargo test --workspace` next to loomd.
+pub fn loom_bin() -> PathBuf {
+    let p = loomd_bin().with_file_name("loom");
+    assert!(p.exists(), "{} is missing: run the tests with `cargo test --workspace`", p.display());
+    p
+}
+
+pub struct Loomd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+    pub config: Option<PathBuf>,
+}
+
+impl Loomd {
+    pub fn start() -> Loomd {
+        Self::start_with_config(None)
+    }
+
+    pub fn start_with_config(config: Option<&str>) -> Loomd {
+        let dir = tempfile::Builder::new().prefix("loomd-test").tempdir_in("/var/tmp").unwrap();
+        let socket = dir.path().join("loomd.sock");
+        let config = config.map(|text| {
+            let p = dir.path().join("loomd.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        let mut d = Loomd { dir, socket, child: None, config };
+        d.spawn();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("loomd.log")
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut cmd = Command::new(loomd_bin());
+        cmd.arg("--socket").arg(&self.socket).arg("--state-dir").arg(self.state_dir()).arg("--backend").arg("nspawn");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("LOOMD_LOG", "info,loom::access=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.try_request("GET", "/v1/status", None).is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("loomd exited with {status}: {}", std::fs::read_to_string(self.log_path()).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "loomd did not answer on {}: {}",
+            self.socket.display(),
+            std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let (status, bytes) = self.try_request(method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, v)
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        read_response(&mut s)
+    }
+
+    /// Runs the real CLI against this loomd.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(loom_bin()).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(out.status.success(), "loom {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("loom {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn inspect(&self, key: &str) -> serde_json::Value {
+        let (status, v) = self.request("GET", &format!("/v1/weavers/{key}"), None);
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Polls `inspect` until `pred` holds.
+    pub fn wait_for(
+        &self,
+        key: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.inspect(key);
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{key} never became {what}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self, key: &str) -> String {
+        let out = self.cli(&["weaver", "logs", key]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Loomd {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Ok((_, body)) = self.try_request("GET", "/v1/weavers", None)
+            && let Ok(serde_json::Value::Array(ws)) = serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            for w in ws {
+                let _ = self.try_request(
+                    "DELETE",
+                    &format!("/v1/weavers/{}?force=true", w["id"].as_str().unwrap_or("")),
+                    None,
+                );
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
+pub fn read_response(s: &mut impl Read) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let head_end =
+        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no response head"))?;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let status: u16 =
+        head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(head.clone()))?;
+    let mut body = raw[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let len = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if len == 0 || b.len() < i + 2 + len {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + len]);
+        b = &b[i + 2 + len + 2..];
+    }
+    out
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
