@@ -230,6 +230,7 @@ impl Seen {
 struct State {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
+    default_stream: Mutex<Option<Reply>>,
     seen: Mutex<Vec<Seen>>,
     record: std::sync::atomic::AtomicBool,
 }
@@ -289,6 +290,11 @@ impl FakeProvider {
         *self.state.default.lock().unwrap() = Some(r);
     }
 
+    /// The default reply to requests whose JSON body has `"stream": true`.
+    pub fn set_default_stream(&self, r: Reply) {
+        *self.state.default_stream.lock().unwrap() = Some(r);
+    }
+
     /// Stops keeping requests (for the benchmark).
     pub fn stop_recording(&self) {
         self.state
@@ -308,13 +314,15 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<FakeBody> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let include_usage = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/stream_options/include_usage")
-                .and_then(|b| b.as_bool())
-        })
-        .unwrap_or(false);
+    let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let flag = |ptr: &str| {
+        json.as_ref()
+            .and_then(|v| v.pointer(ptr))
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false)
+    };
+    let include_usage = flag("/stream_options/include_usage");
+    let stream = flag("/stream");
     if st.record.load(std::sync::atomic::Ordering::Relaxed) {
         st.seen.lock().unwrap().push(Seen {
             method: parts.method.to_string(),
@@ -332,6 +340,11 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<FakeBody> {
         .lock()
         .unwrap()
         .pop_front()
+        .or_else(|| {
+            stream
+                .then(|| st.default_stream.lock().unwrap().clone())
+                .flatten()
+        })
         .or_else(|| st.default.lock().unwrap().clone())
         .unwrap_or_else(|| Reply::openai_error(500, "fake provider has no scripted reply"));
     if !reply.header_delay.is_zero() {
