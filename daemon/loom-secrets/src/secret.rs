@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 const REDACTED: &str = "[redacted]";
 
 /// A UTF-8 secret (an API key, a token). Zeroed on drop, never printed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SecretString(Zeroizing<String>);
 
 impl SecretString {
@@ -55,7 +55,7 @@ impl fmt::Display for SecretString {
 }
 
 /// A binary secret (a keytab, a key file). Zeroed on drop, never printed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SecretBytes(Zeroizing<Vec<u8>>);
 
 impl SecretBytes {
