@@ -1,0 +1,142 @@
+//! A lean HTTP/1.1 client over plain TCP (hyper 1). Inside a weaver every endpoint (the
+//! proxy, loomd's event intake) is `http://` on loopback; TLS is not built in.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// Errors of one HTTP exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("URL {0:?} is not http://host[:port]/path; the loom agent speaks plain http to the weaver's proxy")]
+    BadUrl(String),
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {url} failed: {message}")]
+    Exchange { url: String, message: String },
+    #[error("{url} sent nothing for {secs}s")]
+    Timeout { url: String, secs: u64 },
+}
+
+/// A response whose body is read chunk by chunk.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    body: hyper::body::Incoming,
+    url: String,
+    idle: Duration,
+}
+
+impl Response {
+    /// The next body chunk, `None` at the end. Waiting longer than the idle timeout is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpError> {
+        loop {
+            let frame = tokio::time::timeout(self.idle, self.body.frame())
+                .await
+                .map_err(|_| HttpError::Timeout { url: self.url.clone(), secs: self.idle.as_secs() })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(HttpError::Exchange { url: self.url.clone(), message: e.to_string() });
+                }
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole body, at most `cap` bytes (the rest is dropped).
+    pub async fn text(mut self, cap: usize) -> Result<String, HttpError> {
+        let mut buf = Vec::new();
+        while let Some(c) = self.chunk().await? {
+            if buf.len() < cap {
+                buf.extend_from_slice(&c[..c.len().min(cap - buf.len())]);
+            }
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Joins a base URL and a path without doubling or dropping slashes.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+/// POSTs `body` as JSON to an `http://` URL and returns the response once its head arrived.
+pub async fn post_json(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    idle: Duration,
+) -> Result<Response, HttpError> {
+    let uri: hyper::Uri = url.parse().map_err(|_| HttpError::BadUrl(url.into()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(HttpError::BadUrl(url.into()));
+    }
+    let host = uri.host().ok_or_else(|| HttpError::BadUrl(url.into()))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let host_port = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let stream = tokio::time::timeout(idle, tokio::net::TcpStream::connect(&host_port))
+        .await
+        .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
+        .map_err(|source| HttpError::Connect { addr: host_port.clone(), source })?;
+    let _ = stream.set_nodelay(true);
+    let ex = |e: hyper::Error| HttpError::Exchange { url: url.into(), message: e.to_string() };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ex)?;
+    tokio::spawn(async move {
+        // The connection ends with the response body; its error, if any, reaches the reader.
+        let _ = conn.await;
+    });
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let mut req = Request::post(path)
+        .header(hyper::header::HOST, host_port.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| HttpError::Exchange { url: url.into(), message: e.to_string() })?;
+    let resp = tokio::time::timeout(idle, sender.send_request(req))
+        .await
+        .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
+        .map_err(ex)?;
+    let (parts, body) = resp.into_parts();
+    Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body, url: url.into(), idle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(join_url("http://a:1/", "/v1/messages"), "http://a:1/v1/messages");
+        assert_eq!(join_url("http://a:1/v1", "chat/completions"), "http://a:1/v1/chat/completions");
+    }
+
+    #[tokio::test]
+    async fn https_is_refused_with_a_clear_error() {
+        let e = post_json("https://api.example.com/v1", &[], vec![], Duration::from_secs(1)).await.unwrap_err();
+        assert!(e.to_string().contains("plain http"), "{e}");
+    }
+}
