@@ -2,26 +2,30 @@
 //! bus, with zbus on the caller's Tokio runtime.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use zbus::{
-    Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Variant,
-};
+use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::manager::{JobKind, SystemdError, SystemdManager};
-use crate::unit::{
-    self, LoomUnit, PropValue, StartedUnit, TransientServiceSpec, UNIT_PREFIX, UNIT_SUFFIX,
-    UnitStatus,
-};
+use crate::unit::{self, LoomUnit, PropValue, StartedUnit, TransientServiceSpec, UNIT_PREFIX, UNIT_SUFFIX, UnitStatus};
 
 const DEST: &str = "org.freedesktop.systemd1";
 const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+const JOB_IFACE: &str = "org.freedesktop.systemd1.Job";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+
+/// How long a job may be quiet before we check whether it still exists.
+const JOB_POLL: Duration = Duration::from_secs(1);
+
+/// Signals queued per subscription: every `JobRemoved` on the bus passes through it, and
+/// loomd may start or stop many weavers at once.
+const SIGNAL_QUEUE: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
 
 /// The system bus's usual address, used when `DBUS_SYSTEM_BUS_ADDRESS` is unset.
 pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
@@ -53,21 +57,10 @@ impl DbusSystemd {
     /// (how a test on the host reaches the systemd of a container it booted) and subscribes
     /// to the manager's signals, without which systemd sends no `JobRemoved`.
     pub async fn connect(address: &str) -> Result<Self, SystemdError> {
-        let connect_err = |source| SystemdError::Connect {
-            address: address.to_string(),
-            source,
-        };
-        let conn = zbus::connection::Builder::address(address)
-            .build()
-            .await
-            .map_err(connect_err)?;
-        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
-            .await
-            .map_err(connect_err)?;
-        Ok(DbusSystemd {
-            conn,
-            job_timeout: DEFAULT_JOB_TIMEOUT,
-        })
+        let connect_err = |source| SystemdError::Connect { address: address.to_string(), source };
+        let conn = zbus::connection::Builder::address(address).build().await.map_err(connect_err)?;
+        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &()).await.map_err(connect_err)?;
+        Ok(DbusSystemd { conn, job_timeout: DEFAULT_JOB_TIMEOUT })
     }
 
     /// Sets how long to wait for a start or stop job.
@@ -76,12 +69,7 @@ impl DbusSystemd {
         self
     }
 
-    async fn manager_call<B>(
-        &self,
-        method: &'static str,
-        unit: &str,
-        body: &B,
-    ) -> Result<zbus::Message, SystemdError>
+    async fn manager_call<B>(&self, method: &'static str, unit: &str, body: &B) -> Result<zbus::Message, SystemdError>
     where
         B: serde::Serialize + zbus::DynamicType,
     {
@@ -93,16 +81,8 @@ impl DbusSystemd {
 
     /// A stream of the manager's `JobRemoved` signals, opened before a job is queued so that
     /// its end cannot be missed.
-    async fn job_removed_stream(
-        &self,
-        unit: &str,
-        method: &'static str,
-    ) -> Result<MessageStream, SystemdError> {
-        let call_err = |source| SystemdError::Call {
-            method,
-            unit: unit.to_string(),
-            source,
-        };
+    async fn job_removed_stream(&self, unit: &str, method: &'static str) -> Result<MessageStream, SystemdError> {
+        let call_err = |source| SystemdError::Call { method, unit: unit.to_string(), source };
         let rule = MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender(DEST)
@@ -111,9 +91,7 @@ impl DbusSystemd {
             .member("JobRemoved")
             .build()
             .map_err(call_err)?;
-        MessageStream::for_match_rule(rule, &self.conn, None)
-            .await
-            .map_err(call_err)
+        MessageStream::for_match_rule(rule, &self.conn, Some(SIGNAL_QUEUE)).await.map_err(call_err)
     }
 
     /// Waits for `JobRemoved` of `job` and turns its result into an error unless it is `done`.
@@ -125,11 +103,22 @@ impl DbusSystemd {
         kind: JobKind,
     ) -> Result<(), SystemdError> {
         let wait = async {
-            while let Some(msg) = stream.next().await {
-                let Ok(msg) = msg else { continue };
+            loop {
+                let msg = match tokio::time::timeout(JOB_POLL, stream.next()).await {
+                    Ok(Some(Ok(msg))) => msg,
+                    Ok(Some(Err(_))) => continue,
+                    Ok(None) => return None,
+                    Err(_) => {
+                        // Quiet for a while: if the job is gone, its signal was lost (a full
+                        // queue when many jobs end at once), so read the outcome off the unit.
+                        if !self.job_exists(job).await {
+                            return Some(self.job_result_from_unit(unit, kind).await);
+                        }
+                        continue;
+                    }
+                };
                 let body = msg.body();
-                let Ok((_id, path, _unit, result)) =
-                    body.deserialize::<(u32, OwnedObjectPath, String, String)>()
+                let Ok((_id, path, _unit, result)) = body.deserialize::<(u32, OwnedObjectPath, String, String)>()
                 else {
                     continue;
                 };
@@ -137,25 +126,37 @@ impl DbusSystemd {
                     return Some(result);
                 }
             }
-            None
         };
         match tokio::time::timeout(self.job_timeout, wait).await {
-            Err(_) => Err(SystemdError::JobTimeout {
-                unit: unit.to_string(),
-                kind,
-                after: self.job_timeout,
-            }),
-            Ok(None) => Err(SystemdError::Disconnected {
-                unit: unit.to_string(),
-                kind,
-            }),
+            Err(_) => Err(SystemdError::JobTimeout { unit: unit.to_string(), kind, after: self.job_timeout }),
+            Ok(None) => Err(SystemdError::Disconnected { unit: unit.to_string(), kind }),
             Ok(Some(result)) if result == "done" => Ok(()),
-            Ok(Some(result)) => Err(SystemdError::JobFailed {
-                unit: unit.to_string(),
-                kind,
-                result,
-            }),
+            Ok(Some(result)) => Err(SystemdError::JobFailed { unit: unit.to_string(), kind, result }),
         }
+    }
+
+    /// False once systemd no longer knows the job (it finished); true while it does, and when
+    /// asking fails otherwise (keep waiting for the signal).
+    async fn job_exists(&self, job: &OwnedObjectPath) -> bool {
+        let reply = self.conn.call_method(Some(DEST), job, Some(PROPERTIES), "Get", &(JOB_IFACE, "State")).await;
+        match reply {
+            Ok(_) => true,
+            Err(e) => error_name(&e).as_deref() != Some("org.freedesktop.DBus.Error.UnknownObject"),
+        }
+    }
+
+    /// The result a finished job must have had, judged by where its unit ended up.
+    async fn job_result_from_unit(&self, unit: &str, kind: JobKind) -> String {
+        let active = match self.unit_status(unit).await {
+            Ok(Some(st)) => st.active_state,
+            Ok(None) => "inactive".to_string(),
+            Err(_) => return "unknown".to_string(),
+        };
+        let done = match kind {
+            JobKind::Start => active == "active" || active == "reloading",
+            JobKind::Stop => active == "inactive" || active == "failed",
+        };
+        if done { "done" } else { "failed" }.to_string()
     }
 
     async fn get_all(
@@ -164,16 +165,10 @@ impl DbusSystemd {
         iface: &str,
         unit: &str,
     ) -> Result<Option<HashMap<String, OwnedVariant>>, SystemdError> {
-        let reply = self
-            .conn
-            .call_method(Some(DEST), path, Some(PROPERTIES), "GetAll", &(iface,))
-            .await;
+        let reply = self.conn.call_method(Some(DEST), path, Some(PROPERTIES), "GetAll", &(iface,)).await;
         let reply = match reply {
             Ok(r) => r,
-            Err(e)
-                if error_name(&e).as_deref()
-                    == Some("org.freedesktop.DBus.Error.UnknownObject") =>
-            {
+            Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.DBus.Error.UnknownObject") => {
                 return Ok(None);
             }
             Err(e) => return Err(classify(e, "GetAll", unit)),
@@ -181,63 +176,37 @@ impl DbusSystemd {
         let props = reply
             .body()
             .deserialize::<HashMap<String, OwnedVariant>>()
-            .map_err(|source| SystemdError::Reply {
-                method: "GetAll",
-                unit: unit.to_string(),
-                source,
-            })?;
+            .map_err(|source| SystemdError::Reply { method: "GetAll", unit: unit.to_string(), source })?;
         Ok(Some(props))
     }
 }
 
 #[async_trait]
 impl SystemdManager for DbusSystemd {
-    async fn start_transient_service(
-        &self,
-        spec: &TransientServiceSpec,
-    ) -> Result<StartedUnit, SystemdError> {
+    async fn start_transient_service(&self, spec: &TransientServiceSpec) -> Result<StartedUnit, SystemdError> {
         let unit = spec.unit_name()?;
         let props = unit::service_properties(spec)?;
-        let variants: Vec<(&str, Variant<'_>)> = props
-            .iter()
-            .map(|(name, v)| (*name, to_variant(v)))
-            .collect();
+        let variants: Vec<(&str, Variant<'_>)> = props.iter().map(|(name, v)| (*name, to_variant(v))).collect();
         let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> = Vec::new();
 
         let stream = self.job_removed_stream(&unit, "StartTransientUnit").await?;
-        let reply = self
-            .manager_call(
-                "StartTransientUnit",
-                &unit,
-                &(unit.as_str(), "fail", variants, aux),
-            )
-            .await?;
+        let reply = self.manager_call("StartTransientUnit", &unit, &(unit.as_str(), "fail", variants, aux)).await?;
         let job = job_path(&reply, "StartTransientUnit", &unit)?;
         tracing::debug!(unit, job = job.as_str(), "start job queued");
         self.wait_job(stream, &job, &unit, JobKind::Start).await?;
 
         let status = self.unit_status(&unit).await?;
-        let (main_pid, control_group) = status
-            .map(|s| (s.main_pid, s.control_group))
-            .unwrap_or_default();
-        Ok(StartedUnit {
-            name: unit,
-            job: job.as_str().to_string(),
-            main_pid,
-            control_group,
-        })
+        let (main_pid, control_group) = status.map(|s| (s.main_pid, s.control_group)).unwrap_or_default();
+        Ok(StartedUnit { name: unit, job: job.as_str().to_string(), main_pid, control_group })
     }
 
     async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
         let path = match self.manager_call("GetUnit", unit, &(unit,)).await {
-            Ok(reply) => reply
-                .body()
-                .deserialize::<OwnedObjectPath>()
-                .map_err(|source| SystemdError::Reply {
-                    method: "GetUnit",
-                    unit: unit.to_string(),
-                    source,
-                })?,
+            Ok(reply) => reply.body().deserialize::<OwnedObjectPath>().map_err(|source| SystemdError::Reply {
+                method: "GetUnit",
+                unit: unit.to_string(),
+                source,
+            })?,
             Err(SystemdError::NoSuchUnit(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
@@ -248,10 +217,7 @@ impl SystemdManager for DbusSystemd {
             return Ok(None);
         }
         // A unit that is not a service (a name given by mistake) has no Service interface.
-        let s = self
-            .get_all(&path, SERVICE_IFACE, unit)
-            .await?
-            .unwrap_or_default();
+        let s = self.get_all(&path, SERVICE_IFACE, unit).await?.unwrap_or_default();
         let code = i32_prop(&s, "ExecMainCode");
         let status = i32_prop(&s, "ExecMainStatus");
         let extra: Vec<Vec<u8>> = u
@@ -274,66 +240,32 @@ impl SystemdManager for DbusSystemd {
 
     async fn stop_unit(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
         let stream = self.job_removed_stream(unit, "StopUnit").await?;
-        let reply = self
-            .manager_call("StopUnit", unit, &(unit, "replace"))
-            .await?;
+        let reply = self.manager_call("StopUnit", unit, &(unit, "replace")).await?;
         let job = job_path(&reply, "StopUnit", unit)?;
         self.wait_job(stream, &job, unit, JobKind::Stop).await?;
         self.unit_status(unit).await
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager_call("ResetFailedUnit", unit, &(unit,))
-            .await
-            .map(drop)
+        self.manager_call("ResetFailedUnit", unit, &(unit,)).await.map(drop)
     }
 
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
         let pattern = format!("{UNIT_PREFIX}*{UNIT_SUFFIX}");
         let states: Vec<&str> = Vec::new();
-        let reply = self
-            .manager_call(
-                "ListUnitsByPatterns",
-                &pattern,
-                &(states, vec![pattern.as_str()]),
-            )
-            .await?;
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        );
-        let rows =
-            reply
-                .body()
-                .deserialize::<Vec<Row>>()
-                .map_err(|source| SystemdError::Reply {
-                    method: "ListUnitsByPatterns",
-                    unit: pattern.clone(),
-                    source,
-                })?;
+        let reply = self.manager_call("ListUnitsByPatterns", &pattern, &(states, vec![pattern.as_str()])).await?;
+        type Row = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
+        let rows = reply.body().deserialize::<Vec<Row>>().map_err(|source| SystemdError::Reply {
+            method: "ListUnitsByPatterns",
+            unit: pattern.clone(),
+            source,
+        })?;
         Ok(rows
             .into_iter()
-            .filter_map(
-                |(name, description, load_state, active_state, sub_state, ..)| {
-                    let weaver_id = unit::weaver_id_of_unit(&name).ok()?.to_string();
-                    Some(LoomUnit {
-                        name,
-                        weaver_id,
-                        description,
-                        load_state,
-                        active_state,
-                        sub_state,
-                    })
-                },
-            )
+            .filter_map(|(name, description, load_state, active_state, sub_state, ..)| {
+                let weaver_id = unit::weaver_id_of_unit(&name).ok()?.to_string();
+                Some(LoomUnit { name, weaver_id, description, load_state, active_state, sub_state })
+            })
             .collect())
     }
 }
@@ -348,30 +280,19 @@ fn to_variant(v: &PropValue) -> Variant<'_> {
         PropValue::ExecCommands(cmds) => Variant::from(
             cmds.iter()
                 .map(|(path, argv, ignore)| {
-                    (
-                        path.as_str(),
-                        argv.iter().map(String::as_str).collect::<Vec<_>>(),
-                        *ignore,
-                    )
+                    (path.as_str(), argv.iter().map(String::as_str).collect::<Vec<_>>(), *ignore)
                 })
                 .collect::<Vec<_>>(),
         ),
     }
 }
 
-fn job_path(
-    reply: &zbus::Message,
-    method: &'static str,
-    unit: &str,
-) -> Result<OwnedObjectPath, SystemdError> {
-    reply
-        .body()
-        .deserialize::<OwnedObjectPath>()
-        .map_err(|source| SystemdError::Reply {
-            method,
-            unit: unit.to_string(),
-            source,
-        })
+fn job_path(reply: &zbus::Message, method: &'static str, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
+    reply.body().deserialize::<OwnedObjectPath>().map_err(|source| SystemdError::Reply {
+        method,
+        unit: unit.to_string(),
+        source,
+    })
 }
 
 /// The D-Bus error name of a failed call, if the failure was an error reply.
@@ -387,32 +308,18 @@ fn classify(e: zbus::Error, method: &'static str, unit: &str) -> SystemdError {
     match error_name(&e).as_deref() {
         Some("org.freedesktop.systemd1.NoSuchUnit") => SystemdError::NoSuchUnit(unit.to_string()),
         Some("org.freedesktop.systemd1.UnitExists") => SystemdError::UnitExists(unit.to_string()),
-        _ => SystemdError::Call {
-            method,
-            unit: unit.to_string(),
-            source: e,
-        },
+        _ => SystemdError::Call { method, unit: unit.to_string(), source: e },
     }
 }
 
 fn str_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> String {
-    props
-        .get(key)
-        .and_then(|v| <&str>::try_from(&**v).ok())
-        .unwrap_or_default()
-        .to_string()
+    props.get(key).and_then(|v| <&str>::try_from(&**v).ok()).unwrap_or_default().to_string()
 }
 
 fn u32_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> u32 {
-    props
-        .get(key)
-        .and_then(|v| u32::try_from(&**v).ok())
-        .unwrap_or_default()
+    props.get(key).and_then(|v| u32::try_from(&**v).ok()).unwrap_or_default()
 }
 
 fn i32_prop(props: &HashMap<String, OwnedVariant>, key: &str) -> i32 {
-    props
-        .get(key)
-        .and_then(|v| i32::try_from(&**v).ok())
-        .unwrap_or_default()
+    props.get(key).and_then(|v| i32::try_from(&**v).ok()).unwrap_or_default()
 }

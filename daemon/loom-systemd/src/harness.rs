@@ -33,28 +33,12 @@ pub enum HarnessError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "systemd-nspawn for {name} exited ({status}) before the container was up; console:\n{console}"
-    )]
-    Exited {
-        name: String,
-        status: ExitStatus,
-        console: String,
-    },
+    #[error("systemd-nspawn for {name} exited ({status}) before the container was up; console:\n{console}")]
+    Exited { name: String, status: ExitStatus, console: String },
     #[error("the container {name} was not up within {after:?} ({what}); console:\n{console}")]
-    Timeout {
-        name: String,
-        after: Duration,
-        what: String,
-        console: String,
-    },
+    Timeout { name: String, after: Duration, what: String, console: String },
     #[error("`{command}` in container {name} failed ({status}): {stderr}")]
-    Command {
-        name: String,
-        command: String,
-        status: ExitStatus,
-        stderr: String,
-    },
+    Command { name: String, command: String, status: ExitStatus, stderr: String },
 }
 
 /// Why this machine cannot boot systemd in a container, or `None` if it can: root, the
@@ -66,14 +50,10 @@ pub fn unavailable_reason() -> Option<String> {
     }
     for prog in ["systemd-nspawn", "nsenter", "systemctl"] {
         if find_in_path(prog).is_none() {
-            return Some(format!(
-                "{prog} is not installed (apt-get install systemd-container systemd util-linux)"
-            ));
+            return Some(format!("{prog} is not installed (apt-get install systemd-container systemd util-linux)"));
         }
     }
-    if !Path::new("/usr/lib/systemd/systemd").exists()
-        && !Path::new("/lib/systemd/systemd").exists()
-    {
+    if !Path::new("/usr/lib/systemd/systemd").exists() && !Path::new("/lib/systemd/systemd").exists() {
         return Some("systemd is not installed (apt-get install systemd)".into());
     }
     if find_in_path("dbus-daemon").is_none() && find_in_path("dbus-broker").is_none() {
@@ -85,11 +65,7 @@ pub fn unavailable_reason() -> Option<String> {
 /// A machine name unique to this process and call, from `prefix` (which should be short).
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Options for [`BootedSystemd`].
@@ -143,18 +119,11 @@ impl BootBuilder {
 
     /// The `systemd-nspawn` command line.
     pub fn args(&self) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-D",
-            "/",
-            "--volatile=yes",
-            "--register=no",
-            "--keep-unit",
-            "--console=read-only",
-            "-M",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--console=read-only", "-M"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push(self.name.clone());
         for (src, dst, ro) in &self.binds {
             let flag = if *ro { "--bind-ro" } else { "--bind" };
@@ -162,14 +131,7 @@ impl BootBuilder {
         }
         args.extend(self.extra_args.iter().cloned());
         args.extend(
-            [
-                "--boot",
-                "--",
-                "systemd.firstboot=off",
-                "systemd.unit=multi-user.target",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
+            ["--boot", "--", "systemd.firstboot=off", "systemd.unit=multi-user.target"].iter().map(|s| s.to_string()),
         );
         args
     }
@@ -185,23 +147,13 @@ impl BootBuilder {
             what: format!("a console log at {}", console_path.display()),
             source,
         })?;
-        let console_err = console.try_clone().map_err(|source| HarnessError::Spawn {
-            what: "a console log".into(),
-            source,
-        })?;
+        let console_err =
+            console.try_clone().map_err(|source| HarnessError::Spawn { what: "a console log".into(), source })?;
         // Each container gets its own cgroup in every v1 controller hierarchy it may write to,
         // entered before systemd-nspawn starts, so that its cgroup namespace is rooted there and
         // containers booted side by side (and the host) never share a `loom.slice`.
-        let cgroups = if self.writable_controllers {
-            own_v1_cgroups(&self.name)?
-        } else {
-            Vec::new()
-        };
-        let enter = cgroups
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let cgroups = if self.writable_controllers { own_v1_cgroups(&self.name)? } else { Vec::new() };
+        let enter = cgroups.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n");
         let spawned = Command::new("/bin/sh")
             .arg("-c")
             .arg(
@@ -218,20 +170,11 @@ impl BootBuilder {
             Ok(c) => c,
             Err(source) => {
                 remove_cgroups(&cgroups);
-                return Err(HarnessError::Spawn {
-                    what: "systemd-nspawn".into(),
-                    source,
-                });
+                return Err(HarnessError::Spawn { what: "systemd-nspawn".into(), source });
             }
         };
-        let mut booted = BootedSystemd {
-            name: self.name.clone(),
-            nspawn: child,
-            cgroups,
-            leader: 0,
-            console_path,
-            stopped: false,
-        };
+        let mut booted =
+            BootedSystemd { name: self.name.clone(), nspawn: child, cgroups, leader: 0, console_path, stopped: false };
         let deadline = Instant::now() + self.timeout;
         booted.leader = booted.wait_for_leader(deadline, self.timeout)?;
         booted.wait_until_running(deadline, self.timeout)?;
@@ -300,21 +243,13 @@ impl BootedSystemd {
 
     /// The D-Bus address of the container's system bus, usable from the host as root.
     pub fn system_bus_address(&self) -> String {
-        format!(
-            "unix:path={}",
-            self.host_path("/run/dbus/system_bus_socket").display()
-        )
+        format!("unix:path={}", self.host_path("/run/dbus/system_bus_socket").display())
     }
 
     /// A command that runs `argv` inside the container, in all its namespaces, as root.
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.leader.to_string())
-            .arg("-a")
-            .arg("--")
-            .args(argv)
-            .stdin(Stdio::null());
+        cmd.arg("-t").arg(self.leader.to_string()).arg("-a").arg("--").args(argv).stdin(Stdio::null());
         cmd
     }
 
@@ -322,10 +257,7 @@ impl BootedSystemd {
     pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Result<Output, HarnessError> {
         self.command(argv)
             .output()
-            .map_err(|source| HarnessError::Spawn {
-                what: format!("nsenter into {}", self.name),
-                source,
-            })
+            .map_err(|source| HarnessError::Spawn { what: format!("nsenter into {}", self.name), source })
     }
 
     /// Runs `argv` inside the container and returns its stdout, or an error with its stderr
@@ -337,11 +269,7 @@ impl BootedSystemd {
         } else {
             Err(HarnessError::Command {
                 name: self.name.clone(),
-                command: argv
-                    .iter()
-                    .map(|a| a.as_ref().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                command: argv.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             })
@@ -410,10 +338,7 @@ impl BootedSystemd {
                 .args(["-m", "--", "mount", "-o", "remount,bind,rw", &target])
                 .stdin(Stdio::null())
                 .output()
-                .map_err(|source| HarnessError::Spawn {
-                    what: "nsenter mount".into(),
-                    source,
-                })?;
+                .map_err(|source| HarnessError::Spawn { what: "nsenter mount".into(), source })?;
             if !out.status.success() {
                 return Err(HarnessError::Command {
                     name: self.name.clone(),
@@ -431,11 +356,7 @@ impl BootedSystemd {
         match self.nspawn.try_wait() {
             Ok(Some(status)) => {
                 self.stopped = true;
-                Some(HarnessError::Exited {
-                    name: self.name.clone(),
-                    status,
-                    console: tail(&self.console(), 40),
-                })
+                Some(HarnessError::Exited { name: self.name.clone(), status, console: tail(&self.console(), 40) })
             }
             _ => None,
         }
@@ -469,11 +390,7 @@ impl BootedSystemd {
         }
     }
 
-    fn wait_until_running(
-        &mut self,
-        deadline: Instant,
-        after: Duration,
-    ) -> Result<(), HarnessError> {
+    fn wait_until_running(&mut self, deadline: Instant, after: Duration) -> Result<(), HarnessError> {
         let mut last = String::new();
         loop {
             if let Some(e) = self.exited() {
@@ -481,10 +398,7 @@ impl BootedSystemd {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(self.timeout(
-                    after,
-                    &format!("systemctl is-system-running said {:?}", last.trim()),
-                ));
+                return Err(self.timeout(after, &format!("systemctl is-system-running said {:?}", last.trim())));
             }
             // `--wait` blocks until the boot has finished, but fails at once while systemd's
             // private socket is not there yet, so retry.
@@ -493,10 +407,7 @@ impl BootedSystemd {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .map_err(|source| HarnessError::Spawn {
-                    what: "nsenter".into(),
-                    source,
-                })?;
+                .map_err(|source| HarnessError::Spawn { what: "nsenter".into(), source })?;
             let status = wait_with_deadline(&mut child, Instant::now() + remaining);
             let mut out = String::new();
             if let Some(mut s) = child.stdout.take() {
@@ -504,8 +415,7 @@ impl BootedSystemd {
             }
             if status.is_some() {
                 let state = out.trim();
-                if (state == "running" || state == "degraded")
-                    && self.host_path("/run/dbus/system_bus_socket").exists()
+                if (state == "running" || state == "degraded") && self.host_path("/run/dbus/system_bus_socket").exists()
                 {
                     return Ok(());
                 }
@@ -540,11 +450,7 @@ fn wait_with_deadline(child: &mut Child, deadline: Instant) -> Option<ExitStatus
 
 fn find_container_init(nspawn: u32, our_ns: Option<&Path>) -> Option<u32> {
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -591,18 +497,13 @@ fn own_v1_cgroups(name: &str) -> Result<Vec<PathBuf>, HarnessError> {
         let Some(rel) = own_cgroup_path(&ours, c) else {
             continue;
         };
-        let dir = Path::new(&mount)
-            .join(rel.trim_start_matches('/'))
-            .join(format!("loom-harness-{name}"));
+        let dir = Path::new(&mount).join(rel.trim_start_matches('/')).join(format!("loom-harness-{name}"));
         if made.contains(&dir) {
             continue;
         }
         if let Err(source) = fs::create_dir_all(&dir) {
             remove_cgroups(&made);
-            return Err(HarnessError::Spawn {
-                what: format!("a cgroup at {}", dir.display()),
-                source,
-            });
+            return Err(HarnessError::Spawn { what: format!("a cgroup at {}", dir.display()), source });
         }
         made.push(dir);
     }
@@ -662,19 +563,14 @@ fn is_read_only_cgroup_mount(mountinfo: &str, target: &str) -> bool {
             return false;
         };
         fields.get(4) == Some(&target)
-            && fields
-                .get(5)
-                .is_some_and(|opts| opts.split(',').any(|o| o == "ro"))
+            && fields.get(5).is_some_and(|opts| opts.split(',').any(|o| o == "ro"))
             && fields.get(sep + 1) == Some(&"cgroup")
     })
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|s| s.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|s| s.trim().parse().ok())
 }
 
 fn descends_from(mut pid: u32, ancestor: u32) -> bool {
@@ -689,38 +585,26 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
 }
 
 fn validate_machine_name(name: &str) -> Result<(), HarnessError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(HarnessError::Name(name.to_string()))
-    }
+    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok { Ok(()) } else { Err(HarnessError::Name(name.to_string())) }
 }
 
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
         })
         .unwrap_or(false)
 }
 
 fn find_in_path(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
 fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -734,21 +618,11 @@ mod tests {
 
     #[test]
     fn nspawn_command_line() {
-        let b = BootedSystemd::builder("t1")
-            .bind_ro("/opt/x", "/opt/loom")
-            .bind("/tmp/s", "/run/loomd");
+        let b = BootedSystemd::builder("t1").bind_ro("/opt/x", "/opt/loom").bind("/tmp/s", "/run/loomd");
         let args = b.args();
         assert_eq!(
             &args[..7],
-            [
-                "-D",
-                "/",
-                "--volatile=yes",
-                "--register=no",
-                "--keep-unit",
-                "--console=read-only",
-                "-M"
-            ]
+            ["-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--console=read-only", "-M"]
         );
         assert_eq!(args[7], "t1");
         assert!(args.contains(&"--bind-ro=/opt/x:/opt/loom".to_string()));

@@ -19,6 +19,5 @@ pub use dbus::DbusSystemd;
 pub use manager::{JobKind, SystemdError, SystemdManager};
 pub use recording::{Call, RecordingSystemd};
 pub use unit::{
-    ExitStatus, LoomUnit, Phase, PropValue, ServiceType, SpecError, StartedUnit,
-    TransientServiceSpec, UnitStatus,
+    ExitStatus, LoomUnit, Phase, PropValue, ServiceType, SpecError, StartedUnit, TransientServiceSpec, UnitStatus,
 };

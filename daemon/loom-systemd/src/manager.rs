@@ -35,9 +35,7 @@ pub enum SystemdError {
         #[source]
         source: zbus::Error,
     },
-    #[error(
-        "unit {0} is not loaded: no such weaver unit (it never started, or it was stopped and collected)"
-    )]
+    #[error("unit {0} is not loaded: no such weaver unit (it never started, or it was stopped and collected)")]
     NoSuchUnit(String),
     #[error("unit {0} already exists: stop it (or reset it if it failed) before starting it again")]
     UnitExists(String),
@@ -62,14 +60,8 @@ pub enum SystemdError {
         /// systemd's job result: failed, timeout, canceled, dependency, skipped, ...
         result: String,
     },
-    #[error(
-        "the {kind} job of {unit} did not finish within {after:?}: it may still finish; check the unit's status"
-    )]
-    JobTimeout {
-        unit: String,
-        kind: JobKind,
-        after: Duration,
-    },
+    #[error("the {kind} job of {unit} did not finish within {after:?}: it may still finish; check the unit's status")]
+    JobTimeout { unit: String, kind: JobKind, after: Duration },
     #[error("the connection to systemd closed while waiting for the {kind} job of {unit}")]
     Disconnected { unit: String, kind: JobKind },
 }
@@ -81,10 +73,7 @@ pub trait SystemdManager: Send + Sync {
     /// Starts `loom-weaver-<id>.service` as a transient service in `loom.slice` and waits for
     /// its start job to finish. Errors with [`SystemdError::JobFailed`] when systemd reports a
     /// result other than `done`, and [`SystemdError::UnitExists`] when the unit is loaded.
-    async fn start_transient_service(
-        &self,
-        spec: &TransientServiceSpec,
-    ) -> Result<StartedUnit, SystemdError>;
+    async fn start_transient_service(&self, spec: &TransientServiceSpec) -> Result<StartedUnit, SystemdError>;
 
     /// The unit's status, or `None` when it is not loaded.
     async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError>;

@@ -64,10 +64,7 @@ impl RecordingSystemd {
     /// active/exited, anything else failed.
     pub fn exit_unit(&self, unit: &str, exit: ExitStatus) -> Result<(), SystemdError> {
         let mut st = self.lock();
-        let u = st
-            .units
-            .get_mut(unit)
-            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let u = st.units.get_mut(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
         u.main_pid = 0;
         u.exit = Some(exit);
         if exit == ExitStatus::Code(0) {
@@ -80,9 +77,7 @@ impl RecordingSystemd {
             u.control_group.clear();
             u.result = match exit {
                 ExitStatus::Code(_) => "exit-code".into(),
-                ExitStatus::Signal {
-                    core_dumped: true, ..
-                } => "core-dump".into(),
+                ExitStatus::Signal { core_dumped: true, .. } => "core-dump".into(),
                 ExitStatus::Signal { .. } => "signal".into(),
             };
         }
@@ -92,10 +87,7 @@ impl RecordingSystemd {
 
 #[async_trait]
 impl SystemdManager for RecordingSystemd {
-    async fn start_transient_service(
-        &self,
-        spec: &TransientServiceSpec,
-    ) -> Result<StartedUnit, SystemdError> {
+    async fn start_transient_service(&self, spec: &TransientServiceSpec) -> Result<StartedUnit, SystemdError> {
         let mut st = self.lock();
         st.calls.push(Call::StartTransientService(spec.clone()));
         let name = spec.unit_name()?;
@@ -125,19 +117,10 @@ impl SystemdManager for RecordingSystemd {
             status.exit = Some(ExitStatus::Code(1));
             status.control_group.clear();
             st.units.insert(name.clone(), status);
-            return Err(SystemdError::JobFailed {
-                unit: name,
-                kind: JobKind::Start,
-                result,
-            });
+            return Err(SystemdError::JobFailed { unit: name, kind: JobKind::Start, result });
         }
         st.units.insert(name.clone(), status);
-        Ok(StartedUnit {
-            job: format!("/org/freedesktop/systemd1/job/{main_pid}"),
-            name,
-            main_pid,
-            control_group,
-        })
+        Ok(StartedUnit { job: format!("/org/freedesktop/systemd1/job/{main_pid}"), name, main_pid, control_group })
     }
 
     async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
@@ -149,10 +132,7 @@ impl SystemdManager for RecordingSystemd {
     async fn stop_unit(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
         let mut st = self.lock();
         st.calls.push(Call::StopUnit(unit.to_string()));
-        let u = st
-            .units
-            .get(unit)
-            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let u = st.units.get(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
         // A failed unit stays failed (and loaded) until reset; anything else is unloaded.
         if u.active_state == "failed" {
             return Ok(Some(u.clone()));
@@ -164,10 +144,7 @@ impl SystemdManager for RecordingSystemd {
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
         let mut st = self.lock();
         st.calls.push(Call::ResetFailed(unit.to_string()));
-        let u = st
-            .units
-            .get(unit)
-            .ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let u = st.units.get(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
         if u.active_state == "failed" {
             st.units.remove(unit);
         }
@@ -200,10 +177,7 @@ mod tests {
     use crate::unit::Phase;
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a current-thread runtime")
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime").block_on(f)
     }
 
     #[test]
@@ -213,31 +187,18 @@ mod tests {
             let spec = TransientServiceSpec::new("aaaaaaaaaaaa", "one", vec!["/bin/true".into()]);
             let started = sd.start_transient_service(&spec).await.unwrap();
             assert_eq!(started.name, "loom-weaver-aaaaaaaaaaaa.service");
-            assert_eq!(
-                started.control_group,
-                "/loom.slice/loom-weaver-aaaaaaaaaaaa.service"
-            );
-            assert!(matches!(
-                sd.start_transient_service(&spec).await,
-                Err(SystemdError::UnitExists(_))
-            ));
+            assert_eq!(started.control_group, "/loom.slice/loom-weaver-aaaaaaaaaaaa.service");
+            assert!(matches!(sd.start_transient_service(&spec).await, Err(SystemdError::UnitExists(_))));
             let st = sd.unit_status(&started.name).await.unwrap().unwrap();
             assert_eq!(st.phase(), Phase::Running);
             sd.exit_unit(&started.name, ExitStatus::Code(3)).unwrap();
             let st = sd.unit_status(&started.name).await.unwrap().unwrap();
             assert_eq!(st.phase(), Phase::Failed(Some(ExitStatus::Code(3))));
             sd.stop_unit(&started.name).await.unwrap();
-            assert_eq!(
-                sd.list_loom_units().await.unwrap().len(),
-                1,
-                "failed stays loaded"
-            );
+            assert_eq!(sd.list_loom_units().await.unwrap().len(), 1, "failed stays loaded");
             sd.reset_failed(&started.name).await.unwrap();
             assert!(sd.unit_status(&started.name).await.unwrap().is_none());
-            assert!(matches!(
-                sd.stop_unit(&started.name).await,
-                Err(SystemdError::NoSuchUnit(_))
-            ));
+            assert!(matches!(sd.stop_unit(&started.name).await, Err(SystemdError::NoSuchUnit(_))));
             let calls = sd.calls();
             assert_eq!(calls[0], Call::StartTransientService(spec));
             assert_eq!(calls.last(), Some(&Call::StopUnit(started.name.clone())));
@@ -251,11 +212,7 @@ mod tests {
             sd.fail_next_start("failed");
             let spec = TransientServiceSpec::new("bbbbbbbbbbbb", "two", vec!["/bin/false".into()]);
             match sd.start_transient_service(&spec).await {
-                Err(SystemdError::JobFailed {
-                    result,
-                    kind: JobKind::Start,
-                    ..
-                }) => {
+                Err(SystemdError::JobFailed { result, kind: JobKind::Start, .. }) => {
                     assert_eq!(result, "failed")
                 }
                 other => panic!("expected a failed job, got {other:?}"),
@@ -272,10 +229,7 @@ mod tests {
         block(async {
             let sd = RecordingSystemd::new();
             let spec = TransientServiceSpec::new("bad id", "x", vec!["/bin/true".into()]);
-            assert!(matches!(
-                sd.start_transient_service(&spec).await,
-                Err(SystemdError::Spec(_))
-            ));
+            assert!(matches!(sd.start_transient_service(&spec).await, Err(SystemdError::Spec(_))));
             assert!(sd.list_loom_units().await.unwrap().is_empty());
         });
     }

@@ -19,9 +19,7 @@ pub const MAX_ID_LEN: usize = 64;
 /// Why a unit name, an id or a spec was refused before anything was sent to systemd.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error(
-        "invalid weaver id {0:?} for a unit name: use 1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'"
-    )]
+    #[error("invalid weaver id {0:?} for a unit name: use 1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'")]
     Id(String),
     #[error("{0:?} is not a weaver unit: weaver units are named loom-weaver-<id>.service")]
     UnitName(String),
@@ -31,9 +29,7 @@ pub enum SpecError {
         "the program {program:?} for weaver {id} is not an absolute path: systemd runs ExecStart= without a search path"
     )]
     RelativeProgram { id: String, program: String },
-    #[error(
-        "invalid environment entry {entry:?} for weaver {id}: use KEY=VALUE with a non-empty KEY without '='"
-    )]
+    #[error("invalid environment entry {entry:?} for weaver {id}: use KEY=VALUE with a non-empty KEY without '='")]
     Env { id: String, entry: String },
     #[error("invalid syslog identifier {0:?}: use 1 to 64 printable characters without spaces")]
     SyslogIdentifier(String),
@@ -47,14 +43,8 @@ pub enum SpecError {
 pub fn validate_id(id: &str) -> Result<(), SpecError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Id(id.to_string()))
-    }
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(SpecError::Id(id.to_string())) }
 }
 
 /// `loom-weaver-<id>.service`.
@@ -125,11 +115,7 @@ pub struct TransientServiceSpec {
 
 impl TransientServiceSpec {
     /// A spec with loom's defaults: `Type=notify`, `RemainAfterExit=yes`, no limits.
-    pub fn new(
-        weaver_id: impl Into<String>,
-        weaver_name: impl Into<String>,
-        argv: Vec<String>,
-    ) -> Self {
+    pub fn new(weaver_id: impl Into<String>, weaver_name: impl Into<String>, argv: Vec<String>) -> Self {
         TransientServiceSpec {
             weaver_id: weaver_id.into(),
             weaver_name: weaver_name.into(),
@@ -168,42 +154,25 @@ pub enum PropValue {
 }
 
 /// The properties of `StartTransientUnit` for `spec`, in a stable order.
-pub fn service_properties(
-    spec: &TransientServiceSpec,
-) -> Result<Vec<(&'static str, PropValue)>, SpecError> {
+pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static str, PropValue)>, SpecError> {
     let id = &spec.weaver_id;
     validate_id(id)?;
     validate_syslog_identifier(&spec.weaver_name)?;
-    let program = spec
-        .argv
-        .first()
-        .ok_or_else(|| SpecError::EmptyCommand(id.clone()))?;
+    let program = spec.argv.first().ok_or_else(|| SpecError::EmptyCommand(id.clone()))?;
     if !program.starts_with('/') {
-        return Err(SpecError::RelativeProgram {
-            id: id.clone(),
-            program: program.clone(),
-        });
+        return Err(SpecError::RelativeProgram { id: id.clone(), program: program.clone() });
     }
     if spec.argv.iter().any(|a| a.contains('\0')) {
-        return Err(SpecError::Nul {
-            id: id.clone(),
-            what: "command",
-        });
+        return Err(SpecError::Nul { id: id.clone(), what: "command" });
     }
     for entry in &spec.environment {
         let key = entry.split_once('=').map(|(k, _)| k);
         if !matches!(key, Some(k) if !k.is_empty()) || entry.contains('\0') {
-            return Err(SpecError::Env {
-                id: id.clone(),
-                entry: entry.clone(),
-            });
+            return Err(SpecError::Env { id: id.clone(), entry: entry.clone() });
         }
     }
     if spec.description.contains('\0') {
-        return Err(SpecError::Nul {
-            id: id.clone(),
-            what: "description",
-        });
+        return Err(SpecError::Nul { id: id.clone(), what: "description" });
     }
     for (what, v) in [
         ("MemoryMax", spec.memory_max),
@@ -211,10 +180,7 @@ pub fn service_properties(
         ("TasksMax", spec.tasks_max),
     ] {
         if v == Some(0) {
-            return Err(SpecError::ZeroLimit {
-                id: id.clone(),
-                what,
-            });
+            return Err(SpecError::ZeroLimit { id: id.clone(), what });
         }
     }
 
@@ -226,15 +192,9 @@ pub fn service_properties(
     let mut props = vec![
         ("Description", PropValue::Str(description)),
         ("Slice", PropValue::Str(LOOM_SLICE.to_string())),
-        (
-            "Type",
-            PropValue::Str(spec.service_type.as_str().to_string()),
-        ),
+        ("Type", PropValue::Str(spec.service_type.as_str().to_string())),
         ("RemainAfterExit", PropValue::Bool(spec.remain_after_exit)),
-        (
-            "ExecStart",
-            PropValue::ExecCommands(vec![(program.clone(), spec.argv.clone(), false)]),
-        ),
+        ("ExecStart", PropValue::ExecCommands(vec![(program.clone(), spec.argv.clone(), false)])),
         // systemd-nspawn manages the cgroup below its unit (payload/ and supervisor/).
         ("Delegate", PropValue::Bool(true)),
         // SIGTERM to systemd-nspawn alone, which shuts the container down; SIGKILL to all
@@ -243,10 +203,7 @@ pub fn service_properties(
         ("StandardOutput", PropValue::Str("journal".to_string())),
         ("StandardError", PropValue::Str("journal".to_string())),
         ("SyslogIdentifier", PropValue::Str(spec.weaver_name.clone())),
-        (
-            "LogExtraFields",
-            PropValue::ByteArrays(vec![format!("{WEAVER_FIELD}={id}").into_bytes()]),
-        ),
+        ("LogExtraFields", PropValue::ByteArrays(vec![format!("{WEAVER_FIELD}={id}").into_bytes()])),
     ];
     if !spec.environment.is_empty() {
         props.push(("Environment", PropValue::StrList(spec.environment.clone())));
@@ -268,11 +225,7 @@ pub fn service_properties(
 
 fn validate_syslog_identifier(s: &str) -> Result<(), SpecError> {
     let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic());
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::SyslogIdentifier(s.to_string()))
-    }
+    if ok { Ok(()) } else { Err(SpecError::SyslogIdentifier(s.to_string())) }
 }
 
 /// The weaver id carried in a unit's `LogExtraFields`, if any.
@@ -308,14 +261,8 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitStatus::Code(c) => write!(f, "exited with code {c}"),
-            ExitStatus::Signal {
-                signal,
-                core_dumped: false,
-            } => write!(f, "killed by signal {signal}"),
-            ExitStatus::Signal {
-                signal,
-                core_dumped: true,
-            } => write!(f, "killed by signal {signal} (core dumped)"),
+            ExitStatus::Signal { signal, core_dumped: false } => write!(f, "killed by signal {signal}"),
+            ExitStatus::Signal { signal, core_dumped: true } => write!(f, "killed by signal {signal} (core dumped)"),
         }
     }
 }
@@ -330,14 +277,8 @@ const CLD_DUMPED: i32 = 3;
 pub fn exit_status(exec_main_code: i32, exec_main_status: i32) -> Option<ExitStatus> {
     match exec_main_code {
         CLD_EXITED => Some(ExitStatus::Code(exec_main_status)),
-        CLD_KILLED => Some(ExitStatus::Signal {
-            signal: exec_main_status,
-            core_dumped: false,
-        }),
-        CLD_DUMPED => Some(ExitStatus::Signal {
-            signal: exec_main_status,
-            core_dumped: true,
-        }),
+        CLD_KILLED => Some(ExitStatus::Signal { signal: exec_main_status, core_dumped: false }),
+        CLD_DUMPED => Some(ExitStatus::Signal { signal: exec_main_status, core_dumped: true }),
         _ => None,
     }
 }
@@ -421,36 +362,17 @@ mod tests {
     use super::*;
 
     fn spec() -> TransientServiceSpec {
-        TransientServiceSpec::new(
-            "0123456789ab",
-            "alpha",
-            vec!["/usr/bin/systemd-nspawn".into(), "--keep-unit".into()],
-        )
+        TransientServiceSpec::new("0123456789ab", "alpha", vec!["/usr/bin/systemd-nspawn".into(), "--keep-unit".into()])
     }
 
     #[test]
     fn unit_names_round_trip() {
-        assert_eq!(
-            unit_name("0123456789ab").unwrap(),
-            "loom-weaver-0123456789ab.service"
-        );
-        assert_eq!(
-            weaver_id_of_unit("loom-weaver-0123456789ab.service").unwrap(),
-            "0123456789ab"
-        );
+        assert_eq!(unit_name("0123456789ab").unwrap(), "loom-weaver-0123456789ab.service");
+        assert_eq!(weaver_id_of_unit("loom-weaver-0123456789ab.service").unwrap(), "0123456789ab");
         for bad in ["", "a b", "a/b", "a.service", "ü", &"x".repeat(65)] {
-            assert_eq!(
-                unit_name(bad),
-                Err(SpecError::Id(bad.to_string())),
-                "{bad:?}"
-            );
+            assert_eq!(unit_name(bad), Err(SpecError::Id(bad.to_string())), "{bad:?}");
         }
-        for bad in [
-            "loom-weaver-.service",
-            "loom-weaver-x.scope",
-            "other-x.service",
-            "loom-weaver-a.b.service",
-        ] {
+        for bad in ["loom-weaver-.service", "loom-weaver-x.scope", "other-x.service", "loom-weaver-a.b.service"] {
             assert!(weaver_id_of_unit(bad).is_err(), "{bad:?}");
         }
     }
@@ -472,29 +394,12 @@ mod tests {
         assert_eq!(get("MemoryMax"), Some(PropValue::U64(256 << 20)));
         assert_eq!(get("CPUQuotaPerSecUSec"), Some(PropValue::U64(1_500_000)));
         assert_eq!(get("TasksMax"), Some(PropValue::U64(512)));
-        assert_eq!(
-            get("StandardOutput"),
-            Some(PropValue::Str("journal".into()))
-        );
+        assert_eq!(get("StandardOutput"), Some(PropValue::Str("journal".into())));
         assert_eq!(get("StandardError"), Some(PropValue::Str("journal".into())));
-        assert_eq!(
-            get("SyslogIdentifier"),
-            Some(PropValue::Str("alpha".into()))
-        );
-        assert_eq!(
-            get("Description"),
-            Some(PropValue::Str("loom weaver alpha (0123456789ab)".into()))
-        );
-        assert_eq!(
-            get("Environment"),
-            Some(PropValue::StrList(vec!["A=1".into(), "B=".into()]))
-        );
-        assert_eq!(
-            get("LogExtraFields"),
-            Some(PropValue::ByteArrays(vec![
-                b"LOOM_WEAVER=0123456789ab".to_vec()
-            ]))
-        );
+        assert_eq!(get("SyslogIdentifier"), Some(PropValue::Str("alpha".into())));
+        assert_eq!(get("Description"), Some(PropValue::Str("loom weaver alpha (0123456789ab)".into())));
+        assert_eq!(get("Environment"), Some(PropValue::StrList(vec!["A=1".into(), "B=".into()])));
+        assert_eq!(get("LogExtraFields"), Some(PropValue::ByteArrays(vec![b"LOOM_WEAVER=0123456789ab".to_vec()])));
         assert_eq!(
             get("ExecStart"),
             Some(PropValue::ExecCommands(vec![(
@@ -529,47 +434,14 @@ mod tests {
         check(&|s| s.argv.clear(), SpecError::EmptyCommand(id.clone()));
         check(
             &|s| s.argv[0] = "systemd-nspawn".into(),
-            SpecError::RelativeProgram {
-                id: id.clone(),
-                program: "systemd-nspawn".into(),
-            },
+            SpecError::RelativeProgram { id: id.clone(), program: "systemd-nspawn".into() },
         );
-        check(
-            &|s| s.environment = vec!["NOVALUE".into()],
-            SpecError::Env {
-                id: id.clone(),
-                entry: "NOVALUE".into(),
-            },
-        );
-        check(
-            &|s| s.environment = vec!["=x".into()],
-            SpecError::Env {
-                id: id.clone(),
-                entry: "=x".into(),
-            },
-        );
-        check(
-            &|s| s.memory_max = Some(0),
-            SpecError::ZeroLimit {
-                id: id.clone(),
-                what: "MemoryMax",
-            },
-        );
-        check(
-            &|s| s.weaver_name = "has space".into(),
-            SpecError::SyslogIdentifier("has space".into()),
-        );
-        check(
-            &|s| s.argv.push("a\0b".into()),
-            SpecError::Nul {
-                id: id.clone(),
-                what: "command",
-            },
-        );
-        check(
-            &|s| s.weaver_id = "../x".into(),
-            SpecError::Id("../x".into()),
-        );
+        check(&|s| s.environment = vec!["NOVALUE".into()], SpecError::Env { id: id.clone(), entry: "NOVALUE".into() });
+        check(&|s| s.environment = vec!["=x".into()], SpecError::Env { id: id.clone(), entry: "=x".into() });
+        check(&|s| s.memory_max = Some(0), SpecError::ZeroLimit { id: id.clone(), what: "MemoryMax" });
+        check(&|s| s.weaver_name = "has space".into(), SpecError::SyslogIdentifier("has space".into()));
+        check(&|s| s.argv.push("a\0b".into()), SpecError::Nul { id: id.clone(), what: "command" });
+        check(&|s| s.weaver_id = "../x".into(), SpecError::Id("../x".into()));
     }
 
     #[test]
@@ -580,41 +452,13 @@ mod tests {
         check(0, 0, None);
         check(1, 0, Some(ExitStatus::Code(0)));
         check(1, 3, Some(ExitStatus::Code(3)));
-        check(
-            2,
-            9,
-            Some(ExitStatus::Signal {
-                signal: 9,
-                core_dumped: false,
-            }),
-        );
-        check(
-            3,
-            11,
-            Some(ExitStatus::Signal {
-                signal: 11,
-                core_dumped: true,
-            }),
-        );
+        check(2, 9, Some(ExitStatus::Signal { signal: 9, core_dumped: false }));
+        check(3, 11, Some(ExitStatus::Signal { signal: 11, core_dumped: true }));
         check(4, 0, None);
         check(-1, 0, None);
         assert_eq!(ExitStatus::Code(7).shell_code(), 7);
-        assert_eq!(
-            ExitStatus::Signal {
-                signal: 15,
-                core_dumped: false
-            }
-            .shell_code(),
-            143
-        );
-        assert_eq!(
-            ExitStatus::Signal {
-                signal: 9,
-                core_dumped: false
-            }
-            .to_string(),
-            "killed by signal 9"
-        );
+        assert_eq!(ExitStatus::Signal { signal: 15, core_dumped: false }.shell_code(), 143);
+        assert_eq!(ExitStatus::Signal { signal: 9, core_dumped: false }.to_string(), "killed by signal 9");
     }
 
     #[test]
@@ -635,10 +479,7 @@ mod tests {
         assert_eq!(st("active", "exited", ok).phase(), Phase::Exited(ok));
         assert_eq!(st("failed", "failed", bad).phase(), Phase::Failed(bad));
         assert_eq!(st("activating", "start", None).phase(), Phase::Starting);
-        assert_eq!(
-            st("deactivating", "stop-sigterm", None).phase(),
-            Phase::Stopping
-        );
+        assert_eq!(st("deactivating", "stop-sigterm", None).phase(), Phase::Stopping);
         assert_eq!(st("inactive", "dead", ok).phase(), Phase::Exited(ok));
     }
 
@@ -648,14 +489,8 @@ mod tests {
             weaver_id_from_extra_fields(&[b"OTHER=1".to_vec(), b"LOOM_WEAVER=abc".to_vec()]),
             Some("abc".into())
         );
-        assert_eq!(
-            weaver_id_from_extra_fields(&[b"LOOM_WEAVERX=abc".to_vec()]),
-            None
-        );
-        assert_eq!(
-            weaver_id_from_extra_fields(&[b"LOOM_WEAVER=a/b".to_vec()]),
-            None
-        );
+        assert_eq!(weaver_id_from_extra_fields(&[b"LOOM_WEAVERX=abc".to_vec()]), None);
+        assert_eq!(weaver_id_from_extra_fields(&[b"LOOM_WEAVER=a/b".to_vec()]), None);
         assert_eq!(weaver_id_from_extra_fields(&[vec![0xff, 0xfe]]), None);
     }
 }

@@ -18,10 +18,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("serve-once") {
         return serve_once(args.get(1));
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loom-systemd-probe: cannot start a runtime: {e}");
@@ -70,9 +67,7 @@ async fn run(mut args: Vec<String>) -> Result<(), BoxError> {
                     "--keep" => spec.remain_after_exit = true,
                     "--memory" => spec.memory_max = Some(take(&mut args, "--memory")?.parse()?),
                     "--tasks" => spec.tasks_max = Some(take(&mut args, "--tasks")?.parse()?),
-                    "--cpu-usec" => {
-                        spec.cpu_quota_per_sec_usec = Some(take(&mut args, "--cpu-usec")?.parse()?)
-                    }
+                    "--cpu-usec" => spec.cpu_quota_per_sec_usec = Some(take(&mut args, "--cpu-usec")?.parse()?),
                     "--env" => spec.environment.push(take(&mut args, "--env")?),
                     "--" => {
                         spec.argv = std::mem::take(&mut args);
@@ -109,18 +104,12 @@ async fn run(mut args: Vec<String>) -> Result<(), BoxError> {
         }
         "stop" => match sd.stop_unit(&take(&mut args, "UNIT")?).await? {
             None => println!("loaded=no"),
-            Some(s) => println!(
-                "loaded=yes\nactive_state={}\nresult={}",
-                s.active_state, s.result
-            ),
+            Some(s) => println!("loaded=yes\nactive_state={}\nresult={}", s.active_state, s.result),
         },
         "reset-failed" => sd.reset_failed(&take(&mut args, "UNIT")?).await?,
         "list" => {
             for u in sd.list_loom_units().await? {
-                println!(
-                    "{} {} {} {}",
-                    u.name, u.weaver_id, u.active_state, u.sub_state
-                );
+                println!("{} {} {} {}", u.name, u.weaver_id, u.active_state, u.sub_state);
             }
         }
         other => return Err(format!("unknown command {other:?}").into()),
