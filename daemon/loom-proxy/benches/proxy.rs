@@ -39,10 +39,7 @@ const BODY: &str = r#"{"model":"claude-sonnet-4-20250514","max_tokens":256,"mess
 const STREAM_BODY: &str = r#"{"model":"claude-sonnet-4-20250514","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Say hello in five words."}]}"#;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn request(addr: SocketAddr, token: &str, body: &'static str) -> Request<Full<Bytes>> {
@@ -79,13 +76,7 @@ fn us(d: Duration) -> f64 {
 
 /// Open loop at `rate`/s for `n` requests: each request starts on its tick whatever the
 /// others do.
-async fn open_loop(
-    client: &C,
-    addr: SocketAddr,
-    token: &str,
-    rate: u64,
-    n: u64,
-) -> (Vec<Duration>, u64) {
+async fn open_loop(client: &C, addr: SocketAddr, token: &str, rate: u64, n: u64) -> (Vec<Duration>, u64) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(n as usize);
@@ -93,9 +84,7 @@ async fn open_loop(
         tick.tick().await;
         let client = client.clone();
         let token = token.to_string();
-        tasks.push(tokio::spawn(
-            async move { one(&client, addr, &token).await },
-        ));
+        tasks.push(tokio::spawn(async move { one(&client, addr, &token).await }));
     }
     let mut lat = Vec::with_capacity(n as usize);
     let mut failed = 0;
@@ -109,13 +98,7 @@ async fn open_loop(
 }
 
 /// Closed loop: `conc` workers back to back for `secs`; returns requests/s and failures.
-async fn closed_loop(
-    client: &C,
-    addr: SocketAddr,
-    token: &str,
-    conc: u64,
-    secs: f64,
-) -> (f64, u64) {
+async fn closed_loop(client: &C, addr: SocketAddr, token: &str, conc: u64, secs: f64) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -139,10 +122,7 @@ async fn closed_loop(
         let _ = t.await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    (
-        done.load(Ordering::Relaxed) as f64 / elapsed,
-        failed.load(Ordering::Relaxed),
-    )
+    (done.load(Ordering::Relaxed) as f64 / elapsed, failed.load(Ordering::Relaxed))
 }
 
 /// Time to the first body byte of a streamed Anthropic response, `n` requests one by one.
@@ -164,11 +144,7 @@ async fn ttfb(client: &C, addr: SocketAddr, token: &str, n: u64) -> Vec<Duration
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(run());
 }
 
@@ -179,30 +155,15 @@ async fn run() {
 
     let up = FakeProvider::start().await;
     up.stop_recording();
-    up.set_default(Reply::anthropic_json(
-        "claude-sonnet-4-20250514",
-        "Hello there, how are you?",
-        14,
-        9,
-    ));
+    up.set_default(Reply::anthropic_json("claude-sonnet-4-20250514", "Hello there, how are you?", 14, 9));
     up.set_default_stream(Reply::anthropic_stream(
         "claude-sonnet-4-20250514",
         &["Hello", " there,", " how", " are", " you?"],
-        Usage4 {
-            input: 14,
-            output: 9,
-            cache_read: 0,
-            cache_write: 0,
-        },
+        Usage4 { input: 14, output: 9, cache_read: 0, cache_write: 0 },
     ));
 
     let mut providers = BTreeMap::new();
-    let t: toml::Table = format!(
-        "base_url = \"{}\"\nsecret = \"anthropic_api_key\"",
-        up.base_url()
-    )
-    .parse()
-    .unwrap();
+    let t: toml::Table = format!("base_url = \"{}\"\nsecret = \"anthropic_api_key\"", up.base_url()).parse().unwrap();
     providers.insert("anthropic".to_string(), t);
     let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<UsageRecord>();
@@ -213,34 +174,23 @@ async fn run() {
             r2.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let proxy = Proxy::builder(config, Arc::new(Keys))
-        .usage_sink(Arc::new(tx))
-        .build()
-        .unwrap();
-    let token = proxy
-        .register_weaver("bench", WeaverLimits::unlimited())
-        .unwrap();
+    let proxy = Proxy::builder(config, Arc::new(Keys)).usage_sink(Arc::new(tx)).build().unwrap();
+    let token = proxy.register_weaver("bench", WeaverLimits::unlimited()).unwrap();
     let token = token.expose().to_string();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let paddr = listener.local_addr().unwrap();
     let p = proxy.clone();
     tokio::spawn(async move { p.serve(listener, Some("bench".into())).await });
 
-    let client: C = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build_http();
+    let client: C = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build_http();
 
     // Warm up both paths (connections, pools, allocator).
     closed_loop(&client, up.addr, &token, 8, 0.5).await;
     closed_loop(&client, paddr, &token, 8, 0.5).await;
 
-    println!(
-        "loom-proxy benchmark: fake Anthropic upstream on 127.0.0.1, 2 tokio workers, one process"
-    );
+    println!("loom-proxy benchmark: fake Anthropic upstream on 127.0.0.1, 2 tokio workers, one process");
     println!();
-    println!(
-        "latency at {rate} req/s, {secs} s per side (non-streamed /v1/messages, ~500 B response)"
-    );
+    println!("latency at {rate} req/s, {secs} s per side (non-streamed /v1/messages, ~500 B response)");
     let n = rate * secs;
     let half = n / 2;
     let mut direct = Vec::new();
@@ -281,10 +231,7 @@ async fn run() {
     let (d_rps, d_fail) = closed_loop(&client, up.addr, &token, conc, 3.0).await;
     let (p_rps, p_fail) = closed_loop(&client, paddr, &token, conc, 3.0).await;
     println!("  direct   {d_rps:>9.0} req/s  failures {d_fail}");
-    println!(
-        "  proxied  {p_rps:>9.0} req/s  failures {p_fail}  (target >= 5000; {:.2}x of direct)",
-        p_rps / d_rps
-    );
+    println!("  proxied  {p_rps:>9.0} req/s  failures {p_fail}  (target >= 5000; {:.2}x of direct)", p_rps / d_rps);
 
     println!();
     let n = 1000;
@@ -300,8 +247,5 @@ async fn run() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!();
-    println!(
-        "usage records delivered: {} (every proxied request)",
-        recorded.load(Ordering::Relaxed)
-    );
+    println!("usage records delivered: {} (every proxied request)", recorded.load(Ordering::Relaxed));
 }

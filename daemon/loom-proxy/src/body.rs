@@ -32,10 +32,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Metered(m) => Pin::new(&mut **m).poll_frame(cx),
@@ -72,14 +69,7 @@ pub struct MeteredBody {
 
 impl MeteredBody {
     pub fn new(inner: Incoming, content_type: &str, call: Call, shape: ApiFamily) -> Self {
-        Self {
-            inner,
-            scanner: UsageScanner::new(content_type),
-            call: Some(call),
-            shape,
-            pending: None,
-            done: false,
-        }
+        Self { inner, scanner: UsageScanner::new(content_type), call: Some(call), shape, pending: None, done: false }
     }
 
     fn close(&mut self, status: UsageStatus, usage: Option<crate::usage::Usage>) {
@@ -88,10 +78,7 @@ impl MeteredBody {
         }
     }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(b) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
@@ -116,10 +103,7 @@ impl MeteredBody {
                 let reason = format!("upstream stream broke after the response started: {e}");
                 this.close(UsageStatus::Failed(reason.clone()), outcome.usage);
                 if this.scanner.is_sse() {
-                    Poll::Ready(Some(Ok(Frame::data(stream_error_event(
-                        this.shape,
-                        &format!("loom proxy: {reason}"),
-                    )))))
+                    Poll::Ready(Some(Ok(Frame::data(stream_error_event(this.shape, &format!("loom proxy: {reason}"))))))
                 } else {
                     // Not a stream a client can read an error event from: break the connection
                     // so it cannot take a truncated body for a whole one.
@@ -144,10 +128,7 @@ impl MeteredBody {
         if outcome.cut {
             let reason = "upstream stream ended before its final event".to_string();
             self.close(UsageStatus::Failed(reason.clone()), outcome.usage);
-            return Some(stream_error_event(
-                self.shape,
-                &format!("loom proxy: {reason}"),
-            ));
+            return Some(stream_error_event(self.shape, &format!("loom proxy: {reason}")));
         }
         let status = match outcome.upstream_error {
             Some(e) => UsageStatus::Failed(e),

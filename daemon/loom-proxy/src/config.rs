@@ -84,26 +84,16 @@ pub struct BaseUrl {
 impl BaseUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL ({e})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no scheme; write https://HOST[/PATH]"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{s}` has no scheme; write https://HOST[/PATH]"))?;
         if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
             return Err(format!("`{s}` must be http:// or https://"));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
         if uri.query().is_some() {
             return Err(format!("`{s}` must not have a query string"));
         }
         let path = uri.path().trim_end_matches('/').to_string();
-        Ok(Self {
-            scheme,
-            authority,
-            path,
-        })
+        Ok(Self { scheme, authority, path })
     }
 }
 
@@ -132,12 +122,7 @@ pub struct Price {
 
 impl Price {
     pub const fn new(input: f64, output: f64, cache_read: f64, cache_write: f64) -> Self {
-        Self {
-            input,
-            output,
-            cache_read,
-            cache_write,
-        }
+        Self { input, output, cache_read, cache_write }
     }
 
     pub fn cost(&self, u: &crate::usage::Usage) -> f64 {
@@ -183,10 +168,7 @@ const DEFAULT_PRICES: &[(&str, Price)] = &[
 impl Default for PriceTable {
     fn default() -> Self {
         Self {
-            models: DEFAULT_PRICES
-                .iter()
-                .map(|(m, p)| (m.to_string(), *p))
-                .collect(),
+            models: DEFAULT_PRICES.iter().map(|(m, p)| (m.to_string(), *p)).collect(),
             default: Price::new(15.0, 75.0, 1.5, 18.75),
         }
     }
@@ -320,10 +302,7 @@ struct RawPrice {
 }
 
 fn perr(provider: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Provider {
-        provider: provider.to_string(),
-        message: message.into(),
-    }
+    ConfigError::Provider { provider: provider.to_string(), message: message.into() }
 }
 
 fn xerr(message: impl Into<String>) -> ConfigError {
@@ -346,10 +325,7 @@ impl ProxyConfig {
     pub const DEFAULT_CONCURRENT: u32 = 32;
 
     /// Parses `[providers.*]` and `[proxy]` tables of loomd's config.
-    pub fn from_toml(
-        providers: &BTreeMap<String, toml::Table>,
-        proxy: &toml::Table,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_toml(providers: &BTreeMap<String, toml::Table>, proxy: &toml::Table) -> Result<Self, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, table) in providers {
             out.insert(name.clone(), parse_provider(name, table)?);
@@ -360,9 +336,7 @@ impl ProxyConfig {
             max_tokens: nonzero(raw.limits.max_tokens, None),
             max_usd: match raw.limits.max_usd {
                 Some(v) if !v.is_finite() || v < 0.0 => {
-                    return Err(xerr(format!(
-                        "limits.max_usd = {v} must be a non-negative number (0 = unlimited)"
-                    )));
+                    return Err(xerr(format!("limits.max_usd = {v} must be a non-negative number (0 = unlimited)")));
                 }
                 v => nonzero(v, Some(Self::DEFAULT_MAX_USD)),
             },
@@ -378,12 +352,7 @@ impl ProxyConfig {
                 cache_read: p.cache_read.unwrap_or(p.input * 0.1),
                 cache_write: p.cache_write.unwrap_or(p.input * 1.25),
             };
-            for v in [
-                price.input,
-                price.output,
-                price.cache_read,
-                price.cache_write,
-            ] {
+            for v in [price.input, price.output, price.cache_read, price.cache_write] {
                 if !v.is_finite() || v < 0.0 {
                     return Err(xerr(format!(
                         "prices.\"{model}\": prices are USD per million tokens and must be non-negative numbers, got {v}"
@@ -400,21 +369,9 @@ impl ProxyConfig {
         let d = RetryConfig::default();
         let retry = RetryConfig {
             max_attempts: raw.retry.max_attempts.unwrap_or(d.max_attempts).max(1),
-            base_delay: raw
-                .retry
-                .base_delay_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.base_delay),
-            max_delay: raw
-                .retry
-                .max_delay_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.max_delay),
-            max_retry_after: raw
-                .retry
-                .max_retry_after_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.max_retry_after),
+            base_delay: raw.retry.base_delay_ms.map(Duration::from_millis).unwrap_or(d.base_delay),
+            max_delay: raw.retry.max_delay_ms.map(Duration::from_millis).unwrap_or(d.max_delay),
+            max_retry_after: raw.retry.max_retry_after_ms.map(Duration::from_millis).unwrap_or(d.max_retry_after),
         };
 
         let mut fallbacks = BTreeMap::new();
@@ -428,46 +385,34 @@ impl ProxyConfig {
             let mut list = Vec::new();
             for t in targets {
                 let Some((p, m)) = t.split_once('/') else {
-                    return Err(xerr(format!(
-                        "fallbacks.\"{from}\": target `{t}` must be PROVIDER/MODEL"
-                    )));
+                    return Err(xerr(format!("fallbacks.\"{from}\": target `{t}` must be PROVIDER/MODEL")));
                 };
                 if !out.contains_key(p) || m.is_empty() {
-                    return Err(xerr(format!(
-                        "fallbacks.\"{from}\": target `{t}` names no configured provider"
-                    )));
+                    return Err(xerr(format!("fallbacks.\"{from}\": target `{t}` names no configured provider")));
                 }
                 list.push((p.to_string(), m.to_string()));
             }
             fallbacks.insert(from, list);
         }
 
-        let pick_default = |explicit: Option<String>,
-                            named: &str,
-                            api: ApiFamily|
-         -> Result<Option<String>, ConfigError> {
-            if let Some(p) = explicit {
-                if !out.contains_key(&p) {
-                    return Err(xerr(format!("default provider `{p}` is not configured")));
+        let pick_default =
+            |explicit: Option<String>, named: &str, api: ApiFamily| -> Result<Option<String>, ConfigError> {
+                if let Some(p) = explicit {
+                    if !out.contains_key(&p) {
+                        return Err(xerr(format!("default provider `{p}` is not configured")));
+                    }
+                    return Ok(Some(p));
                 }
-                return Ok(Some(p));
-            }
-            if out.contains_key(named) {
-                return Ok(Some(named.to_string()));
-            }
-            Ok(out.values().find(|p| p.api == api).map(|p| p.name.clone()))
-        };
-        let default_anthropic_provider = pick_default(
-            raw.default_anthropic_provider,
-            "anthropic",
-            ApiFamily::Anthropic,
-        )?;
-        let default_openai_provider =
-            pick_default(raw.default_openai_provider, "openai", ApiFamily::OpenAi)?;
+                if out.contains_key(named) {
+                    return Ok(Some(named.to_string()));
+                }
+                Ok(out.values().find(|p| p.api == api).map(|p| p.name.clone()))
+            };
+        let default_anthropic_provider =
+            pick_default(raw.default_anthropic_provider, "anthropic", ApiFamily::Anthropic)?;
+        let default_openai_provider = pick_default(raw.default_openai_provider, "openai", ApiFamily::OpenAi)?;
 
-        let anthropic_version = raw
-            .anthropic_version
-            .unwrap_or_else(|| "2023-06-01".to_string());
+        let anthropic_version = raw.anthropic_version.unwrap_or_else(|| "2023-06-01".to_string());
         if http::HeaderValue::from_str(&anthropic_version).is_err() {
             return Err(xerr("anthropic_version is not a valid header value"));
         }
@@ -481,10 +426,7 @@ impl ProxyConfig {
             retry,
             fallbacks,
             default_output_tokens: raw.default_output_tokens.unwrap_or(4096),
-            max_request_bytes: raw
-                .max_request_bytes
-                .unwrap_or(32 * 1024 * 1024)
-                .min(usize::MAX as u64) as usize,
+            max_request_bytes: raw.max_request_bytes.unwrap_or(32 * 1024 * 1024).min(usize::MAX as u64) as usize,
             first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(600_000)),
             anthropic_version,
         })
@@ -496,20 +438,10 @@ fn clean_toml(e: toml::de::Error) -> String {
 }
 
 fn parse_provider(name: &str, table: &toml::Table) -> Result<ProviderConfig, ConfigError> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(perr(
-            name,
-            "provider names may only hold letters, digits, '-', '_' and '.'",
-        ));
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return Err(perr(name, "provider names may only hold letters, digits, '-', '_' and '.'"));
     }
-    let raw: RawProvider = table
-        .clone()
-        .try_into()
-        .map_err(|e| perr(name, clean_toml(e)))?;
+    let raw: RawProvider = table.clone().try_into().map_err(|e| perr(name, clean_toml(e)))?;
     let kind = match &raw.kind {
         Some(k) => ProviderKind::parse(k).ok_or_else(|| {
             perr(
@@ -531,35 +463,23 @@ fn parse_provider(name: &str, table: &toml::Table) -> Result<ProviderConfig, Con
         Some("anthropic") => ApiFamily::Anthropic,
         Some("openai") => ApiFamily::OpenAi,
         Some(other) => {
-            return Err(perr(
-                name,
-                format!("api = \"{other}\" is unknown; use \"anthropic\" or \"openai\""),
-            ));
+            return Err(perr(name, format!("api = \"{other}\" is unknown; use \"anthropic\" or \"openai\"")));
         }
     };
     let base = match raw.base_url.as_deref().or(kind.default_base_url()) {
         Some(b) => b,
         None => {
-            return Err(perr(
-                name,
-                format!("base_url is required for kind {}", kind.as_str()),
-            ));
+            return Err(perr(name, format!("base_url is required for kind {}", kind.as_str())));
         }
     };
     let base_url = BaseUrl::parse(base).map_err(|m| perr(name, format!("base_url: {m}")))?;
     if raw.secret.is_none() && kind != ProviderKind::OpenAiCompatible {
-        return Err(perr(
-            name,
-            "secret (the key path of its API key in the SOPS file) is required",
-        ));
+        return Err(perr(name, "secret (the key path of its API key in the SOPS file) is required"));
     }
     if let Some(s) = &raw.secret
         && (s.is_empty() || s.split('.').any(str::is_empty))
     {
-        return Err(perr(
-            name,
-            format!("secret = \"{s}\" is not a dotted key path"),
-        ));
+        return Err(perr(name, format!("secret = \"{s}\" is not a dotted key path")));
     }
     if raw.token_url.is_some() && kind != ProviderKind::Vertex {
         return Err(perr(name, "token_url only applies to kind = \"vertex\""));
@@ -567,14 +487,7 @@ fn parse_provider(name: &str, table: &toml::Table) -> Result<ProviderConfig, Con
     if let Some(t) = &raw.token_url {
         BaseUrl::parse(t).map_err(|m| perr(name, format!("token_url: {m}")))?;
     }
-    Ok(ProviderConfig {
-        name: name.to_string(),
-        kind,
-        api,
-        base_url,
-        secret: raw.secret,
-        token_url: raw.token_url,
-    })
+    Ok(ProviderConfig { name: name.to_string(), kind, api, base_url, secret: raw.secret, token_url: raw.token_url })
 }
 
 #[cfg(test)]
@@ -583,9 +496,7 @@ mod tests {
 
     fn providers(src: &str) -> BTreeMap<String, toml::Table> {
         let t: toml::Table = src.parse().unwrap();
-        t.into_iter()
-            .map(|(k, v)| (k, v.as_table().unwrap().clone()))
-            .collect()
+        t.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect()
     }
 
     fn check_err(provs: &str, proxy: &str, expected: &str) {
@@ -660,10 +571,7 @@ mod tests {
         assert_eq!(c.prices.price_for("unknown").input, 9.0);
         assert_eq!(
             c.fallbacks["anthropic/claude-opus-4"],
-            vec![(
-                "openrouter".to_string(),
-                "anthropic/claude-opus-4".to_string()
-            )]
+            vec![("openrouter".to_string(), "anthropic/claude-opus-4".to_string())]
         );
         assert_eq!(c.providers["openrouter"].base_url.path, "/api/v1");
         assert_eq!(c.default_openai_provider.as_deref(), Some("openrouter"));
@@ -671,58 +579,18 @@ mod tests {
 
     #[test]
     fn errors_name_table_and_key() {
-        check_err(
-            "[anthropic]\nsecret = \"k\"\nbase_ur = \"x\"",
-            "",
-            "[providers.anthropic]: unknown field `base_ur`",
-        );
-        check_err(
-            "[anthropic]\nsecret = \"k\"",
-            "colour = 1",
-            "unknown field `colour`",
-        );
-        check_err(
-            "[anthropic]\nsecret = \"k\"",
-            "[limits]\nmax_dollars = 1",
-            "unknown field `max_dollars`",
-        );
+        check_err("[anthropic]\nsecret = \"k\"\nbase_ur = \"x\"", "", "[providers.anthropic]: unknown field `base_ur`");
+        check_err("[anthropic]\nsecret = \"k\"", "colour = 1", "unknown field `colour`");
+        check_err("[anthropic]\nsecret = \"k\"", "[limits]\nmax_dollars = 1", "unknown field `max_dollars`");
         check_err("[mine]\nsecret = \"k\"", "", "[providers.mine]: set kind");
-        check_err(
-            "[x]\nkind = \"bedrock\"\nsecret = \"k\"",
-            "",
-            "kind = \"bedrock\" is unknown",
-        );
-        check_err(
-            "[openai]\nbase_url = \"https://a\"",
-            "",
-            "secret (the key path",
-        );
-        check_err(
-            "[openai]\nsecret = \"k\"\nbase_url = \"ftp://x\"",
-            "",
-            "must be http:// or https://",
-        );
+        check_err("[x]\nkind = \"bedrock\"\nsecret = \"k\"", "", "kind = \"bedrock\" is unknown");
+        check_err("[openai]\nbase_url = \"https://a\"", "", "secret (the key path");
+        check_err("[openai]\nsecret = \"k\"\nbase_url = \"ftp://x\"", "", "must be http:// or https://");
         check_err("[openai]\nsecret = \"a..b\"", "", "not a dotted key path");
-        check_err(
-            "[x]\nkind = \"vertex\"\nsecret = \"k\"",
-            "",
-            "base_url is required",
-        );
-        check_err(
-            "[openai]\nsecret = \"k\"",
-            "[fallbacks]\n\"openai\" = [\"nope/m\"]",
-            "names no configured provider",
-        );
-        check_err(
-            "[openai]\nsecret = \"k\"",
-            "[limits]\nmax_usd = -1.0",
-            "non-negative",
-        );
-        check_err(
-            "[openai]\nsecret = \"k\"",
-            "[prices.x]\ninput = 1.0\noutput = -2.0",
-            "non-negative",
-        );
+        check_err("[x]\nkind = \"vertex\"\nsecret = \"k\"", "", "base_url is required");
+        check_err("[openai]\nsecret = \"k\"", "[fallbacks]\n\"openai\" = [\"nope/m\"]", "names no configured provider");
+        check_err("[openai]\nsecret = \"k\"", "[limits]\nmax_usd = -1.0", "non-negative");
+        check_err("[openai]\nsecret = \"k\"", "[prices.x]\ninput = 1.0\noutput = -2.0", "non-negative");
     }
 
     #[test]

@@ -70,20 +70,11 @@ pub fn error_json(shape: ApiFamily, kind: ErrorKind, message: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-pub fn error_response(
-    shape: ApiFamily,
-    status: StatusCode,
-    kind: ErrorKind,
-    message: &str,
-) -> Response<ProxyBody> {
+pub fn error_response(shape: ApiFamily, status: StatusCode, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(error_json(shape, kind, message)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert("x-loom-proxy-error", HeaderValue::from_static("1"));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("x-loom-proxy-error", HeaderValue::from_static("1"));
     r
 }
 
@@ -108,23 +99,14 @@ mod tests {
     #[test]
     fn shapes() {
         let a: serde_json::Value =
-            serde_json::from_slice(&error_json(ApiFamily::Anthropic, ErrorKind::Billing, "m"))
-                .unwrap();
+            serde_json::from_slice(&error_json(ApiFamily::Anthropic, ErrorKind::Billing, "m")).unwrap();
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "billing_error");
-        let o: serde_json::Value = serde_json::from_slice(&error_json(
-            ApiFamily::OpenAi,
-            ErrorKind::Authentication,
-            "m",
-        ))
-        .unwrap();
+        let o: serde_json::Value =
+            serde_json::from_slice(&error_json(ApiFamily::OpenAi, ErrorKind::Authentication, "m")).unwrap();
         assert_eq!(o["error"]["code"], "invalid_api_key");
         assert_eq!(o["error"]["message"], "m");
         let e = stream_error_event(ApiFamily::Anthropic, "cut");
-        assert!(
-            std::str::from_utf8(&e)
-                .unwrap()
-                .contains("event: error\ndata: {")
-        );
+        assert!(std::str::from_utf8(&e).unwrap().contains("event: error\ndata: {"));
     }
 }

@@ -21,10 +21,7 @@ pub mod usage;
 mod vertex;
 
 pub use body::ProxyBody;
-pub use config::{
-    ApiFamily, ConfigError, Price, PriceTable, ProviderConfig, ProviderKind, ProxyConfig,
-    RetryConfig,
-};
+pub use config::{ApiFamily, ConfigError, Price, PriceTable, ProviderConfig, ProviderKind, ProxyConfig, RetryConfig};
 pub use errors::{ErrorKind, error_json};
 pub use limits::{Refusal, WeaverLimits, WeaverTotals, WeaverUsage};
 pub use proxy::{BoxFuture, KeySource, LocalRoutes, Proxy, ProxyBuilder, ProxyError, WeaverToken};

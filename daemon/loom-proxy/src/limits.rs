@@ -17,12 +17,7 @@ pub struct WeaverLimits {
 
 impl WeaverLimits {
     pub fn unlimited() -> Self {
-        Self {
-            max_tokens: None,
-            max_usd: None,
-            requests_per_minute: None,
-            max_concurrent: None,
-        }
+        Self { max_tokens: None, max_usd: None, requests_per_minute: None, max_concurrent: None }
     }
 }
 
@@ -54,25 +49,10 @@ pub struct WeaverUsage {
 /// Which limit refused a request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Refusal {
-    TokenBudget {
-        used: u64,
-        reserved: u64,
-        limit: u64,
-        needed: u64,
-    },
-    UsdBudget {
-        used: f64,
-        reserved: f64,
-        limit: f64,
-        needed: f64,
-    },
-    RequestsPerMinute {
-        limit: u32,
-        retry_after: Duration,
-    },
-    Concurrency {
-        limit: u32,
-    },
+    TokenBudget { used: u64, reserved: u64, limit: u64, needed: u64 },
+    UsdBudget { used: f64, reserved: f64, limit: f64, needed: f64 },
+    RequestsPerMinute { limit: u32, retry_after: Duration },
+    Concurrency { limit: u32 },
 }
 
 impl Refusal {
@@ -83,20 +63,10 @@ impl Refusal {
     /// The message a weaver's agent sees: which limit, where it stands, how to raise it.
     pub fn message(&self, weaver: &str) -> String {
         match self {
-            Self::TokenBudget {
-                used,
-                reserved,
-                limit,
-                needed,
-            } => format!(
+            Self::TokenBudget { used, reserved, limit, needed } => format!(
                 "loom: weaver {weaver} token budget exhausted: {used} of {limit} tokens used, {reserved} reserved by requests in flight, this request may need up to {needed}. Raise it with `loom weaver limits {weaver} --max-tokens N` or [proxy.limits] max_tokens in loomd's config (0 = unlimited)."
             ),
-            Self::UsdBudget {
-                used,
-                reserved,
-                limit,
-                needed,
-            } => format!(
+            Self::UsdBudget { used, reserved, limit, needed } => format!(
                 "loom: weaver {weaver} USD budget exhausted: ${used:.4} of ${limit:.2} spent, ${reserved:.4} reserved by requests in flight, this request may cost up to ${needed:.4}. Raise it with `loom weaver limits {weaver} --max-usd N` or [proxy.limits] max_usd in loomd's config (0 = unlimited)."
             ),
             Self::RequestsPerMinute { limit, retry_after } => format!(
@@ -165,11 +135,7 @@ impl Ledger {
             return Err(Refusal::Concurrency { limit });
         }
         if let Some(limit) = self.limits.requests_per_minute {
-            while self
-                .recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= MINUTE)
-            {
+            while self.recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
                 self.recent.pop_front();
             }
             if self.recent.len() >= limit as usize {
@@ -204,13 +170,7 @@ impl Ledger {
     }
 
     /// Releases a reservation and charges what the request really used.
-    pub fn settle(
-        &mut self,
-        reserved: Reservation,
-        usage: &crate::usage::Usage,
-        cost_usd: f64,
-        failed: bool,
-    ) {
+    pub fn settle(&mut self, reserved: Reservation, usage: &crate::usage::Usage, cost_usd: f64, failed: bool) {
         self.reserved_tokens = self.reserved_tokens.saturating_sub(reserved.tokens);
         self.reserved_usd = (self.reserved_usd - reserved.usd).max(0.0);
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -251,38 +211,15 @@ mod tests {
 
     #[test]
     fn token_budget_reserves_then_reconciles() {
-        let mut l = Ledger::new(WeaverLimits {
-            max_tokens: Some(1000),
-            ..WeaverLimits::unlimited()
-        });
+        let mut l = Ledger::new(WeaverLimits { max_tokens: Some(1000), ..WeaverLimits::unlimited() });
         let now = Instant::now();
         let a = l.admit(now, res(600, 0.0)).unwrap();
         // The reservation blocks a second large request while the first is in flight.
-        assert!(matches!(
-            l.admit(now, res(600, 0.0)),
-            Err(Refusal::TokenBudget { reserved: 600, .. })
-        ));
-        l.settle(
-            a,
-            &Usage {
-                input_tokens: 100,
-                output_tokens: 50,
-                ..Default::default()
-            },
-            0.0,
-            false,
-        );
+        assert!(matches!(l.admit(now, res(600, 0.0)), Err(Refusal::TokenBudget { reserved: 600, .. })));
+        l.settle(a, &Usage { input_tokens: 100, output_tokens: 50, ..Default::default() }, 0.0, false);
         assert_eq!(l.totals.tokens, 150);
         let b = l.admit(now, res(850, 0.0)).unwrap();
-        l.settle(
-            b,
-            &Usage {
-                output_tokens: 850,
-                ..Default::default()
-            },
-            0.0,
-            false,
-        );
+        l.settle(b, &Usage { output_tokens: 850, ..Default::default() }, 0.0, false);
         let e = l.admit(now, res(1, 0.0)).unwrap_err();
         assert!(e.is_budget());
         let m = e.message("w1");
@@ -293,10 +230,7 @@ mod tests {
 
     #[test]
     fn usd_budget() {
-        let mut l = Ledger::new(WeaverLimits {
-            max_usd: Some(1.0),
-            ..WeaverLimits::unlimited()
-        });
+        let mut l = Ledger::new(WeaverLimits { max_usd: Some(1.0), ..WeaverLimits::unlimited() });
         let now = Instant::now();
         let a = l.admit(now, res(0, 0.4)).unwrap();
         l.settle(a, &Usage::default(), 0.9, false);
@@ -307,40 +241,23 @@ mod tests {
 
     #[test]
     fn requests_per_minute_slides() {
-        let mut l = Ledger::new(WeaverLimits {
-            requests_per_minute: Some(2),
-            ..WeaverLimits::unlimited()
-        });
+        let mut l = Ledger::new(WeaverLimits { requests_per_minute: Some(2), ..WeaverLimits::unlimited() });
         let t0 = Instant::now();
         for _ in 0..2 {
             let r = l.admit(t0, res(0, 0.0)).unwrap();
             l.settle(r, &Usage::default(), 0.0, false);
         }
-        let e = l
-            .admit(t0 + Duration::from_secs(20), res(0, 0.0))
-            .unwrap_err();
-        assert_eq!(
-            e,
-            Refusal::RequestsPerMinute {
-                limit: 2,
-                retry_after: Duration::from_secs(40)
-            }
-        );
+        let e = l.admit(t0 + Duration::from_secs(20), res(0, 0.0)).unwrap_err();
+        assert_eq!(e, Refusal::RequestsPerMinute { limit: 2, retry_after: Duration::from_secs(40) });
         assert!(l.admit(t0 + Duration::from_secs(60), res(0, 0.0)).is_ok());
     }
 
     #[test]
     fn concurrency() {
-        let mut l = Ledger::new(WeaverLimits {
-            max_concurrent: Some(1),
-            ..WeaverLimits::unlimited()
-        });
+        let mut l = Ledger::new(WeaverLimits { max_concurrent: Some(1), ..WeaverLimits::unlimited() });
         let now = Instant::now();
         let a = l.admit(now, res(0, 0.0)).unwrap();
-        assert_eq!(
-            l.admit(now, res(0, 0.0)),
-            Err(Refusal::Concurrency { limit: 1 })
-        );
+        assert_eq!(l.admit(now, res(0, 0.0)), Err(Refusal::Concurrency { limit: 1 }));
         l.settle(a, &Usage::default(), 0.0, true);
         assert!(l.admit(now, res(0, 0.0)).is_ok());
         assert_eq!(l.totals.failed, 1);

@@ -46,11 +46,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// loomd's own routes, mounted under `/loom/` on every weaver's listener; called only for
 /// authenticated requests, with the weaver they come from.
 pub trait LocalRoutes: Send + Sync + 'static {
-    fn handle(
-        &self,
-        weaver_id: String,
-        request: Request<Bytes>,
-    ) -> BoxFuture<'static, Response<Bytes>>;
+    fn handle(&self, weaver_id: String, request: Request<Bytes>) -> BoxFuture<'static, Response<Bytes>>;
 }
 
 /// A weaver's credential for the proxy: what its SDKs send as their "API key".
@@ -76,9 +72,7 @@ pub enum ProxyError {
     AlreadyRegistered(String),
     #[error("weaver `{0}` is not registered with the proxy")]
     UnknownWeaver(String),
-    #[error(
-        "weaver id {0:?} is not valid: use 1 to 128 printable characters without spaces or `/`"
-    )]
+    #[error("weaver id {0:?} is not valid: use 1 to 128 printable characters without spaces or `/`")]
     InvalidWeaverId(String),
     #[error("could not set up TLS for upstream providers")]
     Tls(#[source] rustls::Error),
@@ -122,9 +116,7 @@ pub struct Proxy {
 
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy")
-            .field("providers", &self.inner.config.providers.keys())
-            .finish_non_exhaustive()
+        f.debug_struct("Proxy").field("providers", &self.inner.config.providers.keys()).finish_non_exhaustive()
     }
 }
 
@@ -138,9 +130,7 @@ pub struct ProxyBuilder {
 
 impl fmt::Debug for ProxyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("ProxyBuilder").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -189,11 +179,7 @@ impl ProxyBuilder {
 }
 
 fn valid_weaver_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| !c.is_control() && !c.is_whitespace() && c != '/')
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '/')
 }
 
 fn new_token() -> Zeroizing<String> {
@@ -210,12 +196,7 @@ fn new_token() -> Zeroizing<String> {
 
 impl Proxy {
     pub fn builder(config: ProxyConfig, keys: Arc<dyn KeySource>) -> ProxyBuilder {
-        ProxyBuilder {
-            config,
-            keys,
-            sink: Arc::new(crate::usage::NullSink),
-            local: None,
-        }
+        ProxyBuilder { config, keys, sink: Arc::new(crate::usage::NullSink), local: None }
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -228,19 +209,11 @@ impl Proxy {
     }
 
     /// Gives a weaver a fresh random token. The token works until [`Proxy::unregister_weaver`].
-    pub fn register_weaver(
-        &self,
-        weaver_id: &str,
-        limits: WeaverLimits,
-    ) -> Result<WeaverToken, ProxyError> {
+    pub fn register_weaver(&self, weaver_id: &str, limits: WeaverLimits) -> Result<WeaverToken, ProxyError> {
         if !valid_weaver_id(weaver_id) {
             return Err(ProxyError::InvalidWeaverId(weaver_id.to_string()));
         }
-        let mut reg = self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.inner.registry.write().unwrap_or_else(|e| e.into_inner());
         if reg.by_id.contains_key(weaver_id) {
             return Err(ProxyError::AlreadyRegistered(weaver_id.to_string()));
         }
@@ -251,18 +224,13 @@ impl Proxy {
             alive: watch::channel(true).0,
         });
         reg.by_token.insert(token.to_string(), weaver.clone());
-        reg.by_id
-            .insert(weaver_id.to_string(), (token.clone(), weaver));
+        reg.by_id.insert(weaver_id.to_string(), (token.clone(), weaver));
         Ok(WeaverToken(token))
     }
 
     /// Kills the weaver's token and stops its bound listeners. Returns its final usage.
     pub fn unregister_weaver(&self, weaver_id: &str) -> Option<WeaverUsage> {
-        let mut reg = self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.inner.registry.write().unwrap_or_else(|e| e.into_inner());
         let (token, weaver) = reg.by_id.remove(weaver_id)?;
         reg.by_token.remove(token.as_str());
         drop(reg);
@@ -273,49 +241,29 @@ impl Proxy {
 
     /// Changes a weaver's limits (e.g. raises an exhausted budget); usage so far is kept.
     pub fn set_limits(&self, weaver_id: &str, limits: WeaverLimits) -> Result<(), ProxyError> {
-        let w = self
-            .inner
-            .weaver(weaver_id)
-            .ok_or_else(|| ProxyError::UnknownWeaver(weaver_id.to_string()))?;
+        let w = self.inner.weaver(weaver_id).ok_or_else(|| ProxyError::UnknownWeaver(weaver_id.to_string()))?;
         lock(&w.ledger).limits = limits;
         Ok(())
     }
 
     /// In-memory totals of one registered weaver.
     pub fn usage(&self, weaver_id: &str) -> Option<WeaverUsage> {
-        self.inner
-            .weaver(weaver_id)
-            .map(|w| lock(&w.ledger).snapshot())
+        self.inner.weaver(weaver_id).map(|w| lock(&w.ledger).snapshot())
     }
 
     /// In-memory totals of every registered weaver.
     pub fn usage_all(&self) -> BTreeMap<String, WeaverUsage> {
-        let reg = self
-            .inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        reg.by_id
-            .iter()
-            .map(|(id, (_, w))| (id.clone(), lock(&w.ledger).snapshot()))
-            .collect()
+        let reg = self.inner.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.by_id.iter().map(|(id, (_, w))| (id.clone(), lock(&w.ledger).snapshot())).collect()
     }
 
     /// Serves proxy connections from `listener` until it fails or, for a bound listener, until
     /// the weaver is unregistered. `bound_weaver`: the weaver whose network namespace the
     /// listener lives in; every request on it must carry that weaver's token. `None`: a shared
     /// listener where the token alone says who is calling.
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        bound_weaver: Option<String>,
-    ) -> Result<(), ProxyError> {
+    pub async fn serve(&self, listener: TcpListener, bound_weaver: Option<String>) -> Result<(), ProxyError> {
         let bound = match bound_weaver {
-            Some(id) => Some(
-                self.inner
-                    .weaver(&id)
-                    .ok_or(ProxyError::UnknownWeaver(id))?,
-            ),
+            Some(id) => Some(self.inner.weaver(&id).ok_or(ProxyError::UnknownWeaver(id))?),
             None => None,
         };
         let mut alive = bound.as_ref().map(|w| w.alive.subscribe());
@@ -395,15 +343,8 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-loom-thread",
 ];
 
-const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "trailer",
-    "upgrade",
-    "set-cookie",
-];
+const STRIPPED_RESPONSE_HEADERS: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "trailer", "upgrade", "set-cookie"];
 
 #[derive(Deserialize)]
 struct Peek<'a> {
@@ -490,11 +431,7 @@ impl Inner {
         }
     }
 
-    async fn handle(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        bound: Option<&Weaver>,
-    ) -> Response<ProxyBody> {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>, bound: Option<&Weaver>) -> Response<ProxyBody> {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let anthropic_headers = req.headers().contains_key("anthropic-version");
@@ -503,14 +440,11 @@ impl Inner {
             Endpoint::Passthrough { provider, .. } => self.config.providers.get(provider),
             _ => None,
         };
-        let shape = endpoint
-            .family()
-            .or(passthrough_provider.map(|p| p.api))
-            .unwrap_or(if anthropic_headers {
-                ApiFamily::Anthropic
-            } else {
-                ApiFamily::OpenAi
-            });
+        let shape = endpoint.family().or(passthrough_provider.map(|p| p.api)).unwrap_or(if anthropic_headers {
+            ApiFamily::Anthropic
+        } else {
+            ApiFamily::OpenAi
+        });
 
         let weaver = match self.authenticate(req.headers(), bound) {
             Ok(w) => w,
@@ -539,10 +473,7 @@ impl Inner {
                     shape,
                     StatusCode::NOT_FOUND,
                     ErrorKind::NotFound,
-                    &format!(
-                        "loom proxy: no provider `{provider}` is configured (configured: {})",
-                        known.join(", ")
-                    ),
+                    &format!("loom proxy: no provider `{provider}` is configured (configured: {})", known.join(", ")),
                 );
             }
             _ => {}
@@ -554,8 +485,7 @@ impl Inner {
                 Ok(s)
                     if !s.is_empty()
                         && s.len() <= 128
-                        && s.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+                        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
                 {
                     Some(s.to_string())
                 }
@@ -571,16 +501,10 @@ impl Inner {
         };
 
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.config.max_request_bytes)
-            .collect()
-            .await
-        {
+        let body = match Limited::new(body, self.config.max_request_bytes).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                return if e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
+                return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                     error_response(
                         shape,
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -667,34 +591,19 @@ impl Inner {
         };
         let inject_usage = chat_like
             && streaming
-            && peek
-                .as_ref()
-                .and_then(|p| p.stream_options.as_ref())
-                .and_then(|s| s.include_usage)
-                != Some(true);
+            && peek.as_ref().and_then(|p| p.stream_options.as_ref()).and_then(|s| s.include_usage) != Some(true);
 
         // Budget reservation: the worst case of this call.
         let billable = endpoint.billable() && upstream_model.is_some();
         let want = if billable {
             let p = peek.as_ref();
             let out = p
-                .and_then(|p| {
-                    p.max_tokens
-                        .or(p.max_completion_tokens)
-                        .or(p.max_output_tokens)
-                })
+                .and_then(|p| p.max_tokens.or(p.max_completion_tokens).or(p.max_output_tokens))
                 .unwrap_or(self.config.default_output_tokens);
             let input = (body.len() as u64 / 4).min(400_000);
             let price = self.config.prices.price_for(upstream_model.unwrap_or(""));
-            let est = Usage {
-                input_tokens: input,
-                output_tokens: out,
-                ..Usage::default()
-            };
-            Reservation {
-                tokens: est.total(),
-                usd: price.cost(&est),
-            }
+            let est = Usage { input_tokens: input, output_tokens: out, ..Usage::default() };
+            Reservation { tokens: est.total(), usd: price.cost(&est) }
         } else {
             Reservation::default()
         };
@@ -755,14 +664,10 @@ impl Inner {
             headers.insert("anthropic-version", v);
         }
 
-        let needs_json = inject_usage
-            || upstream_model != original_model
-            || self.has_fallbacks(provider, upstream_model.as_deref());
-        let json = if needs_json && is_post_json {
-            serde_json::from_slice::<serde_json::Value>(&body).ok()
-        } else {
-            None
-        };
+        let needs_json =
+            inject_usage || upstream_model != original_model || self.has_fallbacks(provider, upstream_model.as_deref());
+        let json =
+            if needs_json && is_post_json { serde_json::from_slice::<serde_json::Value>(&body).ok() } else { None };
         drop(peek);
         let out = Outgoing {
             method: parts.method.clone(),
@@ -777,10 +682,7 @@ impl Inner {
             family,
         };
 
-        let mut targets = vec![Target {
-            provider,
-            model: upstream_model.clone(),
-        }];
+        let mut targets = vec![Target { provider, model: upstream_model.clone() }];
         targets.extend(self.fallback_targets(provider, upstream_model.as_deref()));
 
         let (resp, used, key) = match self.send(&mut call, &out, &targets).await {
@@ -799,18 +701,10 @@ impl Inner {
     fn has_fallbacks(&self, provider: &ProviderConfig, model: Option<&str>) -> bool {
         !self.config.fallbacks.is_empty()
             && (self.config.fallbacks.contains_key(&provider.name)
-                || model.is_some_and(|m| {
-                    self.config
-                        .fallbacks
-                        .contains_key(&format!("{}/{m}", provider.name))
-                }))
+                || model.is_some_and(|m| self.config.fallbacks.contains_key(&format!("{}/{m}", provider.name))))
     }
 
-    fn fallback_targets<'a>(
-        &'a self,
-        provider: &ProviderConfig,
-        model: Option<&str>,
-    ) -> Vec<Target<'a>> {
+    fn fallback_targets<'a>(&'a self, provider: &ProviderConfig, model: Option<&str>) -> Vec<Target<'a>> {
         if self.config.fallbacks.is_empty() {
             return Vec::new();
         }
@@ -820,20 +714,12 @@ impl Inner {
         list.into_iter()
             .flatten()
             .filter_map(|(p, m)| {
-                self.config.providers.get(p).map(|provider| Target {
-                    provider,
-                    model: Some(m.clone()),
-                })
+                self.config.providers.get(p).map(|provider| Target { provider, model: Some(m.clone()) })
             })
             .collect()
     }
 
-    async fn local(
-        &self,
-        weaver: Arc<Weaver>,
-        parts: http::request::Parts,
-        body: Bytes,
-    ) -> Response<ProxyBody> {
+    async fn local(&self, weaver: Arc<Weaver>, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
         let Some(local) = &self.local else {
             return error_response(
                 ApiFamily::OpenAi,
@@ -846,9 +732,7 @@ impl Inner {
         for h in ["authorization", "x-api-key"] {
             parts.headers.remove(h);
         }
-        let resp = local
-            .handle(weaver.id.clone(), Request::from_parts(parts, body))
-            .await;
+        let resp = local.handle(weaver.id.clone(), Request::from_parts(parts, body)).await;
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::full(body))
     }
@@ -860,14 +744,7 @@ impl Inner {
         call: &mut Call,
         out: &Outgoing<'_>,
         targets: &'t [Target<'t>],
-    ) -> Result<
-        (
-            Response<Incoming>,
-            &'t Target<'t>,
-            Option<Zeroizing<String>>,
-        ),
-        Response<ProxyBody>,
-    > {
+    ) -> Result<(Response<Incoming>, &'t Target<'t>, Option<Zeroizing<String>>), Response<ProxyBody>> {
         let retry = &self.config.retry;
         let mut last_failure = String::new();
         let mut last_timeout = false;
@@ -892,13 +769,7 @@ impl Inner {
             for attempt in 0..retry.max_attempts {
                 let is_last_attempt = attempt + 1 == retry.max_attempts;
                 call.with(|s| s.record.attempts += 1);
-                let req = build_request(
-                    out,
-                    &uri,
-                    target.provider,
-                    key.as_ref().map(|k| k.as_str()),
-                    body.clone(),
-                );
+                let req = build_request(out, &uri, target.provider, key.as_ref().map(|k| k.as_str()), body.clone());
                 let req = match req {
                     Ok(r) => r,
                     Err(msg) => {
@@ -906,9 +777,7 @@ impl Inner {
                         break;
                     }
                 };
-                let result =
-                    tokio::time::timeout(self.config.first_byte_timeout, self.client.request(req))
-                        .await;
+                let result = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(req)).await;
                 let delay = match result {
                     Ok(Ok(resp)) => {
                         let status = resp.status();
@@ -918,9 +787,7 @@ impl Inner {
                             return Ok((resp, target, key));
                         }
                         let after = retry_after(resp.headers());
-                        if after.is_some_and(|a| a > retry.max_retry_after)
-                            || (is_last_attempt && is_last_target)
-                        {
+                        if after.is_some_and(|a| a > retry.max_retry_after) || (is_last_attempt && is_last_target) {
                             return Ok((resp, target, key));
                         }
                         tracing::info!(provider = %target.provider.name, status = status.as_u16(), attempt, "upstream asked to retry");
@@ -932,11 +799,7 @@ impl Inner {
                     }
                     Ok(Err(e)) => {
                         last_timeout = false;
-                        last_failure = format!(
-                            "could not reach {}: {}",
-                            target.provider.name,
-                            error_chain(&e)
-                        );
+                        last_failure = format!("could not reach {}: {}", target.provider.name, error_chain(&e));
                         tracing::info!(provider = %target.provider.name, attempt, "{last_failure}");
                         if is_last_attempt {
                             break;
@@ -970,10 +833,7 @@ impl Inner {
         Err(error_response(out.family, status, kind, &msg))
     }
 
-    async fn key_for(
-        self: &Arc<Self>,
-        provider: &ProviderConfig,
-    ) -> Result<Option<Zeroizing<String>>, String> {
+    async fn key_for(self: &Arc<Self>, provider: &ProviderConfig) -> Result<Option<Zeroizing<String>>, String> {
         let Some(path) = &provider.secret else {
             return Ok(None);
         };
@@ -1026,27 +886,19 @@ impl Inner {
         }
         if !status.is_success() {
             // Error bodies are small: read them whole and take out any trace of the key.
-            let bytes = match tokio::time::timeout(
-                Duration::from_secs(30),
-                Limited::new(body, 1024 * 1024).collect(),
-            )
-            .await
-            {
-                Ok(Ok(b)) => b.to_bytes(),
-                _ => Bytes::new(),
-            };
+            let bytes =
+                match tokio::time::timeout(Duration::from_secs(30), Limited::new(body, 1024 * 1024).collect()).await {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    _ => Bytes::new(),
+                };
             let bytes = redact(bytes, key.as_deref().map(|k| k.as_str()));
             parts.headers.remove(header::CONTENT_LENGTH);
             call.finish(UsageStatus::UpstreamError(status.as_u16()), None);
             return Response::from_parts(parts, ProxyBody::full(bytes));
         }
         drop(key);
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type =
+            parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let body = MeteredBody::new(body, &content_type, call, shape);
         if content_type.starts_with("text/event-stream") {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -1058,12 +910,7 @@ impl Inner {
 /// The router named a provider the configuration lacks: cannot happen, as both come from the
 /// same map, but it must not take the daemon down if it does.
 fn internal_error(shape: ApiFamily) -> Response<ProxyBody> {
-    error_response(
-        shape,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Api,
-        "loom proxy: internal routing error",
-    )
+    error_response(shape, StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Api, "loom proxy: internal routing error")
 }
 
 fn refused(shape: ApiFamily, weaver: &str, refusal: &Refusal) -> Response<ProxyBody> {
@@ -1078,10 +925,7 @@ fn refused(shape: ApiFamily, weaver: &str, refusal: &Refusal) -> Response<ProxyB
     };
     let mut r = error_response(shape, status, kind, &msg);
     if let Refusal::RequestsPerMinute { retry_after, .. } = refusal {
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after.as_secs().max(1)),
-        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
     }
     r
 }
@@ -1128,10 +972,7 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// Exponential backoff with full jitter between half and all of the step.
 fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> Duration {
-    let step = retry
-        .base_delay
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(retry.max_delay);
+    let step = retry.base_delay.saturating_mul(1u32 << attempt.min(16)).min(retry.max_delay);
     let jitter: f64 = rand::rng().random_range(0.5..=1.0);
     step.mul_f64(jitter)
 }
@@ -1150,17 +991,13 @@ impl Outgoing<'_> {
                 obj.insert("model".into(), serde_json::Value::String(m.to_string()));
             }
             if self.inject_usage {
-                let so = obj
-                    .entry("stream_options")
-                    .or_insert_with(|| serde_json::json!({}));
+                let so = obj.entry("stream_options").or_insert_with(|| serde_json::json!({}));
                 if let Some(so) = so.as_object_mut() {
                     so.insert("include_usage".into(), serde_json::Value::Bool(true));
                 }
             }
         }
-        serde_json::to_vec(&v)
-            .map(Bytes::from)
-            .unwrap_or_else(|_| self.body.clone())
+        serde_json::to_vec(&v).map(Bytes::from).unwrap_or_else(|_| self.body.clone())
     }
 }
 
@@ -1171,12 +1008,7 @@ fn build_uri(provider: &ProviderConfig, out: &Outgoing<'_>) -> Result<Uri, Strin
         .authority(provider.base_url.authority.clone())
         .path_and_query(path)
         .build()
-        .map_err(|e| {
-            format!(
-                "could not build the upstream URL for {}: {e}",
-                provider.name
-            )
-        })
+        .map_err(|e| format!("could not build the upstream URL for {}: {e}", provider.name))
 }
 
 fn build_request(
@@ -1191,19 +1023,12 @@ fn build_request(
     *req.uri_mut() = uri.clone();
     *req.headers_mut() = out.headers.clone();
     if let Some(key) = key {
-        let bad = || {
-            format!(
-                "provider {}'s key is not a valid header value",
-                provider.name
-            )
-        };
-        let anthropic_style =
-            out.family == ApiFamily::Anthropic && provider.kind != ProviderKind::Vertex;
+        let bad = || format!("provider {}'s key is not a valid header value", provider.name);
+        let anthropic_style = out.family == ApiFamily::Anthropic && provider.kind != ProviderKind::Vertex;
         if anthropic_style {
             let mut v = HeaderValue::from_str(key).map_err(|_| bad())?;
             v.set_sensitive(true);
-            req.headers_mut()
-                .insert(HeaderName::from_static("x-api-key"), v);
+            req.headers_mut().insert(HeaderName::from_static("x-api-key"), v);
         } else {
             let bearer = Zeroizing::new(format!("Bearer {key}"));
             let mut v = HeaderValue::from_str(&bearer).map_err(|_| bad())?;
@@ -1232,9 +1057,7 @@ struct CallState {
 
 impl fmt::Debug for CallState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallState")
-            .field("record", &self.record)
-            .finish_non_exhaustive()
+        f.debug_struct("CallState").field("record", &self.record).finish_non_exhaustive()
     }
 }
 
@@ -1269,14 +1092,9 @@ impl CallState {
             Some(u) => (u, true, price.cost(&u)),
             // A model call that was answered but told no usage is charged its reservation:
             // budgets must hold even against a provider that omits usage.
-            None if self.billable && got_response => (
-                Usage {
-                    input_tokens: self.reservation.tokens,
-                    ..Usage::default()
-                },
-                false,
-                self.reservation.usd,
-            ),
+            None if self.billable && got_response => {
+                (Usage { input_tokens: self.reservation.tokens, ..Usage::default() }, false, self.reservation.usd)
+            }
             None => (Usage::default(), false, 0.0),
         };
         let failed = !matches!(status, UsageStatus::Ok);

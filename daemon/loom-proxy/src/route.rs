@@ -50,10 +50,7 @@ impl Endpoint {
                     if provider.is_empty() {
                         Self::NotFound
                     } else {
-                        Self::Passthrough {
-                            provider: provider.to_string(),
-                            rest: format!("/{rest}"),
-                        }
+                        Self::Passthrough { provider: provider.to_string(), rest: format!("/{rest}") }
                     }
                 }
                 None => Self::NotFound,
@@ -64,36 +61,20 @@ impl Endpoint {
     /// The protocol of this endpoint's requests; `None` for passthrough (the provider's).
     pub fn family(&self) -> Option<ApiFamily> {
         match self {
-            Self::AnthropicMessages | Self::AnthropicCountTokens | Self::AnthropicModels => {
-                Some(ApiFamily::Anthropic)
-            }
-            Self::OpenAiChat | Self::OpenAiResponses | Self::OpenAiModels => {
-                Some(ApiFamily::OpenAi)
-            }
+            Self::AnthropicMessages | Self::AnthropicCountTokens | Self::AnthropicModels => Some(ApiFamily::Anthropic),
+            Self::OpenAiChat | Self::OpenAiResponses | Self::OpenAiModels => Some(ApiFamily::OpenAi),
             _ => None,
         }
     }
 
     /// Whether its JSON body names a `model` that routes the request.
     pub fn routes_by_model(&self) -> bool {
-        matches!(
-            self,
-            Self::AnthropicMessages
-                | Self::AnthropicCountTokens
-                | Self::OpenAiChat
-                | Self::OpenAiResponses
-        )
+        matches!(self, Self::AnthropicMessages | Self::AnthropicCountTokens | Self::OpenAiChat | Self::OpenAiResponses)
     }
 
     /// Whether calls on it cost money.
     pub fn billable(&self) -> bool {
-        matches!(
-            self,
-            Self::AnthropicMessages
-                | Self::OpenAiChat
-                | Self::OpenAiResponses
-                | Self::Passthrough { .. }
-        )
+        matches!(self, Self::AnthropicMessages | Self::OpenAiChat | Self::OpenAiResponses | Self::Passthrough { .. })
     }
 }
 
@@ -133,17 +114,10 @@ pub fn pick_provider<'a>(
 /// of the path by a base URL's own path (`https://openrouter.ai/api/v1`,
 /// `https://api.z.ai/api/paas/v4`, `http://host:11434/v1`), as OpenAI SDKs do; passthrough
 /// appends `rest` verbatim.
-pub fn upstream_path(
-    base: &BaseUrl,
-    endpoint: &Endpoint,
-    path: &str,
-    query: Option<&str>,
-) -> String {
+pub fn upstream_path(base: &BaseUrl, endpoint: &Endpoint, path: &str, query: Option<&str>) -> String {
     let tail = match endpoint {
         Endpoint::Passthrough { rest, .. } => rest.as_str(),
-        e if e.family() == Some(ApiFamily::OpenAi) && !base.path.is_empty() => {
-            path.strip_prefix("/v1").unwrap_or(path)
-        }
+        e if e.family() == Some(ApiFamily::OpenAi) && !base.path.is_empty() => path.strip_prefix("/v1").unwrap_or(path),
         _ => path,
     };
     let mut s = String::with_capacity(base.path.len() + tail.len() + 32);
@@ -177,10 +151,7 @@ mod tests {
         "#
         .parse()
         .unwrap();
-        let p: BTreeMap<String, toml::Table> = t
-            .into_iter()
-            .map(|(k, v)| (k, v.as_table().unwrap().clone()))
-            .collect();
+        let p: BTreeMap<String, toml::Table> = t.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
         ProxyConfig::from_toml(&p, &toml::Table::new()).unwrap()
     }
 
@@ -188,11 +159,7 @@ mod tests {
     fn classify_paths() {
         let check = |p: &str, h: bool, e: Endpoint| assert_eq!(Endpoint::classify(p, h), e, "{p}");
         check("/v1/messages", false, Endpoint::AnthropicMessages);
-        check(
-            "/v1/messages/count_tokens",
-            true,
-            Endpoint::AnthropicCountTokens,
-        );
+        check("/v1/messages/count_tokens", true, Endpoint::AnthropicCountTokens);
         check("/v1/chat/completions", false, Endpoint::OpenAiChat);
         check("/v1/responses", false, Endpoint::OpenAiResponses);
         check("/v1/responses/resp_1", false, Endpoint::OpenAiResponses);
@@ -202,19 +169,9 @@ mod tests {
         check(
             "/proxy/openai/v1/embeddings",
             false,
-            Endpoint::Passthrough {
-                provider: "openai".into(),
-                rest: "/v1/embeddings".into(),
-            },
+            Endpoint::Passthrough { provider: "openai".into(), rest: "/v1/embeddings".into() },
         );
-        check(
-            "/proxy/zai",
-            false,
-            Endpoint::Passthrough {
-                provider: "zai".into(),
-                rest: "/".into(),
-            },
-        );
+        check("/proxy/zai", false, Endpoint::Passthrough { provider: "zai".into(), rest: "/".into() });
         check("/proxy/", false, Endpoint::NotFound);
         check("/v2/messages", false, Endpoint::NotFound);
         check("/loomx", false, Endpoint::NotFound);
@@ -226,26 +183,14 @@ mod tests {
         let check = |fam, m: Option<&str>, want: (&str, Option<&str>)| {
             assert_eq!(pick_provider(&c, fam, m).unwrap(), want, "{m:?}")
         };
-        check(
-            ApiFamily::Anthropic,
-            Some("claude-sonnet-4"),
-            ("anthropic", Some("claude-sonnet-4")),
-        );
+        check(ApiFamily::Anthropic, Some("claude-sonnet-4"), ("anthropic", Some("claude-sonnet-4")));
         check(
             ApiFamily::OpenAi,
             Some("openrouter/anthropic/claude-sonnet-4"),
             ("openrouter", Some("anthropic/claude-sonnet-4")),
         );
-        check(
-            ApiFamily::OpenAi,
-            Some("meta-llama/llama-3"),
-            ("openai", Some("meta-llama/llama-3")),
-        );
-        check(
-            ApiFamily::OpenAi,
-            Some("zai/glm-4.6"),
-            ("zai", Some("glm-4.6")),
-        );
+        check(ApiFamily::OpenAi, Some("meta-llama/llama-3"), ("openai", Some("meta-llama/llama-3")));
+        check(ApiFamily::OpenAi, Some("zai/glm-4.6"), ("zai", Some("glm-4.6")));
         check(ApiFamily::OpenAi, Some("zai/"), ("openai", Some("zai/")));
         check(ApiFamily::OpenAi, None, ("openai", None));
     }
@@ -253,47 +198,15 @@ mod tests {
     #[test]
     fn upstream_paths() {
         let c = config();
-        let p = |prov: &str, e: &Endpoint, path: &str, q| {
-            upstream_path(&c.providers[prov].base_url, e, path, q)
-        };
+        let p = |prov: &str, e: &Endpoint, path: &str, q| upstream_path(&c.providers[prov].base_url, e, path, q);
         assert_eq!(
-            p(
-                "anthropic",
-                &Endpoint::AnthropicMessages,
-                "/v1/messages",
-                Some("beta=true")
-            ),
+            p("anthropic", &Endpoint::AnthropicMessages, "/v1/messages", Some("beta=true")),
             "/v1/messages?beta=true"
         );
-        assert_eq!(
-            p(
-                "openai",
-                &Endpoint::OpenAiChat,
-                "/v1/chat/completions",
-                None
-            ),
-            "/v1/chat/completions"
-        );
-        assert_eq!(
-            p(
-                "openrouter",
-                &Endpoint::OpenAiChat,
-                "/v1/chat/completions",
-                None
-            ),
-            "/api/v1/chat/completions"
-        );
-        assert_eq!(
-            p("zai", &Endpoint::OpenAiChat, "/v1/chat/completions", None),
-            "/api/paas/v4/chat/completions"
-        );
-        let pt = Endpoint::Passthrough {
-            provider: "openrouter".into(),
-            rest: "/models".into(),
-        };
-        assert_eq!(
-            p("openrouter", &pt, "/proxy/openrouter/models", None),
-            "/api/v1/models"
-        );
+        assert_eq!(p("openai", &Endpoint::OpenAiChat, "/v1/chat/completions", None), "/v1/chat/completions");
+        assert_eq!(p("openrouter", &Endpoint::OpenAiChat, "/v1/chat/completions", None), "/api/v1/chat/completions");
+        assert_eq!(p("zai", &Endpoint::OpenAiChat, "/v1/chat/completions", None), "/api/paas/v4/chat/completions");
+        let pt = Endpoint::Passthrough { provider: "openrouter".into(), rest: "/models".into() };
+        assert_eq!(p("openrouter", &pt, "/proxy/openrouter/models", None), "/api/v1/models");
     }
 }

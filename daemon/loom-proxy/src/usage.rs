@@ -38,15 +38,8 @@ pub fn usage_from_object(u: &Value) -> Option<Usage> {
         return None;
     }
     if let Some(prompt) = num(u, "prompt_tokens") {
-        let cached = u
-            .get("prompt_tokens_details")
-            .and_then(|d| num(d, "cached_tokens"))
-            .unwrap_or(0)
-            .min(prompt);
-        let cache_write = u
-            .get("prompt_tokens_details")
-            .and_then(|d| num(d, "cache_write_tokens"))
-            .unwrap_or(0);
+        let cached = u.get("prompt_tokens_details").and_then(|d| num(d, "cached_tokens")).unwrap_or(0).min(prompt);
+        let cache_write = u.get("prompt_tokens_details").and_then(|d| num(d, "cache_write_tokens")).unwrap_or(0);
         return Some(Usage {
             input_tokens: prompt - cached,
             output_tokens: num(u, "completion_tokens").unwrap_or(0),
@@ -80,11 +73,9 @@ pub fn usage_from_object(u: &Value) -> Option<Usage> {
 /// Usage of a complete (non-streamed) JSON response body.
 pub fn usage_from_json(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
     let v: Value = serde_json::from_slice(body)?;
-    Ok(v.get("usage").and_then(usage_from_object).or_else(|| {
-        v.get("response")
-            .and_then(|r| r.get("usage"))
-            .and_then(usage_from_object)
-    }))
+    Ok(v.get("usage")
+        .and_then(usage_from_object)
+        .or_else(|| v.get("response").and_then(|r| r.get("usage")).and_then(usage_from_object)))
 }
 
 /// What a scan of a whole response found.
@@ -263,11 +254,7 @@ impl UsageScanner {
         let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
         match ty {
             "message_start" => {
-                if let Some(u) = v
-                    .get("message")
-                    .and_then(|m| m.get("usage"))
-                    .and_then(usage_from_object)
-                {
+                if let Some(u) = v.get("message").and_then(|m| m.get("usage")).and_then(usage_from_object) {
                     self.usage = Some(u);
                 }
             }
@@ -296,11 +283,7 @@ impl UsageScanner {
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.model_stream = true;
                 self.terminal = true;
-                if let Some(u) = v
-                    .get("response")
-                    .and_then(|r| r.get("usage"))
-                    .and_then(usage_from_object)
-                {
+                if let Some(u) = v.get("response").and_then(|r| r.get("usage")).and_then(usage_from_object) {
                     self.usage = Some(u);
                 }
                 if ty == "response.failed" {
@@ -337,16 +320,11 @@ impl UsageScanner {
                     return ScanOutcome::default();
                 }
                 match usage_from_json(&self.json) {
-                    Ok(usage) => ScanOutcome {
-                        usage,
-                        ..Default::default()
-                    },
+                    Ok(usage) => ScanOutcome { usage, ..Default::default() },
                     Err(e) => ScanOutcome {
                         usage: None,
                         cut: false,
-                        upstream_error: Some(format!(
-                            "upstream sent a body that is not JSON ({e})"
-                        )),
+                        upstream_error: Some(format!("upstream sent a body that is not JSON ({e})")),
                     },
                 }
             }
@@ -357,10 +335,7 @@ impl UsageScanner {
 
 fn error_message(v: &Value) -> String {
     let e = v.get("error").unwrap_or(v);
-    let msg = e
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("upstream error event");
+    let msg = e.get("message").and_then(Value::as_str).unwrap_or("upstream error event");
     let ty = e.get("type").and_then(Value::as_str).unwrap_or("error");
     let mut s = format!("{ty}: {msg}");
     s.truncate(500);
@@ -455,12 +430,7 @@ mod tests {
 
     #[test]
     fn anthropic_stream_in_any_split() {
-        let want = Usage {
-            input_tokens: 25,
-            output_tokens: 15,
-            cache_read_tokens: 7,
-            cache_write_tokens: 3,
-        };
+        let want = Usage { input_tokens: 25, output_tokens: 15, cache_read_tokens: 7, cache_write_tokens: 3 };
         for split in 0..ANTHROPIC.len() {
             let (a, b) = ANTHROPIC.split_at(split);
             let o = scan("text/event-stream; charset=utf-8", &[a, b]);
@@ -491,10 +461,7 @@ mod tests {
                 "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
             ],
         );
-        assert_eq!(
-            o.upstream_error.as_deref(),
-            Some("overloaded_error: Overloaded")
-        );
+        assert_eq!(o.upstream_error.as_deref(), Some("overloaded_error: Overloaded"));
     }
 
     #[test]
@@ -503,27 +470,16 @@ mod tests {
         let o = scan("text/event-stream", &[s]);
         assert_eq!(
             o.usage,
-            Some(Usage {
-                input_tokens: 60,
-                output_tokens: 20,
-                cache_read_tokens: 40,
-                cache_write_tokens: 0
-            })
+            Some(Usage { input_tokens: 60, output_tokens: 20, cache_read_tokens: 40, cache_write_tokens: 0 })
         );
         assert!(!o.cut);
-        let o = scan(
-            "text/event-stream",
-            &[&s[..s.find("data: [DONE]").unwrap()]],
-        );
+        let o = scan("text/event-stream", &[&s[..s.find("data: [DONE]").unwrap()]]);
         assert!(o.cut);
     }
 
     #[test]
     fn openai_error_chunk_and_non_model_stream() {
-        let o = scan(
-            "text/event-stream",
-            &["data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n"],
-        );
+        let o = scan("text/event-stream", &["data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n"]);
         assert_eq!(o.upstream_error.as_deref(), Some("server_error: boom"));
         // A stream that is not a model stream is never called cut.
         let o = scan("text/event-stream", &["data: hello\n\n"]);
@@ -541,18 +497,9 @@ mod tests {
 
     #[test]
     fn json_bodies() {
-        let o = scan(
-            "application/json",
-            &[
-                "{\"id\":\"msg\",\"usage\":{\"input_tokens\":3,",
-                "\"output_tokens\":4}}",
-            ],
-        );
+        let o = scan("application/json", &["{\"id\":\"msg\",\"usage\":{\"input_tokens\":3,", "\"output_tokens\":4}}"]);
         assert_eq!(o.usage.unwrap().total(), 7);
-        let o = scan(
-            "application/json",
-            &["{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}"],
-        );
+        let o = scan("application/json", &["{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}"]);
         assert_eq!(o.usage.unwrap().output_tokens, 4);
         let o = scan("application/json", &["<html>bad gateway"]);
         assert!(o.upstream_error.unwrap().contains("not JSON"));

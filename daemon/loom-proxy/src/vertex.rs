@@ -44,9 +44,7 @@ pub(crate) fn base64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
         let chars = c.len() + 1;
         for i in 0..chars {
             out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -56,14 +54,9 @@ pub(crate) fn base64url(data: &[u8]) -> String {
 }
 
 /// A signed RS256 JWT asking for a cloud-platform token.
-pub(crate) fn signed_assertion(
-    sa_json: &str,
-    token_url: &str,
-    now_unix: u64,
-) -> Result<String, String> {
-    let sa: ServiceAccount = serde_json::from_str(sa_json).map_err(|e| {
-        format!("the secret is not a service-account JSON ({e}); Vertex needs the key file's JSON")
-    })?;
+pub(crate) fn signed_assertion(sa_json: &str, token_url: &str, now_unix: u64) -> Result<String, String> {
+    let sa: ServiceAccount = serde_json::from_str(sa_json)
+        .map_err(|e| format!("the secret is not a service-account JSON ({e}); Vertex needs the key file's JSON"))?;
     let der = PrivatePkcs8KeyDer::from_pem_slice(sa.private_key.as_bytes())
         .map_err(|e| format!("service account private_key is not a PKCS#8 PEM key ({e})"))?;
     let key = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
@@ -78,13 +71,8 @@ pub(crate) fn signed_assertion(
     });
     let mut msg = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
     let mut sig = vec![0u8; key.public().modulus_len()];
-    key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        msg.as_bytes(),
-        &mut sig,
-    )
-    .map_err(|_| "could not sign the token request".to_string())?;
+    key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), msg.as_bytes(), &mut sig)
+        .map_err(|_| "could not sign the token request".to_string())?;
     msg.push('.');
     msg.push_str(&base64url(&sig));
     Ok(msg)
@@ -92,10 +80,7 @@ pub(crate) fn signed_assertion(
 
 impl VertexAuth {
     pub(crate) fn new(client: HttpClient) -> Self {
-        Self {
-            client,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { client, cache: Mutex::new(HashMap::new()) }
     }
 
     /// An access token for `provider`, from the cache or a fresh exchange.
@@ -119,10 +104,7 @@ impl VertexAuth {
                 .and_then(|s| s.token_uri)
                 .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_string()),
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let jwt = Zeroizing::new(signed_assertion(sa_json, &url, now)?);
         let form = Zeroizing::new(format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
@@ -153,10 +135,7 @@ impl VertexAuth {
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| format!("OAuth token endpoint {url} sent no access_token ({e})"))?;
         let ttl = Duration::from_secs(t.expires_in.unwrap_or(3600).saturating_sub(60).max(30));
-        cache.insert(
-            provider.to_string(),
-            (t.access_token.clone(), Instant::now() + ttl),
-        );
+        cache.insert(provider.to_string(), (t.access_token.clone(), Instant::now() + ttl));
         Ok(t.access_token)
     }
 }

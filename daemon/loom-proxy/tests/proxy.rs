@@ -17,9 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use loom_proxy::{
-    KeySource, LocalRoutes, Proxy, ProxyConfig, UsageRecord, UsageStatus, WeaverLimits, WeaverToken,
-};
+use loom_proxy::{KeySource, LocalRoutes, Proxy, ProxyConfig, UsageRecord, UsageStatus, WeaverLimits, WeaverToken};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use zeroize::Zeroizing;
@@ -31,27 +29,16 @@ struct Keys(HashMap<&'static str, &'static str>);
 
 impl KeySource for Keys {
     fn key(&self, secret_path: &str) -> Option<Zeroizing<String>> {
-        self.0
-            .get(secret_path)
-            .map(|k| Zeroizing::new(k.to_string()))
+        self.0.get(secret_path).map(|k| Zeroizing::new(k.to_string()))
     }
 }
 
 struct Local(Mutex<Vec<(String, String)>>);
 
 impl LocalRoutes for Local {
-    fn handle(
-        &self,
-        weaver_id: String,
-        request: Request<Bytes>,
-    ) -> loom_proxy::BoxFuture<'static, Response<Bytes>> {
-        self.0.lock().unwrap().push((
-            weaver_id.clone(),
-            String::from_utf8_lossy(request.body()).into_owned(),
-        ));
-        Box::pin(
-            async move { Response::new(Bytes::from(format!("{{\"weaver\":\"{weaver_id}\"}}"))) },
-        )
+    fn handle(&self, weaver_id: String, request: Request<Bytes>) -> loom_proxy::BoxFuture<'static, Response<Bytes>> {
+        self.0.lock().unwrap().push((weaver_id.clone(), String::from_utf8_lossy(request.body()).into_owned()));
+        Box::pin(async move { Response::new(Bytes::from(format!("{{\"weaver\":\"{weaver_id}\"}}"))) })
     }
 }
 
@@ -94,10 +81,7 @@ async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
     )
     .parse()
     .unwrap();
-    let providers = providers
-        .into_iter()
-        .map(|(k, v)| (k, v.as_table().unwrap().clone()))
-        .collect();
+    let providers = providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
     let config = ProxyConfig::from_toml(&providers, &proxy_toml.parse().unwrap()).unwrap();
     let keys = Keys(HashMap::from([
         ("anthropic_api_key", ANTHROPIC_KEY),
@@ -106,11 +90,8 @@ async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
     ]));
     let (tx, records) = mpsc::unbounded_channel();
     let local = Arc::new(Local(Mutex::new(Vec::new())));
-    let proxy = Proxy::builder(config, Arc::new(keys))
-        .usage_sink(Arc::new(tx))
-        .local_routes(local.clone())
-        .build()
-        .unwrap();
+    let proxy =
+        Proxy::builder(config, Arc::new(keys)).usage_sink(Arc::new(tx)).local_routes(local.clone()).build().unwrap();
     let t1 = proxy.register_weaver("w1", limits.clone()).unwrap();
     let t2 = proxy.register_weaver("w2", limits).unwrap();
     let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -148,9 +129,7 @@ impl H {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Response<Incoming> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"));
+        let mut b = Request::builder().method(method).uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -216,12 +195,7 @@ fn oai_body(model: &str, stream: bool) -> String {
 }
 
 fn usage4(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Usage4 {
-    Usage4 {
-        input,
-        output,
-        cache_read,
-        cache_write,
-    }
+    Usage4 { input, output, cache_read, cache_write }
 }
 
 fn assert_no_keys(s: &str) {
@@ -231,21 +205,13 @@ fn assert_no_keys(s: &str) {
 }
 
 fn anth_headers(token: &WeaverToken) -> Vec<(&str, &str)> {
-    vec![
-        ("x-api-key", token.expose()),
-        ("anthropic-version", "2023-06-01"),
-        ("content-type", "application/json"),
-    ]
+    vec![("x-api-key", token.expose()), ("anthropic-version", "2023-06-01"), ("content-type", "application/json")]
 }
 
 #[tokio::test]
 async fn anthropic_stream_goes_through_with_the_real_key() {
     let mut h = harness("", WeaverLimits::unlimited()).await;
-    let reply = Reply::anthropic_stream(
-        "claude-sonnet-4-20250514",
-        &["Hel", "lo"],
-        usage4(25, 15, 7, 3),
-    );
+    let reply = Reply::anthropic_stream("claude-sonnet-4-20250514", &["Hel", "lo"], usage4(25, 15, 7, 3));
     let expected: String = reply
         .parts
         .iter()
@@ -258,23 +224,11 @@ async fn anthropic_stream_goes_through_with_the_real_key() {
     let mut headers = anth_headers(&h.t1);
     headers.push(("x-loom-thread", "thread-42"));
     headers.push(("accept-encoding", "gzip"));
-    let (status, resp_headers, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &headers,
-            &anth_body("claude-sonnet-4-20250514", true),
-        )
-        .await;
+    let (status, resp_headers, body) =
+        h.call(h.bound, "POST", "/v1/messages", &headers, &anth_body("claude-sonnet-4-20250514", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, expected, "the stream passes through byte for byte");
-    assert!(
-        resp_headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(resp_headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     assert_no_keys(&body);
     assert_no_keys(&format!("{resp_headers:?}"));
 
@@ -288,10 +242,7 @@ async fn anthropic_stream_goes_through_with_the_real_key() {
     assert!(s.headers.get("x-loom-thread").is_none());
     assert!(s.headers.get("accept-encoding").is_none());
     let all_headers = format!("{:?}", s.headers);
-    assert!(
-        !all_headers.contains(h.t1.expose()),
-        "the weaver token must not reach the provider"
-    );
+    assert!(!all_headers.contains(h.t1.expose()), "the weaver token must not reach the provider");
     assert_eq!(s.json()["model"], "claude-sonnet-4-20250514");
 
     let r = h.record().await;
@@ -302,12 +253,7 @@ async fn anthropic_stream_goes_through_with_the_real_key() {
     assert_eq!(r.status, UsageStatus::Ok);
     assert_eq!(r.http_status, 200);
     assert_eq!(
-        (
-            r.usage.input_tokens,
-            r.usage.output_tokens,
-            r.usage.cache_read_tokens,
-            r.usage.cache_write_tokens
-        ),
+        (r.usage.input_tokens, r.usage.output_tokens, r.usage.cache_read_tokens, r.usage.cache_write_tokens),
         (25, 15, 7, 3)
     );
     assert!(r.usage_reported);
@@ -331,10 +277,7 @@ async fn openai_stream_goes_through_and_usage_is_asked_for() {
             h.bound,
             "POST",
             "/v1/chat/completions",
-            &[
-                ("authorization", &bearer),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &bearer), ("content-type", "application/json")],
             &oai_body("gpt-4o", true),
         )
         .await;
@@ -345,10 +288,7 @@ async fn openai_stream_goes_through_and_usage_is_asked_for() {
     assert_no_keys(&body);
     let s = &h.up.seen()[0];
     assert_eq!(s.path, "/v1/chat/completions");
-    assert_eq!(
-        s.headers["authorization"],
-        format!("Bearer {OPENAI_KEY}").as_str()
-    );
+    assert_eq!(s.headers["authorization"], format!("Bearer {OPENAI_KEY}").as_str());
     assert!(s.headers.get("x-api-key").is_none());
     assert_eq!(s.json()["stream_options"]["include_usage"], true);
     let r = h.record().await;
@@ -364,13 +304,7 @@ async fn model_prefix_routes_to_provider_and_is_stripped() {
     h.up.script([Reply::openai_json("glm-4.6", "hi", 10, 5)]);
     let bearer = format!("Bearer {}", h.t1.expose());
     let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &[("authorization", &bearer)],
-            &oai_body("zai/glm-4.6", false),
-        )
+        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("zai/glm-4.6", false))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let s = &h.up.seen()[0];
@@ -387,19 +321,9 @@ async fn first_byte_is_forwarded_before_the_upstream_finishes() {
     let mut h = harness("", WeaverLimits::unlimited()).await;
     let gate = Arc::new(Notify::new());
     // The second event waits until the client has received the first one.
-    h.up.script([
-        Reply::anthropic_stream("claude-sonnet-4", &["a", "b"], usage4(5, 2, 0, 0))
-            .insert(1, Part::WaitFor(gate.clone())),
-    ]);
-    let resp = h
-        .open(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a", "b"], usage4(5, 2, 0, 0))
+        .insert(1, Part::WaitFor(gate.clone()))]);
+    let resp = h.open(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
@@ -425,21 +349,11 @@ async fn retry_429_honours_retry_after() {
         Reply::anthropic_json("claude-sonnet-4", "hi", 10, 3),
     ]);
     let t0 = Instant::now();
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     let took = t0.elapsed();
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(
-        took >= Duration::from_millis(950),
-        "retry-after: 1 was not honoured ({took:?})"
-    );
+    assert!(took >= Duration::from_millis(950), "retry-after: 1 was not honoured ({took:?})");
     assert_eq!(h.up.seen().len(), 2);
     let r = h.record().await;
     assert_eq!(r.attempts, 2);
@@ -449,36 +363,17 @@ async fn retry_429_honours_retry_after() {
 #[tokio::test]
 async fn retry_503_then_success_and_exhaustion_passes_the_error_on() {
     let mut h = harness(fast_retry(), WeaverLimits::unlimited()).await;
-    h.up.script([
-        Reply::openai_error(503, "unavailable"),
-        Reply::openai_json("gpt-4o", "hi", 4, 2),
-    ]);
+    h.up.script([Reply::openai_error(503, "unavailable"), Reply::openai_json("gpt-4o", "hi", 4, 2)]);
     let bearer = format!("Bearer {}", h.t1.expose());
     let auth = [("authorization", bearer.as_str())];
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &auth,
-            &oai_body("gpt-4o", false),
-        )
-        .await;
+    let (status, _, _) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
     assert_eq!((r.attempts, r.status.clone()), (2, UsageStatus::Ok));
 
     // Three 503s: the retries are spent and the client sees the provider's own answer.
     h.up.script((0..3).map(|_| Reply::openai_error(503, "still unavailable")));
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &auth,
-            &oai_body("gpt-4o", false),
-        )
-        .await;
+    let (status, _, body) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("still unavailable"));
     assert_eq!(h.up.seen().len(), 5);
@@ -495,57 +390,34 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let mut h = harness(
-        &format!(
-            "{}\n[fallbacks]\n\"openai\" = [\"zai/glm-4.6\"]\n",
-            fast_retry()
-        ),
-        WeaverLimits::unlimited(),
-    )
-    .await;
+    let mut h =
+        harness(&format!("{}\n[fallbacks]\n\"openai\" = [\"zai/glm-4.6\"]\n", fast_retry()), WeaverLimits::unlimited())
+            .await;
     // Point openai at the dead port by routing through a config with it.
     let providers: toml::Table = format!(
         "[openai]\nbase_url = \"http://{dead_addr}\"\nsecret = \"k\"\n[anthropic]\nbase_url = \"http://{dead_addr}\"\nsecret = \"k\"\n"
     )
     .parse()
     .unwrap();
-    let providers = providers
-        .into_iter()
-        .map(|(k, v)| (k, v.as_table().unwrap().clone()))
-        .collect();
+    let providers = providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
     let config = ProxyConfig::from_toml(&providers, &fast_retry().parse().unwrap()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let p = Proxy::builder(
-        config,
-        Arc::new(Keys(HashMap::from([("k", "sk-REALKEY-dead")]))),
-    )
-    .usage_sink(Arc::new(tx))
-    .build()
-    .unwrap();
+    let p = Proxy::builder(config, Arc::new(Keys(HashMap::from([("k", "sk-REALKEY-dead")]))))
+        .usage_sink(Arc::new(tx))
+        .build()
+        .unwrap();
     let tok = p.register_weaver("w9", WeaverLimits::unlimited()).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let p2 = p.clone();
     tokio::spawn(async move { p2.serve(l, Some("w9".into())).await });
-    let (status, _, body) = h
-        .call(
-            addr,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&tok),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(addr, "POST", "/v1/messages", &anth_headers(&tok), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "api_error");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("could not reach anthropic")
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("could not reach anthropic"));
     assert_no_keys(&body);
     let r = rx.recv().await.unwrap();
     assert_eq!(r.attempts, 3);
@@ -558,13 +430,7 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
     h.up.script([Reply::openai_json("glm-4.6", "hi", 3, 1)]);
     let bearer = format!("Bearer {}", h.t1.expose());
     let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &[("authorization", &bearer)],
-            &oai_body("gpt-4o", false),
-        )
+        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", false))
         .await;
     assert_eq!(status, StatusCode::OK);
     let seen = h.up.seen();
@@ -572,47 +438,27 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
     assert_eq!(seen[3].path, "/api/paas/v4/chat/completions");
     assert_eq!(seen[3].json()["model"], "glm-4.6");
     let r = h.record().await;
-    assert_eq!(
-        (r.provider.as_str(), r.model.as_str(), r.attempts),
-        ("zai", "glm-4.6", 4)
-    );
+    assert_eq!((r.provider.as_str(), r.model.as_str(), r.attempts), ("zai", "glm-4.6", 4));
 }
 
 #[tokio::test]
 async fn fallback_to_another_anthropic_provider() {
     let mut h = harness(
-        &format!(
-            "{}\n[fallbacks]\n\"anthropic/claude-opus-4\" = [\"backup/claude-sonnet-4\"]\n",
-            fast_retry()
-        ),
+        &format!("{}\n[fallbacks]\n\"anthropic/claude-opus-4\" = [\"backup/claude-sonnet-4\"]\n", fast_retry()),
         WeaverLimits::unlimited(),
     )
     .await;
     h.up.script((0..3).map(|_| Reply::anthropic_error(529, "overloaded_error", "Overloaded")));
-    h.up2.script([Reply::anthropic_stream(
-        "claude-sonnet-4",
-        &["x"],
-        usage4(9, 4, 0, 0),
-    )]);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-opus-4", true),
-        )
-        .await;
+    h.up2.script([Reply::anthropic_stream("claude-sonnet-4", &["x"], usage4(9, 4, 0, 0))]);
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-opus-4", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("message_stop"));
     let s = &h.up2.seen()[0];
     assert_eq!(s.json()["model"], "claude-sonnet-4");
     assert_eq!(s.headers["x-api-key"], ANTHROPIC_KEY);
     let r = h.record().await;
-    assert_eq!(
-        (r.provider.as_str(), r.model.as_str()),
-        ("backup", "claude-sonnet-4")
-    );
+    assert_eq!((r.provider.as_str(), r.model.as_str()), ("backup", "claude-sonnet-4"));
     assert_eq!(r.usage.total(), 13);
 }
 
@@ -620,59 +466,26 @@ async fn fallback_to_another_anthropic_provider() {
 async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
     let mut h = harness(fast_retry(), WeaverLimits::unlimited()).await;
     // message_start, content_block_start, ping, one delta, then the connection breaks.
-    h.up.script([Reply::anthropic_stream(
-        "claude-sonnet-4",
-        &["a", "b", "c"],
-        usage4(40, 9, 0, 0),
-    )
-    .cut_after(4)]);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a", "b", "c"], usage4(40, 9, 0, 0)).cut_after(4)]);
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("event: message_start"));
     assert!(!body.contains("message_stop"));
     let tail = body.rsplit("event: ").next().unwrap();
-    assert!(
-        tail.starts_with("error\ndata: {"),
-        "ends with an error event: {body}"
-    );
+    assert!(tail.starts_with("error\ndata: {"), "ends with an error event: {body}");
     assert!(tail.contains("\"type\":\"api_error\""));
-    assert_eq!(
-        h.up.seen().len(),
-        1,
-        "no retry after the first byte went out"
-    );
+    assert_eq!(h.up.seen().len(), 1, "no retry after the first byte went out");
     let r = h.record().await;
-    assert!(
-        matches!(r.status, UsageStatus::Failed(ref m) if m.contains("broke")),
-        "{:?}",
-        r.status
-    );
-    assert_eq!(
-        r.usage.input_tokens, 40,
-        "usage seen before the cut is charged"
-    );
+    assert!(matches!(r.status, UsageStatus::Failed(ref m) if m.contains("broke")), "{:?}", r.status);
+    assert_eq!(r.usage.input_tokens, 40, "usage seen before the cut is charged");
     assert_eq!(h.proxy.usage("w1").unwrap().totals.failed, 1);
 
     // OpenAI: a data: error chunk, and no [DONE].
     h.up.script([Reply::openai_stream("gpt-4o", &["a", "b"], 3, 3).cut_after(2)]);
     let bearer = format!("Bearer {}", h.t1.expose());
-    let (_, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &[("authorization", &bearer)],
-            &oai_body("gpt-4o", true),
-        )
-        .await;
+    let (_, _, body) =
+        h.call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", true)).await;
     assert!(!body.contains("[DONE]"));
     let last = body.trim_end().rsplit("\n\n").next().unwrap();
     let v: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
@@ -684,15 +497,8 @@ async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
     let mut reply = Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0));
     reply.parts.truncate(3);
     h.up.script([reply]);
-    let (_, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    let (_, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert!(body.contains("event: error"), "{body}");
     let r = h.record().await;
     assert!(matches!(r.status, UsageStatus::Failed(ref m) if m.contains("before its final event")));
@@ -701,26 +507,14 @@ async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
 #[tokio::test]
 async fn slow_first_byte_is_waited_for_then_timed_out() {
     let mut h = harness(
-        &format!(
-            "first_byte_timeout_ms = 2000\n{}max_attempts = 2\n",
-            fast_retry()
-        ),
+        &format!("first_byte_timeout_ms = 2000\n{}max_attempts = 2\n", fast_retry()),
         WeaverLimits::unlimited(),
     )
     .await;
-    h.up.script([
-        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0))
-            .delay_headers(Duration::from_millis(400)),
-    ]);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0))
+        .delay_headers(Duration::from_millis(400))]);
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("message_stop"));
     let r = h.record().await;
@@ -728,18 +522,11 @@ async fn slow_first_byte_is_waited_for_then_timed_out() {
     assert_eq!(r.attempts, 1);
 
     // Slower than the timeout: retried, then a 504 in Anthropic's shape.
-    h.up.script((0..2).map(|_| {
-        Reply::anthropic_json("claude-sonnet-4", "late", 1, 1).delay_headers(Duration::from_secs(3))
-    }));
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    h.up.script(
+        (0..2).map(|_| Reply::anthropic_json("claude-sonnet-4", "late", 1, 1).delay_headers(Duration::from_secs(3))),
+    );
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "timeout_error");
@@ -752,66 +539,30 @@ async fn slow_first_byte_is_waited_for_then_timed_out() {
 async fn garbage_body_passes_through_is_recorded_failed_and_charged_the_reservation() {
     let mut h = harness("", WeaverLimits::unlimited()).await;
     h.up.script([Reply::garbage()]);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("upstream proxy error"));
     let r = h.record().await;
-    assert!(
-        matches!(r.status, UsageStatus::Failed(ref m) if m.contains("not JSON")),
-        "{:?}",
-        r.status
-    );
+    assert!(matches!(r.status, UsageStatus::Failed(ref m) if m.contains("not JSON")), "{:?}", r.status);
     assert!(!r.usage_reported);
-    assert!(
-        r.usage.total() >= 1024,
-        "charged at least max_tokens: {:?}",
-        r.usage
-    );
+    assert!(r.usage.total() >= 1024, "charged at least max_tokens: {:?}", r.usage);
     assert!(r.cost_usd > 0.0);
 }
 
 #[tokio::test]
 async fn budgets_are_enforced_in_the_providers_shape_on_every_route() {
-    let mut h = harness(
-        "",
-        WeaverLimits {
-            max_tokens: Some(2000),
-            ..WeaverLimits::unlimited()
-        },
-    )
-    .await;
+    let mut h = harness("", WeaverLimits { max_tokens: Some(2000), ..WeaverLimits::unlimited() }).await;
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 900, 600)]);
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
     assert_eq!(h.proxy.usage("w1").unwrap().totals.tokens, 1500);
 
     // 500 left; max_tokens 1024 cannot be reserved.
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "error");
@@ -819,108 +570,47 @@ async fn budgets_are_enforced_in_the_providers_shape_on_every_route() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("token budget exhausted"), "{msg}");
     assert!(msg.contains("1500 of 2000"), "{msg}");
-    assert!(
-        msg.contains("loom weaver limits w1") && msg.contains("max_tokens"),
-        "{msg}"
-    );
+    assert!(msg.contains("loom weaver limits w1") && msg.contains("max_tokens"), "{msg}");
 
     // OpenAI shape, and passthrough is metered too.
     let bearer = format!("Bearer {}", h.t1.expose());
     for path in ["/v1/chat/completions", "/proxy/openai/v1/chat/completions"] {
-        let (status, _, body) = h
-            .call(
-                h.bound,
-                "POST",
-                path,
-                &[("authorization", &bearer)],
-                &oai_body("gpt-4o", false),
-            )
-            .await;
+        let (status, _, body) =
+            h.call(h.bound, "POST", path, &[("authorization", &bearer)], &oai_body("gpt-4o", false)).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], "insufficient_quota");
     }
-    assert_eq!(
-        h.up.seen().len(),
-        1,
-        "refused requests never reach the provider"
-    );
+    assert_eq!(h.up.seen().len(), 1, "refused requests never reach the provider");
     h.no_record();
 
     // Another weaver's budget is its own.
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1)]);
-    let (status, _, _) = h
-        .call(
-            h.shared,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t2),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
 
     // Raising the limit lets w1 go on.
-    h.proxy
-        .set_limits(
-            "w1",
-            WeaverLimits {
-                max_tokens: Some(100_000),
-                ..WeaverLimits::unlimited()
-            },
-        )
-        .unwrap();
+    h.proxy.set_limits("w1", WeaverLimits { max_tokens: Some(100_000), ..WeaverLimits::unlimited() }).unwrap();
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1)]);
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn usd_budget_is_reconciled_from_stream_usage() {
-    let mut h = harness(
-        "",
-        WeaverLimits {
-            max_usd: Some(0.05),
-            ..WeaverLimits::unlimited()
-        },
-    )
-    .await;
+    let mut h = harness("", WeaverLimits { max_usd: Some(0.05), ..WeaverLimits::unlimited() }).await;
     // 1M cache-read tokens of claude-sonnet-4 cost $0.30: more than the budget.
-    h.up.script([Reply::anthropic_stream(
-        "claude-sonnet-4",
-        &["a"],
-        usage4(10, 10, 1_000_000, 0),
-    )]);
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(10, 10, 1_000_000, 0))]);
+    let (status, _, _) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
     assert!(r.cost_usd > 0.3);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert!(body.contains("USD budget exhausted"), "{body}");
     assert!(body.contains("--max-usd"));
@@ -931,27 +621,14 @@ async fn another_weavers_token_is_refused() {
     let h = harness("", WeaverLimits::unlimited()).await;
     h.up.set_default(Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1));
     // w2's token on w1's listener.
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t2),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "permission_error");
     let bearer = format!("Bearer {}", h.t2.expose());
     let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &[("authorization", &bearer)],
-            &oai_body("gpt-4o", false),
-        )
+        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", false))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("another weaver"));
@@ -961,10 +638,7 @@ async fn another_weavers_token_is_refused() {
             h.bound,
             "POST",
             "/v1/messages",
-            &[
-                ("x-api-key", h.t2.expose()),
-                ("authorization", &format!("Bearer {}", h.t1.expose())),
-            ],
+            &[("x-api-key", h.t2.expose()), ("authorization", &format!("Bearer {}", h.t1.expose()))],
             &anth_body("claude-sonnet-4", false),
         )
         .await;
@@ -1003,51 +677,28 @@ async fn missing_unknown_and_revoked_tokens_are_refused() {
         assert_eq!(v["error"]["code"], "invalid_api_key");
         // The real provider key is no token either.
         let (status, _, _) = h
-            .call(
-                addr,
-                "POST",
-                "/v1/messages",
-                &[("x-api-key", ANTHROPIC_KEY)],
-                &anth_body("claude-sonnet-4", false),
-            )
+            .call(addr, "POST", "/v1/messages", &[("x-api-key", ANTHROPIC_KEY)], &anth_body("claude-sonnet-4", false))
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     // The shared listener accepts w2 by its token alone.
-    let (status, _, _) = h
-        .call(
-            h.shared,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t2),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h.record().await.weaver, "w2");
 
     // Unregistering kills the token and w1's bound listener.
     let final_usage = h.proxy.unregister_weaver("w1").unwrap();
     assert_eq!(final_usage.totals.requests, 0);
-    let (status, _, _) = h
-        .call(
-            h.shared,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let refused = tokio::net::TcpStream::connect(h.bound).await;
     assert!(refused.is_err(), "w1's listener is closed after unregister");
     assert_eq!(h.up.seen().len(), 1);
     // Re-registering gives a new, different token.
-    let t1b = h
-        .proxy
-        .register_weaver("w1", WeaverLimits::unlimited())
-        .unwrap();
+    let t1b = h.proxy.register_weaver("w1", WeaverLimits::unlimited()).unwrap();
     assert_ne!(t1b.expose(), h.t1.expose());
     assert_eq!(format!("{t1b:?}"), "WeaverToken(<redacted>)");
 }
@@ -1061,30 +712,15 @@ async fn a_key_in_an_upstream_error_never_reaches_the_client() {
     ]);
     let bearer = format!("Bearer {}", h.t1.expose());
     let auth = [("authorization", bearer.as_str())];
-    let (status, headers, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &auth,
-            &oai_body("gpt-4o", false),
-        )
-        .await;
+    let (status, headers, body) =
+        h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("refused loom's key"), "{body}");
     assert!(body.contains("providers.openai.key"));
     assert_no_keys(&body);
     assert_no_keys(&format!("{headers:?}"));
     assert_eq!(h.record().await.status, UsageStatus::UpstreamError(401));
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/chat/completions",
-            &auth,
-            &oai_body("gpt-4o", false),
-        )
-        .await;
+    let (status, _, body) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("[REDACTED]"));
     assert_no_keys(&body);
@@ -1096,65 +732,28 @@ async fn a_key_in_an_upstream_error_never_reaches_the_client() {
 async fn rate_and_concurrency_limits() {
     let mut h = harness(
         "",
-        WeaverLimits {
-            max_concurrent: Some(1),
-            requests_per_minute: Some(2),
-            ..WeaverLimits::unlimited()
-        },
+        WeaverLimits { max_concurrent: Some(1), requests_per_minute: Some(2), ..WeaverLimits::unlimited() },
     )
     .await;
     let gate = Arc::new(Notify::new());
     h.up.script([
-        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0))
-            .insert(1, Part::WaitFor(gate.clone())),
+        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0)).insert(1, Part::WaitFor(gate.clone())),
         Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1),
     ]);
-    let held = h
-        .open(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    let held = h.open(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(
-        body.contains("rate_limit_error") && body.contains("concurrency limit"),
-        "{body}"
-    );
+    assert!(body.contains("rate_limit_error") && body.contains("concurrency limit"), "{body}");
     gate.notify_one();
     read_all(held.into_body()).await;
     h.record().await;
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
-    let (status, headers, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
-        .await;
+    let (status, headers, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body.contains("2 requests per minute"), "{body}");
     assert!(headers.contains_key("retry-after"));
@@ -1171,30 +770,13 @@ async fn other_endpoints_pass_through() {
         Reply::new(200, "application/json", r#"{"id":"resp_1","object":"response","usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":1},"output_tokens":2}}"#),
     ]);
     let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages/count_tokens",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", false),
-        )
+        .call(h.bound, "POST", "/v1/messages/count_tokens", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false))
         .await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::OK, r#"{"input_tokens":17}"#)
-    );
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"input_tokens":17}"#));
     let r = h.record().await;
     assert_eq!(r.cost_usd, 0.0, "count_tokens is free");
     let bearer = format!("Bearer {}", h.t1.expose());
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "GET",
-            "/v1/models?limit=5",
-            &[("authorization", &bearer)],
-            "",
-        )
-        .await;
+    let (status, _, body) = h.call(h.bound, "GET", "/v1/models?limit=5", &[("authorization", &bearer)], "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("gpt-4o"));
     h.record().await;
@@ -1209,76 +791,25 @@ async fn other_endpoints_pass_through() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
-    assert_eq!(
-        (r.usage.input_tokens, r.endpoint.as_str()),
-        (8, "/proxy/openai/v1/embeddings")
-    );
+    assert_eq!((r.usage.input_tokens, r.endpoint.as_str()), (8, "/proxy/openai/v1/embeddings"));
     let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/responses",
-            &[("authorization", &bearer)],
-            r#"{"model":"gpt-4o","input":"hi"}"#,
-        )
+        .call(h.bound, "POST", "/v1/responses", &[("authorization", &bearer)], r#"{"model":"gpt-4o","input":"hi"}"#)
         .await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
-    assert_eq!(
-        (
-            r.usage.input_tokens,
-            r.usage.cache_read_tokens,
-            r.usage.output_tokens
-        ),
-        (10, 1, 2)
-    );
+    assert_eq!((r.usage.input_tokens, r.usage.cache_read_tokens, r.usage.output_tokens), (10, 1, 2));
     let seen = h.up.seen();
     let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        [
-            "/v1/messages/count_tokens",
-            "/v1/models?limit=5",
-            "/v1/embeddings",
-            "/v1/responses"
-        ]
-    );
-    assert_eq!(
-        seen[1].headers["authorization"],
-        format!("Bearer {OPENAI_KEY}").as_str()
-    );
+    assert_eq!(paths, ["/v1/messages/count_tokens", "/v1/models?limit=5", "/v1/embeddings", "/v1/responses"]);
+    assert_eq!(seen[1].headers["authorization"], format!("Bearer {OPENAI_KEY}").as_str());
 
     // Unknown routes and providers, bad JSON: clear errors, nothing sent.
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/proxy/bedrock/x",
-            &[("authorization", &bearer)],
-            "{}",
-        )
-        .await;
+    let (status, _, body) = h.call(h.bound, "POST", "/proxy/bedrock/x", &[("authorization", &bearer)], "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("no provider `bedrock`"));
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "GET",
-            "/v2/nothing",
-            &[("authorization", &bearer)],
-            "",
-        )
-        .await;
+    let (status, _, _) = h.call(h.bound, "GET", "/v2/nothing", &[("authorization", &bearer)], "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            "{not json",
-        )
-        .await;
+    let (status, _, body) = h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), "{not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("not valid JSON"));
     let (status, _, _) = h
@@ -1286,10 +817,7 @@ async fn other_endpoints_pass_through() {
             h.bound,
             "POST",
             "/v1/messages",
-            &[
-                ("x-api-key", h.t1.expose()),
-                ("x-loom-thread", "bad thread id!"),
-            ],
+            &[("x-api-key", h.t1.expose()), ("x-loom-thread", "bad thread id!")],
             &anth_body("claude-sonnet-4", false),
         )
         .await;
@@ -1301,59 +829,27 @@ async fn other_endpoints_pass_through() {
 async fn local_routes_get_the_authenticated_weaver() {
     let h = harness("", WeaverLimits::unlimited()).await;
     let (status, _, body) = h
-        .call(
-            h.bound,
-            "POST",
-            "/loom/threads/t1/events",
-            &[("x-api-key", h.t1.expose())],
-            "{\"kind\":\"turn\"}",
-        )
+        .call(h.bound, "POST", "/loom/threads/t1/events", &[("x-api-key", h.t1.expose())], "{\"kind\":\"turn\"}")
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "{\"weaver\":\"w1\"}");
-    let (status, _, _) = h
-        .call(
-            h.bound,
-            "POST",
-            "/loom/threads/t1/events",
-            &[("x-api-key", h.t2.expose())],
-            "{}",
-        )
-        .await;
+    let (status, _, _) =
+        h.call(h.bound, "POST", "/loom/threads/t1/events", &[("x-api-key", h.t2.expose())], "{}").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, _) = h.call(h.shared, "POST", "/loom/x", &[], "{}").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let calls = h.local.0.lock().unwrap().clone();
-    assert_eq!(
-        calls,
-        vec![("w1".to_string(), "{\"kind\":\"turn\"}".to_string())]
-    );
+    assert_eq!(calls, vec![("w1".to_string(), "{\"kind\":\"turn\"}".to_string())]);
 }
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_settles_the_reservation() {
-    let mut h = harness(
-        "",
-        WeaverLimits {
-            max_tokens: Some(100_000),
-            ..WeaverLimits::unlimited()
-        },
-    )
-    .await;
+    let mut h = harness("", WeaverLimits { max_tokens: Some(100_000), ..WeaverLimits::unlimited() }).await;
     let gate = Arc::new(Notify::new());
     h.up.script([
-        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(30, 1, 0, 0))
-            .insert(1, Part::WaitFor(gate.clone())),
+        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(30, 1, 0, 0)).insert(1, Part::WaitFor(gate.clone()))
     ]);
-    let resp = h
-        .open(
-            h.bound,
-            "POST",
-            "/v1/messages",
-            &anth_headers(&h.t1),
-            &anth_body("claude-sonnet-4", true),
-        )
-        .await;
+    let resp = h.open(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
     let mut body = resp.into_body();
     body.frame().await.unwrap().unwrap();
     assert!(h.proxy.usage("w1").unwrap().reserved_tokens > 0);
@@ -1362,8 +858,5 @@ async fn client_disconnect_mid_stream_settles_the_reservation() {
     assert_eq!(r.status, UsageStatus::ClientClosed);
     assert_eq!(r.usage.input_tokens, 30);
     let u = h.proxy.usage("w1").unwrap();
-    assert_eq!(
-        (u.reserved_tokens, u.in_flight, u.totals.tokens),
-        (0, 0, 31)
-    );
+    assert_eq!((u.reserved_tokens, u.in_flight, u.totals.tokens), (0, 0, 31));
 }

@@ -90,11 +90,7 @@ impl Reply {
     }
 
     pub fn garbage() -> Self {
-        Self::new(
-            200,
-            "application/json",
-            &b"<html>\x00\xff upstream proxy error"[..],
-        )
+        Self::new(200, "application/json", &b"<html>\x00\xff upstream proxy error"[..])
     }
 
     /// The full Anthropic Messages event sequence, one event per chunk.
@@ -116,25 +112,16 @@ impl Reply {
                 serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}}),
             ));
         }
-        parts.push(sse_event(
-            "content_block_stop",
-            serde_json::json!({"type":"content_block_stop","index":0}),
-        ));
+        parts.push(sse_event("content_block_stop", serde_json::json!({"type":"content_block_stop","index":0})));
         parts.push(sse_event(
             "message_delta",
             serde_json::json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":u.output}}),
         ));
-        parts.push(sse_event(
-            "message_stop",
-            serde_json::json!({"type":"message_stop"}),
-        ));
+        parts.push(sse_event("message_stop", serde_json::json!({"type":"message_stop"})));
         Self {
             status: 200,
             headers: vec![
-                (
-                    "content-type".into(),
-                    "text/event-stream; charset=utf-8".into(),
-                ),
+                ("content-type".into(), "text/event-stream; charset=utf-8".into()),
                 ("cache-control".into(), "no-cache".into()),
             ],
             header_delay: Duration::ZERO,
@@ -153,21 +140,14 @@ impl Reply {
     /// OpenAI chat chunks; the usage chunk only if the request asked for it, then `[DONE]`.
     pub fn openai_stream(model: &str, texts: &[&str], prompt: u64, completion: u64) -> Self {
         let chunk = |delta: serde_json::Value, finish: serde_json::Value| serde_json::json!({"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":model,"system_fingerprint":null,"choices":[{"index":0,"delta":delta,"logprobs":null,"finish_reason":finish}]});
-        let mut parts = vec![data_line(chunk(
-            serde_json::json!({"role":"assistant","content":""}),
-            serde_json::Value::Null,
-        ))];
+        let mut parts =
+            vec![data_line(chunk(serde_json::json!({"role":"assistant","content":""}), serde_json::Value::Null))];
         for t in texts {
-            parts.push(data_line(chunk(
-                serde_json::json!({"content":t}),
-                serde_json::Value::Null,
-            )));
+            parts.push(data_line(chunk(serde_json::json!({"content":t}), serde_json::Value::Null)));
         }
         parts.push(data_line(chunk(serde_json::json!({}), "stop".into())));
         let usage = serde_json::json!({"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":model,"choices":[],"usage":{"prompt_tokens":prompt,"completion_tokens":completion,"total_tokens":prompt+completion}});
-        parts.push(Part::IfIncludeUsage(Bytes::from(format!(
-            "data: {usage}\n\n"
-        ))));
+        parts.push(Part::IfIncludeUsage(Bytes::from(format!("data: {usage}\n\n"))));
         parts.push(Part::Bytes(Bytes::from_static(b"data: [DONE]\n\n")));
         Self {
             status: 200,
@@ -252,9 +232,7 @@ impl FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        state
-            .record
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        state.record.store(true, std::sync::atomic::Ordering::Relaxed);
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -268,9 +246,7 @@ impl FakeProvider {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(serve(st, req).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -297,9 +273,7 @@ impl FakeProvider {
 
     /// Stops keeping requests (for the benchmark).
     pub fn stop_recording(&self) {
-        self.state
-            .record
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.state.record.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -309,28 +283,15 @@ impl FakeProvider {
 
 async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<FakeBody> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
-    let flag = |ptr: &str| {
-        json.as_ref()
-            .and_then(|v| v.pointer(ptr))
-            .and_then(|b| b.as_bool())
-            .unwrap_or(false)
-    };
+    let flag = |ptr: &str| json.as_ref().and_then(|v| v.pointer(ptr)).and_then(|b| b.as_bool()).unwrap_or(false);
     let include_usage = flag("/stream_options/include_usage");
     let stream = flag("/stream");
     if st.record.load(std::sync::atomic::Ordering::Relaxed) {
         st.seen.lock().unwrap().push(Seen {
             method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
             headers: parts.headers.clone(),
             body,
         });
@@ -340,11 +301,7 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<FakeBody> {
         .lock()
         .unwrap()
         .pop_front()
-        .or_else(|| {
-            stream
-                .then(|| st.default_stream.lock().unwrap().clone())
-                .flatten()
-        })
+        .or_else(|| stream.then(|| st.default_stream.lock().unwrap().clone()).flatten())
         .or_else(|| st.default.lock().unwrap().clone())
         .unwrap_or_else(|| Reply::openai_error(500, "fake provider has no scripted reply"));
     if !reply.header_delay.is_zero() {
@@ -355,10 +312,7 @@ async fn serve(st: Arc<State>, req: Request<Incoming>) -> Response<FakeBody> {
         resp = resp.header(k, v);
     }
     // Streams go out chunked, one chunk per event, as the real APIs send them.
-    let is_stream = reply
-        .headers
-        .iter()
-        .any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"));
+    let is_stream = reply.headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"));
     let simple = !is_stream && reply.parts.iter().all(|p| matches!(p, Part::Bytes(_)));
     let body = if simple {
         let mut all = Vec::new();
@@ -405,10 +359,7 @@ impl http_body::Body for FakeBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             FakeBody::Chan(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
