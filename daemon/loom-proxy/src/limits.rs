@@ -111,27 +111,20 @@ impl Ledger {
         }
     }
 
-    /// Admits a request and reserves its worst case, or says which limit refuses it.
+    /// Admits a request and reserves its worst case, or says which limit refuses it:
+    /// [`Ledger::enter`] then [`Ledger::reserve`].
     pub fn admit(&mut self, now: Instant, want: Reservation) -> Result<Reservation, Refusal> {
-        let r = self.check(now, want);
-        match &r {
-            Ok(_) => {
-                self.reserved_tokens += want.tokens;
-                self.reserved_usd += want.usd;
-                self.in_flight += 1;
-                if self.limits.requests_per_minute.is_some() {
-                    self.recent.push_back(now);
-                }
-            }
-            Err(_) => self.totals.refused += 1,
-        }
-        r
+        self.enter(now)?;
+        self.reserve(want).inspect_err(|_| self.leave())
     }
 
-    fn check(&mut self, now: Instant, want: Reservation) -> Result<Reservation, Refusal> {
+    /// Takes a concurrency slot and a requests-per-minute slot, before the request's body is
+    /// even read (so a weaver cannot hold more bodies in loomd's memory than its limit).
+    pub fn enter(&mut self, now: Instant) -> Result<(), Refusal> {
         if let Some(limit) = self.limits.max_concurrent
             && self.in_flight >= limit
         {
+            self.totals.refused += 1;
             return Err(Refusal::Concurrency { limit });
         }
         if let Some(limit) = self.limits.requests_per_minute {
@@ -140,15 +133,29 @@ impl Ledger {
             }
             if self.recent.len() >= limit as usize {
                 let oldest = self.recent.front().copied().unwrap_or(now);
+                self.totals.refused += 1;
                 return Err(Refusal::RequestsPerMinute {
                     limit,
                     retry_after: MINUTE.saturating_sub(now.duration_since(oldest)),
                 });
             }
+            self.recent.push_back(now);
         }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Gives back the slot of a request that [`Ledger::enter`]ed but never went upstream.
+    pub fn leave(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Reserves a request's worst case against the budgets (after [`Ledger::enter`]).
+    pub fn reserve(&mut self, want: Reservation) -> Result<Reservation, Refusal> {
         if let Some(limit) = self.limits.max_tokens
             && self.totals.tokens + self.reserved_tokens + want.tokens > limit
         {
+            self.totals.refused += 1;
             return Err(Refusal::TokenBudget {
                 used: self.totals.tokens,
                 reserved: self.reserved_tokens,
@@ -159,6 +166,7 @@ impl Ledger {
         if let Some(limit) = self.limits.max_usd
             && self.totals.cost_usd + self.reserved_usd + want.usd > limit + 1e-12
         {
+            self.totals.refused += 1;
             return Err(Refusal::UsdBudget {
                 used: self.totals.cost_usd,
                 reserved: self.reserved_usd,
@@ -166,6 +174,8 @@ impl Ledger {
                 needed: want.usd,
             });
         }
+        self.reserved_tokens += want.tokens;
+        self.reserved_usd += want.usd;
         Ok(want)
     }
 

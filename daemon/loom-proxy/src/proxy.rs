@@ -320,6 +320,27 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A request body slower than this is refused (it holds one of the weaver's slots).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A weaver's concurrency slot between [`Ledger::enter`] and the [`Call`] taking it over;
+/// given back if the request ends before reaching a provider.
+struct Slot(Option<Arc<Weaver>>);
+
+impl Slot {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            lock(&w.ledger).leave();
+        }
+    }
+}
+
 /// Client headers never sent upstream: credentials (replaced by the real key), hop-by-hop
 /// headers, and what the proxy sets itself.
 const STRIPPED_REQUEST_HEADERS: &[&str] = &[
@@ -500,29 +521,21 @@ impl Inner {
             },
         };
 
+        // loomd's own routes are not model calls: no model limits apply.
+        if endpoint != Endpoint::Local
+            && let Err(refusal) = lock(&weaver.ledger).enter(started)
+        {
+            return refused(shape, &weaver.id, &refusal);
+        }
+        let mut slot = Slot(Some(weaver.clone()));
+        if endpoint == Endpoint::Local {
+            slot.disarm();
+        }
+
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.config.max_request_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    error_response(
-                        shape,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        ErrorKind::TooLarge,
-                        &format!(
-                            "loom proxy: request body is over {} bytes ([proxy] max_request_bytes)",
-                            self.config.max_request_bytes
-                        ),
-                    )
-                } else {
-                    error_response(
-                        shape,
-                        StatusCode::BAD_REQUEST,
-                        ErrorKind::InvalidRequest,
-                        &format!("loom proxy: could not read the request body: {e}"),
-                    )
-                };
-            }
+        let body = match self.read_body(body, shape).await {
+            Ok(b) => b,
+            Err(r) => return r,
         };
 
         if endpoint == Endpoint::Local {
@@ -607,12 +620,14 @@ impl Inner {
         } else {
             Reservation::default()
         };
-        let admitted = lock(&weaver.ledger).admit(started, want);
-        let reservation = match admitted {
+        let reserved = lock(&weaver.ledger).reserve(want);
+        let reservation = match reserved {
             Ok(r) => r,
             Err(refusal) => return refused(shape, &weaver.id, &refusal),
         };
 
+        // From here on the Call owns the slot and settles it.
+        slot.disarm();
         let original_model = model.map(str::to_string);
         let upstream_model = upstream_model.map(str::to_string);
         let mut call = Call {
@@ -696,6 +711,32 @@ impl Inner {
             s.record.http_status = resp.status().as_u16();
         });
         self.respond(resp, call, shape, used.provider, key).await
+    }
+
+    async fn read_body(&self, body: Incoming, shape: ApiFamily) -> Result<Bytes, Response<ProxyBody>> {
+        let max = self.config.max_request_bytes;
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect()).await;
+        match read {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error_response(
+                shape,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::TooLarge,
+                &format!("loom proxy: request body is over {max} bytes ([proxy] max_request_bytes)"),
+            )),
+            Ok(Err(e)) => Err(error_response(
+                shape,
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                &format!("loom proxy: could not read the request body: {e}"),
+            )),
+            Err(_) => Err(error_response(
+                shape,
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorKind::InvalidRequest,
+                &format!("loom proxy: the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )),
+        }
     }
 
     fn has_fallbacks(&self, provider: &ProviderConfig, model: Option<&str>) -> bool {

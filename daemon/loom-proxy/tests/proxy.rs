@@ -582,6 +582,8 @@ async fn budgets_are_enforced_in_the_providers_shape_on_every_route() {
         assert_eq!(v["error"]["code"], "insufficient_quota");
     }
     assert_eq!(h.up.seen().len(), 1, "refused requests never reach the provider");
+    let u = h.proxy.usage("w1").unwrap();
+    assert_eq!((u.in_flight, u.reserved_tokens, u.totals.refused), (0, 0, 3));
     h.no_record();
 
     // Another weaver's budget is its own.
@@ -823,6 +825,7 @@ async fn other_endpoints_pass_through() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(h.up.seen().len(), 4);
+    assert_eq!(h.proxy.usage("w1").unwrap().in_flight, 0, "early errors give their slot back");
 }
 
 #[tokio::test]
