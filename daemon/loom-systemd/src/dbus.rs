@@ -17,6 +17,10 @@ const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+const MACHINED: &str = "org.freedesktop.machine1";
+const MACHINED_PATH: &str = "/org/freedesktop/machine1";
+const MACHINED_MANAGER: &str = "org.freedesktop.machine1.Manager";
+const MACHINE_IFACE: &str = "org.freedesktop.machine1.Machine";
 const JOB_IFACE: &str = "org.freedesktop.systemd1.Job";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 
@@ -250,6 +254,10 @@ impl SystemdManager for DbusSystemd {
         self.manager_call("ResetFailedUnit", unit, &(unit,)).await.map(drop)
     }
 
+    async fn machine_leader(&self, machine: &str) -> Result<Option<u32>, SystemdError> {
+        self.machine_leader_impl(machine).await
+    }
+
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
         let pattern = format!("{UNIT_PREFIX}*{UNIT_SUFFIX}");
         let states: Vec<&str> = Vec::new();
@@ -267,6 +275,46 @@ impl SystemdManager for DbusSystemd {
                 Some(LoomUnit { name, weaver_id, description, load_state, active_state, sub_state })
             })
             .collect())
+    }
+}
+
+impl DbusSystemd {
+    async fn machine_leader_impl(&self, machine: &str) -> Result<Option<u32>, SystemdError> {
+        let reply = self
+            .conn
+            .call_method(Some(MACHINED), MACHINED_PATH, Some(MACHINED_MANAGER), "GetMachine", &(machine,))
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.machine1.NoSuchMachine") => {
+                return Ok(None);
+            }
+            Err(source) => return Err(SystemdError::Call { method: "GetMachine", unit: machine.to_string(), source }),
+        };
+        let path = reply.body().deserialize::<OwnedObjectPath>().map_err(|source| SystemdError::Reply {
+            method: "GetMachine",
+            unit: machine.to_string(),
+            source,
+        })?;
+        let reply =
+            self.conn.call_method(Some(MACHINED), &path, Some(PROPERTIES), "Get", &(MACHINE_IFACE, "Leader")).await;
+        let reply = match reply {
+            Ok(r) => r,
+            // Gone between the two calls.
+            Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.DBus.Error.UnknownObject") => {
+                return Ok(None);
+            }
+            Err(source) => return Err(SystemdError::Call { method: "Get Leader", unit: machine.to_string(), source }),
+        };
+        let leader =
+            reply.body().deserialize::<OwnedVariant>().ok().and_then(|v| u32::try_from(&*v).ok()).ok_or_else(|| {
+                SystemdError::Reply {
+                    method: "Get Leader",
+                    unit: machine.to_string(),
+                    source: zbus::Error::InvalidReply,
+                }
+            })?;
+        Ok(Some(leader))
     }
 }
 

@@ -90,4 +90,10 @@ pub trait SystemdManager: Send + Sync {
 
     /// Every loaded `loom-weaver-*.service`, in any state, for re-adoption after a restart.
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError>;
+
+    /// The leader (PID 1, in the caller's pid namespace as systemd-machined sees it) of the
+    /// container registered with systemd-machined as `machine` (`systemd-nspawn -M NAME
+    /// --register=yes`), or `None` if no such machine is registered. `nsenter -t LEADER`
+    /// enters the weaver; `/proc/LEADER/cgroup` gives its cgroup.
+    async fn machine_leader(&self, machine: &str) -> Result<Option<u32>, SystemdError>;
 }

@@ -18,6 +18,7 @@ pub enum Call {
     StopUnit(String),
     ResetFailed(String),
     ListLoomUnits,
+    MachineLeader(String),
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +27,8 @@ struct State {
     units: BTreeMap<String, UnitStatus>,
     next_pid: u32,
     fail_next_start: Option<String>,
+    /// unit name → machine (weaver) name
+    machines: BTreeMap<String, String>,
 }
 
 /// The recording fake. Main PIDs are made up (from 1000 up).
@@ -120,6 +123,7 @@ impl SystemdManager for RecordingSystemd {
             return Err(SystemdError::JobFailed { unit: name, kind: JobKind::Start, result });
         }
         st.units.insert(name.clone(), status);
+        st.machines.insert(name.clone(), spec.weaver_name.clone());
         Ok(StartedUnit { job: format!("/org/freedesktop/systemd1/job/{main_pid}"), name, main_pid, control_group })
     }
 
@@ -149,6 +153,18 @@ impl SystemdManager for RecordingSystemd {
             st.units.remove(unit);
         }
         Ok(())
+    }
+
+    /// A running unit's machine is its weaver name (loomd passes `-M NAME`); its made-up
+    /// leader is the main PID + 1.
+    async fn machine_leader(&self, machine: &str) -> Result<Option<u32>, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::MachineLeader(machine.to_string()));
+        let leader = st.units.values().find_map(|u| {
+            let running = u.main_pid != 0 && u.active_state == "active";
+            (running && st.machines.get(&u.name).map(String::as_str) == Some(machine)).then_some(u.main_pid + 1)
+        });
+        Ok(leader)
     }
 
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
@@ -191,7 +207,10 @@ mod tests {
             assert!(matches!(sd.start_transient_service(&spec).await, Err(SystemdError::UnitExists(_))));
             let st = sd.unit_status(&started.name).await.unwrap().unwrap();
             assert_eq!(st.phase(), Phase::Running);
+            assert_eq!(sd.machine_leader("one").await.unwrap(), Some(started.main_pid + 1));
+            assert_eq!(sd.machine_leader("other").await.unwrap(), None);
             sd.exit_unit(&started.name, ExitStatus::Code(3)).unwrap();
+            assert_eq!(sd.machine_leader("one").await.unwrap(), None, "no machine once exited");
             let st = sd.unit_status(&started.name).await.unwrap().unwrap();
             assert_eq!(st.phase(), Phase::Failed(Some(ExitStatus::Code(3))));
             sd.stop_unit(&started.name).await.unwrap();

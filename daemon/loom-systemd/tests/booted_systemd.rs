@@ -235,6 +235,10 @@ async fn nested_nspawn_weaver_is_registered_limited_and_logged() {
         machines.lines().any(|l| l.split_whitespace().next() == Some("nestw")),
         "machinectl list shows the weaver: {machines}"
     );
+    let leader = sd.machine_leader("nestw").await.unwrap().expect("machined knows the weaver");
+    let inside = c.exec_ok(&["nsenter", "-t", &leader.to_string(), "-a", "--", "cat", "/proc/sys/kernel/hostname"]);
+    assert_eq!(inside.expect("nsenter into the weaver's leader").trim(), "nestw");
+    assert_eq!(sd.machine_leader("no-such-machine").await.unwrap(), None);
     let log = eventually("the weaver's output under its SyslogIdentifier", || async {
         let log = journal(&c, "--identifier=nestw");
         (log.contains("nested-hello") && log.contains("uidmap")).then_some(log)
@@ -277,6 +281,7 @@ async fn nested_nspawn_weaver_is_registered_limited_and_logged() {
     assert_eq!(sd.unit_status(&started.name).await.unwrap(), None);
     let machines = c.exec_ok(&["machinectl", "list", "--no-legend"]).unwrap();
     assert!(!machines.contains("nestw"), "machine unregistered: {machines}");
+    assert_eq!(sd.machine_leader("nestw").await.unwrap(), None);
 
     // The memory limit applies inside the weaver: a probe that allocates past it (tail
     // buffers a line without end) is killed, and the weaver goes on.
@@ -363,4 +368,54 @@ async fn probe_inside_the_container_uses_its_own_system_bus_and_sockets_reach_th
     drop(sd);
     c.shutdown();
     let _ = std::fs::remove_dir_all(&sockdir);
+}
+
+#[tokio::test]
+async fn concurrent_starts_and_stops_on_one_connection_each_get_their_own_job() {
+    let Some(c) = boot("lsd-many", |b| b) else { return };
+    let sd = connect(&c).await;
+    let specs: Vec<TransientServiceSpec> = (0..20)
+        .map(|i| {
+            let mut s = TransientServiceSpec::new(
+                format!("many{i:02}"),
+                format!("many-{i}"),
+                vec!["/bin/sleep".into(), "300".into()],
+            );
+            s.service_type = ServiceType::Simple;
+            s
+        })
+        .collect();
+    let started = futures_util::future::join_all(specs.iter().map(|s| sd.start_transient_service(s))).await;
+    let mut jobs = Vec::new();
+    for (spec, r) in specs.iter().zip(started) {
+        let u = r.unwrap_or_else(|e| panic!("start {}: {e:?}", spec.weaver_id));
+        assert_eq!(u.name, spec.unit_name().unwrap());
+        assert!(u.main_pid > 0);
+        jobs.push(u.job);
+    }
+    jobs.sort();
+    jobs.dedup();
+    assert_eq!(jobs.len(), 20, "every start waited for its own job");
+    let listed = sd.list_loom_units().await.unwrap();
+    assert_eq!(listed.iter().filter(|u| u.weaver_id.starts_with("many") && u.sub_state == "running").count(), 20);
+
+    // A fresh connection (loomd after a restart) finds them all and reads their status.
+    let again = connect(&c).await;
+    for s in &specs {
+        let st = again.unit_status(&s.unit_name().unwrap()).await.unwrap().expect("still loaded");
+        assert_eq!(st.phase(), Phase::Running);
+        assert_eq!(st.weaver_id.as_deref(), Some(s.weaver_id.as_str()));
+    }
+    let stops = futures_util::future::join_all(specs.iter().map(|s| {
+        let name = s.unit_name().unwrap();
+        let sd = &sd;
+        async move { sd.stop_unit(&name).await }
+    }))
+    .await;
+    for r in stops {
+        assert_eq!(r.expect("stop"), None, "sleep ends cleanly on SIGTERM and is unloaded");
+    }
+    assert!(sd.list_loom_units().await.unwrap().is_empty());
+    drop((sd, again));
+    c.shutdown();
 }
