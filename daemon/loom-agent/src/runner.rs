@@ -197,6 +197,13 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Resolves when a shutdown is requested; never, if nobody can request one any more.
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 fn sh(cmd: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), cmd.into()]
 }
@@ -324,7 +331,7 @@ impl Shell {
     async fn sleep(&mut self, d: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
-            _ = self.shutdown.wait_for(|s| *s) => false,
+            _ = shutdown_requested(&mut self.shutdown) => false,
         }
     }
 
@@ -615,7 +622,7 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
             tokio::select! {
                 r = fut => Some(r?),
                 _ = tokio::time::sleep(remaining) => None,
-                _ = shutdown_rx.wait_for(|s| *s) => None,
+                _ = shutdown_requested(&mut shutdown_rx) => None,
             }
         };
         let interrupted = result.is_none();
