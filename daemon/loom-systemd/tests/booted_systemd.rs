@@ -349,6 +349,28 @@ async fn probe_inside_the_container_uses_its_own_system_bus_and_sockets_reach_th
     let stopped = c.exec_ok(&[&inner, "stop", "loom-weaver-probe01.service"]).unwrap();
     assert!(stopped.contains("loaded=no"), "sleep ends cleanly on SIGTERM: {stopped}");
 
+    // The bound binary also runs as a unit of the container's systemd, as loomd will.
+    let out = c
+        .exec_ok(&[
+            "systemd-run",
+            "--wait",
+            "--pipe",
+            "--quiet",
+            "--unit=probe-as-unit",
+            &inner,
+            "start",
+            "probe02",
+            "probew2",
+            "--simple",
+            "--",
+            "/bin/sleep",
+            "300",
+        ])
+        .expect("the probe as a transient unit");
+    assert!(out.contains("unit=loom-weaver-probe02.service"), "{out}");
+    assert!(sd.unit_status("loom-weaver-probe02.service").await.unwrap().is_some());
+    assert_eq!(sd.stop_unit("loom-weaver-probe02.service").await.unwrap(), None);
+
     // A socket made inside under a bound host directory is reachable from the host, both at
     // the host directory and through /proc/PID/root.
     for (sock, host_side) in
