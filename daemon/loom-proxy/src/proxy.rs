@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 use crate::body::{MeteredBody, ProxyBody};
 use crate::config::{ApiFamily, ProviderConfig, ProviderKind, ProxyConfig};
 use crate::errors::{ErrorKind, error_response};
-use crate::limits::{Ledger, Refusal, Reservation, WeaverLimits, WeaverUsage};
+use crate::limits::{Ledger, Refusal, Reservation, WeaverLimits, WeaverTotals, WeaverUsage};
 use crate::route::{Endpoint, pick_provider, upstream_path};
 use crate::usage::{Usage, UsageRecord, UsageSink, UsageStatus};
 use crate::vertex::VertexAuth;
@@ -54,6 +54,13 @@ pub trait LocalRoutes: Send + Sync + 'static {
 pub struct WeaverToken(Zeroizing<String>);
 
 impl WeaverToken {
+    /// A token loomd persisted, to hand back to [`Proxy::restore_weaver`]. Tokens the proxy
+    /// makes are `loom-wv-` and 64 hex digits; anything else is refused.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("loom-wv-")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(Zeroizing::new(s.to_string())))
+    }
+
     /// The token, to put into the weaver's `ANTHROPIC_API_KEY` / `OPENAI_API_KEY`.
     pub fn expose(&self) -> &str {
         &self.0
@@ -74,6 +81,8 @@ pub enum ProxyError {
     UnknownWeaver(String),
     #[error("weaver id {0:?} is not valid: use 1 to 128 printable characters without spaces or `/`")]
     InvalidWeaverId(String),
+    #[error("that token already belongs to a registered weaver")]
+    TokenInUse,
     #[error("could not set up TLS for upstream providers")]
     Tls(#[source] rustls::Error),
 }
@@ -210,6 +219,28 @@ impl Proxy {
 
     /// Gives a weaver a fresh random token. The token works until [`Proxy::unregister_weaver`].
     pub fn register_weaver(&self, weaver_id: &str, limits: WeaverLimits) -> Result<WeaverToken, ProxyError> {
+        self.insert_weaver(weaver_id, WeaverToken(new_token()), limits, WeaverTotals::default())
+    }
+
+    /// Registers a weaver again after loomd restarted, with the token its environment already
+    /// holds and the totals loomd persisted, so its budget keeps counting from where it was.
+    pub fn restore_weaver(
+        &self,
+        weaver_id: &str,
+        token: WeaverToken,
+        limits: WeaverLimits,
+        totals: WeaverTotals,
+    ) -> Result<WeaverToken, ProxyError> {
+        self.insert_weaver(weaver_id, token, limits, totals)
+    }
+
+    fn insert_weaver(
+        &self,
+        weaver_id: &str,
+        token: WeaverToken,
+        limits: WeaverLimits,
+        totals: WeaverTotals,
+    ) -> Result<WeaverToken, ProxyError> {
         if !valid_weaver_id(weaver_id) {
             return Err(ProxyError::InvalidWeaverId(weaver_id.to_string()));
         }
@@ -217,15 +248,16 @@ impl Proxy {
         if reg.by_id.contains_key(weaver_id) {
             return Err(ProxyError::AlreadyRegistered(weaver_id.to_string()));
         }
-        let token = new_token();
-        let weaver = Arc::new(Weaver {
-            id: weaver_id.to_string(),
-            ledger: Mutex::new(Ledger::new(limits)),
-            alive: watch::channel(true).0,
-        });
-        reg.by_token.insert(token.to_string(), weaver.clone());
-        reg.by_id.insert(weaver_id.to_string(), (token.clone(), weaver));
-        Ok(WeaverToken(token))
+        if reg.by_token.contains_key(token.expose()) {
+            return Err(ProxyError::TokenInUse);
+        }
+        let mut ledger = Ledger::new(limits);
+        ledger.totals = totals;
+        let weaver =
+            Arc::new(Weaver { id: weaver_id.to_string(), ledger: Mutex::new(ledger), alive: watch::channel(true).0 });
+        reg.by_token.insert(token.expose().to_string(), weaver.clone());
+        reg.by_id.insert(weaver_id.to_string(), (token.0.clone(), weaver));
+        Ok(token)
     }
 
     /// Kills the weaver's token and stops its bound listeners. Returns its final usage.

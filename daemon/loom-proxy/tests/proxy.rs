@@ -703,6 +703,28 @@ async fn missing_unknown_and_revoked_tokens_are_refused() {
     let t1b = h.proxy.register_weaver("w1", WeaverLimits::unlimited()).unwrap();
     assert_ne!(t1b.expose(), h.t1.expose());
     assert_eq!(format!("{t1b:?}"), "WeaverToken(<redacted>)");
+
+    // After a loomd restart: the same token and the persisted totals come back.
+    let saved = h.proxy.unregister_weaver("w2").unwrap();
+    assert_eq!(saved.totals.requests, 1);
+    let again = WeaverToken::parse(h.t2.expose()).unwrap();
+    assert!(WeaverToken::parse("sk-ant-something").is_none());
+    h.proxy.restore_weaver("w2", again, WeaverLimits::unlimited(), saved.totals.clone()).unwrap();
+    assert!(
+        h.proxy
+            .restore_weaver(
+                "w3",
+                WeaverToken::parse(h.t2.expose()).unwrap(),
+                WeaverLimits::unlimited(),
+                Default::default()
+            )
+            .is_err()
+    );
+    let (status, _, _) =
+        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
+    assert_eq!(status, StatusCode::OK);
+    h.record().await;
+    assert_eq!(h.proxy.usage("w2").unwrap().totals.requests, 2);
 }
 
 #[tokio::test]
