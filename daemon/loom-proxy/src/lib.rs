@@ -7,9 +7,41 @@
 //! limits. Same protocol in and out: Anthropic requests reach Anthropic-style endpoints,
 //! OpenAI requests OpenAI-style ones; nothing is translated.
 //!
-//! Invariants: a provider key never appears in a response, a log line or a `Debug` print; a
-//! request is attributed to exactly one weaver; a request's budget reservation is settled
-//! exactly once (on completion, failure or client disconnect).
+//! # Map
+//! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure), price table.
+//! - [`route`]: endpoint classification, provider choice, upstream paths (pure).
+//! - [`usage`]: usage extraction from JSON and SSE as bytes pass (pure), records, the sink.
+//! - [`limits`]: the per-weaver ledger: budgets, requests per minute, concurrency (pure).
+//! - `proxy`: identity, the request pipeline, retries and fallbacks, the serving loop.
+//! - `body`: the response body that forwards upstream frames as they come and settles the
+//!   request's accounting when it ends, breaks or is dropped.
+//! - `vertex`: service-account JWT (RS256) → OAuth access token, cached.
+//! - `errors`: the proxy's own errors in each API's error shape.
+//!
+//! # Invariants
+//! - A provider key never appears in a response (upstream 401/403 bodies are replaced, other
+//!   error bodies have the key redacted), a log line or a `Debug` print.
+//! - A request is attributed to exactly one weaver: its token must be registered and, on a
+//!   bound listener, belong to that listener's weaver.
+//! - Each admitted request is settled exactly once (completion, failure, client disconnect):
+//!   its concurrency slot and budget reservation are always given back.
+//! - Nothing is retried once the first response byte went to the client.
+//! - The pure modules do no I/O.
+//!
+//! # Wiring it into loomd
+//! ```text
+//! let config = ProxyConfig::from_toml(&providers_tables, &proxy_table)?;
+//! let proxy = Proxy::builder(config, Arc::new(my_sops_keys))   // impl KeySource
+//!     .usage_sink(Arc::new(usage_tx))                           // mpsc::UnboundedSender<UsageRecord>
+//!     .local_routes(Arc::new(my_routes))                        // impl LocalRoutes, for /loom/...
+//!     .build()?;
+//! let token = proxy.register_weaver("w-123", proxy.default_limits())?;
+//! // inside the weaver: ANTHROPIC_BASE_URL=http://ADDR  OPENAI_BASE_URL=http://ADDR/v1
+//! //                    ANTHROPIC_API_KEY=OPENAI_API_KEY=token.expose()
+//! let p = proxy.clone();
+//! tokio::spawn(async move { p.serve(listener_in_weaver_netns, Some("w-123".into())).await });
+//! // on removal: proxy.unregister_weaver("w-123") (the bound serve() returns)
+//! ```
 
 mod body;
 pub mod config;
