@@ -1,12 +1,15 @@
 //! Response bodies: small complete ones, and upstream bodies passed on frame by frame while a
 //! scanner reads their usage; the request's accounting closes when the body ends or is dropped.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use tokio::time::{Duration, Instant, Sleep};
 
 use crate::config::ApiFamily;
 use crate::errors::stream_error_event;
@@ -65,11 +68,22 @@ pub struct MeteredBody {
     shape: ApiFamily,
     pending: Option<Bytes>,
     done: bool,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
 }
 
 impl MeteredBody {
-    pub fn new(inner: Incoming, content_type: &str, call: Call, shape: ApiFamily) -> Self {
-        Self { inner, scanner: UsageScanner::new(content_type), call: Some(call), shape, pending: None, done: false }
+    pub fn new(inner: Incoming, content_type: &str, call: Call, shape: ApiFamily, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            scanner: UsageScanner::new(content_type),
+            call: Some(call),
+            shape,
+            pending: None,
+            done: false,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+        }
     }
 
     fn close(&mut self, status: UsageStatus, usage: Option<crate::usage::Usage>) {
@@ -86,8 +100,20 @@ impl MeteredBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                // The upstream went silent: end the response as if it had been cut, so the
+                // weaver's slot is not held forever.
+                let reason =
+                    format!("upstream sent nothing for {:?} ([proxy] stream_idle_timeout_ms)", this.idle_timeout);
+                return this.fail(reason, None);
+            }
+        };
+        match polled {
             Some(Ok(frame)) => {
+                this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
                 if let Some(d) = frame.data_ref() {
                     this.scanner.feed(d);
                 }
@@ -98,22 +124,28 @@ impl MeteredBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                this.done = true;
-                let outcome = this.scanner.finish();
                 let reason = format!("upstream stream broke after the response started: {e}");
-                this.close(UsageStatus::Failed(reason.clone()), outcome.usage);
-                if this.scanner.is_sse() {
-                    Poll::Ready(Some(Ok(Frame::data(stream_error_event(this.shape, &format!("loom proxy: {reason}"))))))
-                } else {
-                    // Not a stream a client can read an error event from: break the connection
-                    // so it cannot take a truncated body for a whole one.
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
+                this.fail(reason, Some(Box::new(e)))
             }
             None => match this.complete() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Poll::Ready(None),
             },
+        }
+    }
+
+    /// The upstream broke or went silent: settle the call as failed and end the response with
+    /// an error event (streams) or a broken connection (anything else).
+    fn fail(&mut self, reason: String, err: Option<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        let outcome = self.scanner.finish();
+        self.close(UsageStatus::Failed(reason.clone()), outcome.usage);
+        if self.scanner.is_sse() {
+            Poll::Ready(Some(Ok(Frame::data(stream_error_event(self.shape, &format!("loom proxy: {reason}"))))))
+        } else {
+            // Not a stream a client can read an error event from: break the connection so it
+            // cannot take a truncated body for a whole one.
+            Poll::Ready(Some(Err(err.unwrap_or_else(|| reason.into()))))
         }
     }
 

@@ -233,6 +233,8 @@ pub struct ProxyConfig {
     pub max_request_bytes: usize,
     /// How long to wait for an upstream's response headers before retrying.
     pub first_byte_timeout: Duration,
+    /// How long a response body may send nothing before it is treated as cut.
+    pub stream_idle_timeout: Duration,
     pub anthropic_version: String,
 }
 
@@ -271,6 +273,7 @@ struct RawProxy {
     default_output_tokens: Option<u64>,
     max_request_bytes: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     anthropic_version: Option<String>,
 }
 
@@ -428,6 +431,7 @@ impl ProxyConfig {
             default_output_tokens: raw.default_output_tokens.unwrap_or(4096),
             max_request_bytes: raw.max_request_bytes.unwrap_or(32 * 1024 * 1024).min(usize::MAX as u64) as usize,
             first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(600_000)),
+            stream_idle_timeout: Duration::from_millis(raw.stream_idle_timeout_ms.unwrap_or(300_000).max(1)),
             anthropic_version,
         })
     }

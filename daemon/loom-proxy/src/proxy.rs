@@ -972,7 +972,7 @@ impl Inner {
         drop(key);
         let content_type =
             parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let body = MeteredBody::new(body, &content_type, call, shape);
+        let body = MeteredBody::new(body, &content_type, call, shape, self.config.stream_idle_timeout);
         if content_type.starts_with("text/event-stream") {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -1036,11 +1036,13 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    h.get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86_400.0)
-        .map(Duration::from_secs_f64)
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && (0.0..86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs));
+    }
+    // An HTTP date: wait until then (not at all if it is past).
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -1188,5 +1190,70 @@ impl CallState {
             "proxied request finished"
         );
         self.inner.sink.record(self.record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(retry_after(&headers(&[("retry-after", "2")])), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "0.5")])), Some(Duration::from_millis(500)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2"), ("retry-after-ms", "150")])),
+            Some(Duration::from_millis(150))
+        );
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = retry_after(&headers(&[("retry-after", &soon)])).unwrap();
+        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-3")])), None);
+        assert_eq!(retry_after(&headers(&[])), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = crate::config::RetryConfig {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            max_retry_after: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let d0 = backoff(&r, 0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+            let d1 = backoff(&r, 1);
+            assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
+            assert!(backoff(&r, 30) <= Duration::from_millis(300));
+        }
+    }
+
+    #[test]
+    fn redaction() {
+        let key = "sk-secret-123456";
+        assert_eq!(redact(Bytes::from("a sk-secret-123456 b"), Some(key)), Bytes::from("a [REDACTED] b"));
+        assert_eq!(redact(Bytes::from("nothing"), Some(key)), Bytes::from("nothing"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_parse_back() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(*a, *b);
+        assert!(WeaverToken::parse(&a).is_some());
+        assert!(WeaverToken::parse("loom-wv-xyz").is_none());
+        assert!(valid_weaver_id("w-1.a_b"));
+        assert!(!valid_weaver_id("a/b") && !valid_weaver_id("") && !valid_weaver_id("a b"));
     }
 }

@@ -885,3 +885,23 @@ async fn client_disconnect_mid_stream_settles_the_reservation() {
     let u = h.proxy.usage("w1").unwrap();
     assert_eq!((u.reserved_tokens, u.in_flight, u.totals.tokens), (0, 0, 31));
 }
+
+#[tokio::test]
+async fn a_stalled_stream_is_ended_by_the_idle_timeout() {
+    let mut h = harness("stream_idle_timeout_ms = 300\n", WeaverLimits::unlimited()).await;
+    let never = Arc::new(Notify::new());
+    h.up.script([
+        Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(12, 1, 0, 0)).insert(2, Part::WaitFor(never.clone()))
+    ]);
+    let t0 = Instant::now();
+    let (status, _, body) =
+        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(body.contains("event: content_block_start"));
+    assert!(body.contains("event: error") && body.contains("stream_idle_timeout_ms"), "{body}");
+    let r = h.record().await;
+    assert!(matches!(r.status, UsageStatus::Failed(ref m) if m.contains("sent nothing")));
+    assert_eq!(r.usage.input_tokens, 12);
+    assert_eq!(h.proxy.usage("w1").unwrap().in_flight, 0);
+}
