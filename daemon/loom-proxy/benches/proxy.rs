@@ -189,19 +189,26 @@ async fn run() {
     closed_loop(&client, paddr, &token, 8, 0.5).await;
 
     println!("loom-proxy benchmark: fake Anthropic upstream on 127.0.0.1, 2 tokio workers, one process");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine: {} cores, load average at start {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     println!();
     println!("latency at {rate} req/s, {secs} s per side (non-streamed /v1/messages, ~500 B response)");
     let n = rate * secs;
-    let half = n / 2;
+    let blocks = 8;
+    let per_block = n / blocks;
     let mut direct = Vec::new();
     let mut proxied = Vec::new();
     let mut failures = 0;
-    // Alternate halves so drift in the machine's load hits both sides alike.
-    for _ in 0..2 {
-        let (d, f) = open_loop(&client, up.addr, &token, rate, half).await;
+    // Alternate blocks so drift in the machine's load hits both sides alike.
+    for _ in 0..blocks {
+        let (d, f) = open_loop(&client, up.addr, &token, rate, per_block).await;
         direct.extend(d);
         failures += f;
-        let (p, f) = open_loop(&client, paddr, &token, rate, half).await;
+        let (p, f) = open_loop(&client, paddr, &token, rate, per_block).await;
         proxied.extend(p);
         failures += f;
     }
@@ -227,9 +234,17 @@ async fn run() {
     );
 
     println!();
-    println!("highest sustained throughput: closed loop, {conc} concurrent clients, 3 s per side");
-    let (d_rps, d_fail) = closed_loop(&client, up.addr, &token, conc, 3.0).await;
-    let (p_rps, p_fail) = closed_loop(&client, paddr, &token, conc, 3.0).await;
+    println!("highest sustained throughput: closed loop, {conc} concurrent clients, best of 2 x 3 s per side");
+    // Best of two alternating runs per side: the machine is shared.
+    let (mut d_rps, mut d_fail, mut p_rps, mut p_fail) = (0.0f64, 0, 0.0f64, 0);
+    for _ in 0..2 {
+        let (r, f) = closed_loop(&client, up.addr, &token, conc, 3.0).await;
+        d_rps = d_rps.max(r);
+        d_fail += f;
+        let (r, f) = closed_loop(&client, paddr, &token, conc, 3.0).await;
+        p_rps = p_rps.max(r);
+        p_fail += f;
+    }
     println!("  direct   {d_rps:>9.0} req/s  failures {d_fail}");
     println!("  proxied  {p_rps:>9.0} req/s  failures {p_fail}  (target >= 5000; {:.2}x of direct)", p_rps / d_rps);
 

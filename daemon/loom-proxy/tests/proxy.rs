@@ -695,8 +695,15 @@ async fn missing_unknown_and_revoked_tokens_are_refused() {
     let (status, _, _) =
         h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = tokio::net::TcpStream::connect(h.bound).await;
+    // The bound serve loop notices the removal and drops its listener.
+    let mut refused = Ok(());
+    for _ in 0..100 {
+        refused = tokio::net::TcpStream::connect(h.bound).await.map(drop);
+        if refused.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(refused.is_err(), "w1's listener is closed after unregister");
     assert_eq!(h.up.seen().len(), 1);
     // Re-registering gives a new, different token.
