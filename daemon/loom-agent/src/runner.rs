@@ -476,6 +476,9 @@ impl Shell {
     }
 
     async fn run_byo(&mut self, argv: &[String], prompt: String) -> Result<BodyResult, LoopError> {
+        if argv.is_empty() {
+            return Ok(BodyResult { error: Some("the agent command is empty".into()), ..Default::default() });
+        }
         let timeout = self.cfg.command_timeout.min(self.remaining());
         let r = run_command(argv, &self.cfg.workspace, Some(&prompt), timeout, self.cfg.tools.output_cap * 4).await;
         let mut out = BodyResult::default();

@@ -71,6 +71,8 @@ const MIGRATIONS: &[&str] = &[
         parts     TEXT GENERATED ALWAYS AS (
             replace(replace(replace(replace(replace(text, '_', ' '), '-', ' '), '.', ' '), '/', ' '), ':', ' ')
         ) VIRTUAL,
+        -- Indexed so that the weaver filter is part of the full-text match.
+        meta      TEXT GENERATED ALWAYS AS (weaver_id || ' ' || kind) VIRTUAL,
         UNIQUE (thread_id, seq)
     );
     CREATE INDEX events_weaver_ts ON events(weaver_id, ts_ms);
@@ -78,11 +80,13 @@ const MIGRATIONS: &[&str] = &[
     -- What is indexed is `text::whole_text(text)` and `text::parts_text(text)`, written by
     -- `append_events` (never by a trigger: SQLite cannot compute whole_text).
     CREATE VIRTUAL TABLE events_fts USING fts5(
-        text, parts,
+        text, parts, meta,
         content = 'events',
         content_rowid = 'id',
         tokenize = "unicode61 tokenchars '_-./:'"
     );
+    -- Exact tokens weigh more than parts; the weaver/kind column does not rank at all.
+    INSERT INTO events_fts (events_fts, rank) VALUES ('rank', 'bm25(1.0, 0.5, 0.0)');
     "#,
 ];
 
@@ -183,7 +187,7 @@ pub fn append_events(
             )
             .map_err(sql("preparing the event insert"))?;
         let mut fts = tx
-            .prepare_cached("INSERT INTO events_fts (rowid, text, parts) VALUES (?1, ?2, ?3)")
+            .prepare_cached("INSERT INTO events_fts (rowid, text, parts, meta) VALUES (?1, ?2, ?3, ?4)")
             .map_err(sql("preparing the index insert"))?;
         let mut upd = tx
             .prepare_cached(
@@ -242,7 +246,8 @@ pub fn append_events(
             }
             resp.inserted += 1;
             let id = tx.last_insert_rowid();
-            fts.execute(params![id, whole_text(text), parts_text(text)]).map_err(sql("indexing an event"))?;
+            let meta = format!("{sender_weaver} {}", e.kind.as_str());
+            fts.execute(params![id, whole_text(text), parts_text(text), meta]).map_err(sql("indexing an event"))?;
             let title = (e.kind == EventKind::ThreadStart)
                 .then(|| truncate_str(text.lines().next().unwrap_or(""), 200).to_owned());
             let stop = (e.kind == EventKind::Stop).then(|| {
@@ -403,6 +408,11 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> Result<Vec<SearchHit>, Thre
     Ok(hits)
 }
 
+/// When a query matches more events than this, only the most recent this-many matches are
+/// ranked: ranking every match of a common word over millions of events would take far longer
+/// than the latency target, and recent work is what people look for.
+pub const RANK_WINDOW: usize = 2000;
+
 fn run_search(
     conn: &Connection,
     expr: &str,
@@ -410,33 +420,74 @@ fn run_search(
     q: &SearchQuery,
     limit: usize,
 ) -> Result<Vec<SearchHit>, ThreadsError> {
-    let mut st = conn
+    let expr = match &q.weaver {
+        Some(w) => format!("meta : \"{}\" AND ({expr})", w.replace('"', "\"\"")),
+        None => expr.to_owned(),
+    };
+    let timed = q.since_ms.is_some() || q.until_ms.is_some();
+    let (from, time_filter) = if timed {
+        (
+            "events_fts f JOIN events e ON e.id = f.rowid",
+            "AND (?2 IS NULL OR e.ts_ms >= ?2) AND (?3 IS NULL OR e.ts_ms < ?3)",
+        )
+    } else {
+        ("events_fts f", "AND ?2 IS NULL AND ?3 IS NULL")
+    };
+    // The rowid of the RANK_WINDOW-th most recent match: walking a doclist backwards is cheap.
+    let cutoff: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT f.rowid FROM {from} WHERE events_fts MATCH ?1 {time_filter}
+             ORDER BY f.rowid DESC LIMIT 1 OFFSET ?4"
+        ))
+        .map_err(sql("preparing a search"))?
+        .query_row(params![expr, q.since_ms, q.until_ms, (RANK_WINDOW - 1) as i64], |r| r.get(0))
+        .optional()
+        .map_err(sql("searching"))?;
+    let top: Vec<(i64, f64)> = conn
+        .prepare_cached(&format!(
+            "SELECT f.rowid, f.rank FROM {from} WHERE events_fts MATCH ?1 {time_filter}
+               AND f.rowid >= ?4 ORDER BY f.rank LIMIT ?5"
+        ))
+        .map_err(sql("preparing a search"))?
+        .query_map(params![expr, q.since_ms, q.until_ms, cutoff.unwrap_or(i64::MIN), limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(sql("searching"))?
+        .collect::<Result<_, _>>()
+        .map_err(sql("reading search results"))?;
+    let mut hit = conn
         .prepare_cached(
             "SELECT e.thread_id, e.weaver_id, e.seq, e.ts_ms, e.kind, e.iteration,
-                    snippet(events_fts, ?2, '[', ']', '…', 12), f.rank
-             FROM events_fts f JOIN events e ON e.id = f.rowid
-             WHERE events_fts MATCH ?1
-               AND (?3 IS NULL OR e.weaver_id = ?3)
-               AND (?4 IS NULL OR e.ts_ms >= ?4)
-               AND (?5 IS NULL OR e.ts_ms < ?5)
-             ORDER BY f.rank LIMIT ?6",
+                    (SELECT snippet(events_fts, ?2, '[', ']', '…', 12) FROM events_fts
+                      WHERE events_fts MATCH ?3 AND rowid = e.id)
+             FROM events e WHERE e.id = ?1",
         )
         .map_err(sql("preparing a search"))?;
-    st.query_map(params![expr, column, q.weaver, q.since_ms, q.until_ms, limit as i64], |r| {
-        Ok(SearchHit {
-            thread_id: r.get(0)?,
-            weaver_id: r.get(1)?,
-            seq: r.get::<_, i64>(2)? as u64,
-            ts_ms: r.get(3)?,
-            kind: EventKind::parse(&r.get::<_, String>(4)?),
-            iteration: r.get(5)?,
-            snippet: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
-            score: r.get(7)?,
-        })
-    })
-    .map_err(sql("searching"))?
-    .collect::<Result<_, _>>()
-    .map_err(sql("reading search results"))
+    let mut out = Vec::with_capacity(top.len());
+    for (rowid, score) in top {
+        let h = hit
+            .query_row(params![rowid, column, expr], |r| {
+                Ok(SearchHit {
+                    thread_id: r.get(0)?,
+                    weaver_id: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    ts_ms: r.get(3)?,
+                    kind: EventKind::parse(&r.get::<_, String>(4)?),
+                    iteration: r.get(5)?,
+                    snippet: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    score,
+                })
+            })
+            .optional()
+            .map_err(sql("reading a search result"))?;
+        // The index matches weaver ids case-insensitively; the filter is exact.
+        if let Some(h) = h
+            && q.weaver.as_ref().is_none_or(|w| *w == h.weaver_id)
+        {
+            out.push(h);
+        }
+    }
+    Ok(out)
 }
 
 /// Removes a thread, its events and their index entries.
@@ -450,18 +501,19 @@ pub fn delete_thread(conn: &mut Connection, id: &str) -> Result<(), ThreadsError
         if exists.is_none() {
             return Err(ThreadsError::NotFound(id.to_owned()));
         }
-        let mut st =
-            tx.prepare("SELECT id, text FROM events WHERE thread_id = ?1").map_err(sql("reading events to delete"))?;
-        let rows: Vec<(i64, String)> = st
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let mut st = tx
+            .prepare("SELECT id, text, meta FROM events WHERE thread_id = ?1")
+            .map_err(sql("reading events to delete"))?;
+        let rows: Vec<(i64, String, String)> = st
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(sql("reading events to delete"))?
             .collect::<Result<_, _>>()
             .map_err(sql("reading events to delete"))?;
         let mut del = tx
-            .prepare("INSERT INTO events_fts (events_fts, rowid, text, parts) VALUES ('delete', ?1, ?2, ?3)")
+            .prepare("INSERT INTO events_fts (events_fts, rowid, text, parts, meta) VALUES ('delete', ?1, ?2, ?3, ?4)")
             .map_err(sql("preparing index deletes"))?;
-        for (rowid, text) in rows {
-            del.execute(params![rowid, whole_text(&text), parts_text(&text)])
+        for (rowid, text, meta) in rows {
+            del.execute(params![rowid, whole_text(&text), parts_text(&text), meta])
                 .map_err(sql("removing an event from the index"))?;
         }
         tx.execute("DELETE FROM events WHERE thread_id = ?1", [id]).map_err(sql("deleting events"))?;

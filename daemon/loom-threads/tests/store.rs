@@ -230,3 +230,30 @@ fn list_show_and_delete() {
     assert_eq!(integrity, "ok");
     assert!(matches!(delete_thread(&mut conn, "t1"), Err(ThreadsError::NotFound(_))));
 }
+
+#[test]
+fn common_words_rank_the_most_recent_matches_and_weaver_filter_is_in_the_index() {
+    let (_d, mut conn) = open();
+    append_events(&mut conn, "w2", &[ev("old", "w2", 1, EventKind::Output, "a common word, long ago")]).unwrap();
+    let many: Vec<ThreadEvent> =
+        (1..=2100).map(|i| ev("busy", "w-a.b", i, EventKind::Output, &format!("common word number {i}"))).collect();
+    for chunk in many.chunks(500) {
+        append_events(&mut conn, "w-a.b", chunk).unwrap();
+    }
+    let q = |weaver: Option<&str>| {
+        search(
+            &conn,
+            &SearchQuery { text: "common".into(), weaver: weaver.map(Into::into), limit: 5, ..Default::default() },
+        )
+        .unwrap()
+    };
+    let all = q(None);
+    assert_eq!(all.len(), 5);
+    // Only the RANK_WINDOW most recent matches are ranked: the oldest busy events are out.
+    assert!(all.iter().all(|h| h.thread_id == "busy" && h.seq > 100), "{all:?}");
+    let w2 = q(Some("w2"));
+    assert_eq!(w2.len(), 1, "the filter is applied before the window");
+    assert_eq!(w2[0].thread_id, "old");
+    assert_eq!(q(Some("w-a.b")).len(), 5);
+    assert!(q(Some("W2")).is_empty(), "weaver ids match exactly");
+}
