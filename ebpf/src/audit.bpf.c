@@ -119,6 +119,18 @@ static __always_inline void *reserve(__u64 size, __u32 kind, __u32 op, __u64 cgr
 	return h;
 }
 
+/*
+ * Wake the reader only once the ring is an eighth full: a wakeup per event
+ * costs the traced process a context switch. User space also polls every few
+ * milliseconds, so a quiet ring is still drained promptly.
+ */
+static __always_inline void submit(void *e)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	bpf_ringbuf_submit(e, avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 static __always_inline int emit_args(__u32 kind, __u32 op, __s64 a0, __s64 a1, __s64 a2, __s64 a3)
 {
 	__u64 cg = watched_cgroup();
@@ -131,7 +143,7 @@ static __always_inline int emit_args(__u32 kind, __u32 op, __s64 a0, __s64 a1, _
 	e->args[1] = a1;
 	e->args[2] = a2;
 	e->args[3] = a3;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -156,7 +168,7 @@ static __always_inline int emit_path(__u32 kind, __u32 op, const char *path, __s
 	e->args[3] = 0;
 	e->_pad = 0;
 	e->path_len = read_user_str(e->path, sizeof(e->path), path);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -177,7 +189,7 @@ static __always_inline int emit_path2(__u32 kind, __u32 op, const char *path, co
 	e->path_len = path ? read_user_str(e->path, sizeof(e->path), path) : 0;
 	e->path2_len = path2 ? read_user_str(e->path2, sizeof(e->path2), path2) : 0;
 	e->aux_len = aux ? read_user_str(e->aux, sizeof(e->aux), aux) : 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -218,7 +230,7 @@ static __always_inline int emit_net(__u32 kind, __u32 op, __s32 fd, const void *
 			bpf_probe_read_user(e->unix_path, n, addr + 2);
 	}
 	e->port = __builtin_bswap16(port);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -266,7 +278,7 @@ int sched_process_exec(struct loom_sched_exec_ctx *ctx)
 	if (len > 0 && bpf_probe_read_user(e->argv, len, (const void *)start) < 0)
 		len = 0;
 	e->argv_len = len;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 

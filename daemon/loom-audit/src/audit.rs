@@ -391,6 +391,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How often the ring buffer is drained when the kernel did not wake us (it
+/// wakes us only once the ring is an eighth full, see `submit` in the C code).
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 async fn drain(
     mut ring: AsyncFd<RingBuf<MapData>>,
     tx: mpsc::Sender<AuditEvent>,
@@ -398,31 +402,36 @@ async fn drain(
     boot_offset: i64,
 ) {
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
+        match tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()).await {
+            Ok(Ok(mut guard)) => {
+                drain_once(guard.get_inner_mut(), &tx, &shared, boot_offset);
+                guard.clear_ready();
+            }
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "audit ring buffer poll failed; audit draining stopped");
                 return;
             }
-        };
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            match decode(&item, |id| shared.weaver_of(id), boot_offset) {
-                Ok(ev) => {
-                    let i = (ev.kind().raw() as usize).min(KINDS - 1);
-                    shared.received[i].fetch_add(1, Ordering::Relaxed);
-                    if tx.try_send(ev).is_err() {
-                        shared.dropped[i].fetch_add(1, Ordering::Relaxed);
-                    }
+            Err(_elapsed) => drain_once(ring.get_mut(), &tx, &shared, boot_offset),
+        }
+    }
+}
+
+fn drain_once(rb: &mut RingBuf<MapData>, tx: &mpsc::Sender<AuditEvent>, shared: &Shared, boot_offset: i64) {
+    while let Some(item) = rb.next() {
+        match decode(&item, |id| shared.weaver_of(id), boot_offset) {
+            Ok(ev) => {
+                let i = (ev.kind().raw() as usize).min(KINDS - 1);
+                shared.received[i].fetch_add(1, Ordering::Relaxed);
+                if tx.try_send(ev).is_err() {
+                    shared.dropped[i].fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    if shared.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::error!(error = %e, "undecodable audit record");
-                    }
+            }
+            Err(e) => {
+                if shared.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(error = %e, "undecodable audit record");
                 }
             }
         }
-        guard.clear_ready();
     }
 }
 
