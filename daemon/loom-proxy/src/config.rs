@@ -109,6 +109,9 @@ pub struct ProviderConfig {
     pub secret: Option<String>,
     /// Vertex only: the OAuth token endpoint (defaults to Google's).
     pub token_url: Option<String>,
+    /// PEM file of the CA(s) to trust for this provider instead of the public web roots (a
+    /// self-hosted server behind a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// USD per million tokens.
@@ -255,6 +258,7 @@ struct RawProvider {
     kind: Option<String>,
     api: Option<String>,
     token_url: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -491,7 +495,15 @@ fn parse_provider(name: &str, table: &toml::Table) -> Result<ProviderConfig, Con
     if let Some(t) = &raw.token_url {
         BaseUrl::parse(t).map_err(|m| perr(name, format!("token_url: {m}")))?;
     }
-    Ok(ProviderConfig { name: name.to_string(), kind, api, base_url, secret: raw.secret, token_url: raw.token_url })
+    Ok(ProviderConfig {
+        name: name.to_string(),
+        kind,
+        api,
+        base_url,
+        secret: raw.secret,
+        token_url: raw.token_url,
+        ca_file: raw.ca_file,
+    })
 }
 
 #[cfg(test)]

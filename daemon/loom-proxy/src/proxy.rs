@@ -17,11 +17,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper_rustls::ConfigBuilderExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -85,6 +87,8 @@ pub enum ProxyError {
     TokenInUse,
     #[error("could not set up TLS for upstream providers")]
     Tls(#[source] rustls::Error),
+    #[error("[providers.{provider}] ca_file {path:?}: {message}")]
+    CaFile { provider: String, path: std::path::PathBuf, message: String },
 }
 
 pub(crate) struct Weaver {
@@ -113,6 +117,8 @@ pub(crate) struct Inner {
     sink: Arc<dyn UsageSink>,
     local: Option<Arc<dyn LocalRoutes>>,
     client: HttpClient,
+    /// Clients of providers with their own `ca_file`.
+    own_ca: HashMap<String, HttpClient>,
     registry: RwLock<Registry>,
     vertex: VertexAuth,
 }
@@ -157,22 +163,33 @@ impl ProxyBuilder {
     }
 
     pub fn build(self) -> Result<Proxy, ProxyError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
             .map_err(ProxyError::Tls)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(512)
-            .build(https.clone());
+            .with_webpki_roots()
+            .with_no_client_auth();
+        let client = make_client(tls);
+        let mut own_ca = HashMap::new();
+        for p in self.config.providers.values() {
+            let Some(path) = &p.ca_file else { continue };
+            let err = |message: String| ProxyError::CaFile { provider: p.name.clone(), path: path.clone(), message };
+            let pem = std::fs::read(path).map_err(|e| err(format!("cannot be read ({e})")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| err(format!("is not PEM ({e})")))?;
+                roots.add(cert).map_err(|e| err(format!("holds a certificate rustls refuses ({e})")))?;
+            }
+            if roots.is_empty() {
+                return Err(err("holds no certificate".into()));
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(ProxyError::Tls)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            own_ca.insert(p.name.clone(), make_client(tls));
+        }
         Ok(Proxy {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -181,10 +198,29 @@ impl ProxyBuilder {
                 local: self.local,
                 vertex: VertexAuth::new(client.clone()),
                 client,
+                own_ca,
                 registry: RwLock::new(Registry::default()),
             }),
         })
     }
+}
+
+fn make_client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .build(https)
 }
 
 fn valid_weaver_id(id: &str) -> bool {
@@ -850,7 +886,11 @@ impl Inner {
                         break;
                     }
                 };
-                let result = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(req)).await;
+                let result = tokio::time::timeout(
+                    self.config.first_byte_timeout,
+                    self.own_ca.get(&target.provider.name).unwrap_or(&self.client).request(req),
+                )
+                .await;
                 let delay = match result {
                     Ok(Ok(resp)) => {
                         let status = resp.status();

@@ -912,3 +912,54 @@ async fn a_stalled_stream_is_ended_by_the_idle_timeout() {
     assert_eq!(r.usage.input_tokens, 12);
     assert_eq!(h.proxy.usage("w1").unwrap().in_flight, 0);
 }
+
+#[tokio::test]
+async fn https_to_a_provider_behind_a_private_ca() {
+    let up =
+        FakeProvider::start_tls(include_str!("data/test-server-cert.pem"), include_str!("data/test-server-key.pem"))
+            .await;
+    up.script([Reply::openai_stream("llama3", &["hi"], 5, 1)]);
+    let base = format!("https://localhost:{}/v1", up.addr.port());
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-ca.pem");
+    let make = |ca_line: &str| {
+        let t: toml::Table =
+            format!("[local]\nkind = \"openai-compatible\"\nbase_url = \"{base}\"\n{ca_line}").parse().unwrap();
+        let providers = t.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
+        ProxyConfig::from_toml(&providers, &"[retry]\nmax_attempts = 1\n".parse().unwrap()).unwrap()
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for (ca_line, trusted) in [(format!("ca_file = \"{ca}\""), true), (String::new(), false)] {
+        let proxy = Proxy::builder(make(&ca_line), Arc::new(Keys(HashMap::new()))).build().unwrap();
+        let token = proxy.register_weaver("w", WeaverLimits::unlimited()).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let p = proxy.clone();
+        tokio::spawn(async move { p.serve(l, None).await });
+        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {}", token.expose()))
+            .body(Full::new(Bytes::from(oai_body("llama3", true))))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        let body = read_all(resp.into_body()).await;
+        if trusted {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert!(body.ends_with("data: [DONE]\n\n"));
+        } else {
+            // The public web roots do not know the private CA: the handshake fails.
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+            assert!(body.contains("could not reach local"), "{body}");
+        }
+    }
+    // The TLS fake saw exactly the one request that got through, without credentials.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert!(seen[0].headers.get("authorization").is_none());
+
+    let err = Proxy::builder(make("ca_file = \"/nonexistent/ca.pem\""), Arc::new(Keys(HashMap::new())))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[providers.local] ca_file") && err.contains("cannot be read"), "{err}");
+}
