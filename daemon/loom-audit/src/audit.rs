@@ -145,15 +145,32 @@ struct Names {
     retired: VecDeque<(u64, String)>,
 }
 
-#[derive(Debug)]
 struct Shared {
     names: RwLock<Names>,
     received: [AtomicU64; KINDS],
     dropped: [AtomicU64; KINDS],
     decode_errors: AtomicU64,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
 }
 
 impl Shared {
+    fn kernel_lost(&self, kind: u32) -> u64 {
+        self.lost.get(&kind, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+
+    fn total_lost(&self) -> u64 {
+        EventKind::ALL
+            .into_iter()
+            .map(|k| self.kernel_lost(k.raw()) + self.dropped[k.raw() as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn weaver_of(&self, cgroup_id: u64) -> String {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = names.live.get(&cgroup_id) {
@@ -173,7 +190,6 @@ impl Shared {
 pub struct Audit {
     _ebpf: Ebpf,
     watched: Mutex<aya::maps::HashMap<MapData, u64, u32>>,
-    lost: PerCpuArray<MapData, u64>,
     seqno: Array<MapData, u64>,
     shared: Arc<Shared>,
     drain: tokio::task::JoinHandle<()>,
@@ -294,6 +310,7 @@ impl Audit {
             received: std::array::from_fn(|_| AtomicU64::new(0)),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
             decode_errors: AtomicU64::new(0),
+            lost,
         });
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AuditError::Runtime(std::io::Error::other("no tokio runtime")));
@@ -308,7 +325,6 @@ impl Audit {
         Ok(Audit {
             _ebpf: ebpf,
             watched: Mutex::new(watched),
-            lost,
             seqno,
             shared,
             drain,
@@ -365,7 +381,7 @@ impl Audit {
         s.decode_errors = self.shared.decode_errors.load(Ordering::Relaxed);
         for k in EventKind::ALL {
             let i = k.raw() as usize;
-            let kernel_lost = self.lost.get(&k.raw(), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+            let kernel_lost = self.shared.kernel_lost(k.raw());
             let ks = KindStats {
                 received: self.shared.received[i].load(Ordering::Relaxed),
                 kernel_lost,
@@ -401,7 +417,22 @@ async fn drain(
     shared: Arc<Shared>,
     boot_offset: i64,
 ) {
+    let mut reported_lost = 0u64;
+    let mut last_check = std::time::Instant::now();
     loop {
+        // losses are never silent: they are logged as they happen (and counted in stats)
+        if last_check.elapsed() >= std::time::Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            let lost = shared.total_lost();
+            if lost > reported_lost {
+                tracing::warn!(
+                    lost_since_last = lost - reported_lost,
+                    lost_total = lost,
+                    "audit events lost (ring buffer or queue full); see loom status for counts per kind"
+                );
+                reported_lost = lost;
+            }
+        }
         match tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()).await {
             Ok(Ok(mut guard)) => {
                 drain_once(guard.get_inner_mut(), &tx, &shared, boot_offset);
