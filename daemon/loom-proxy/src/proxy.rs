@@ -674,8 +674,12 @@ impl Inner {
             && streaming
             && peek.as_ref().and_then(|p| p.stream_options.as_ref()).and_then(|s| s.include_usage) != Some(true);
 
-        // Budget reservation: the worst case of this call.
-        let billable = endpoint.billable() && upstream_model.is_some();
+        // Budget reservation: the worst case of this call. Passthrough POSTs reserve even
+        // without a `model` in the body (Vertex-style URLs name it in the path), priced at the
+        // default price, and are charged what their response reports.
+        let names_model = upstream_model.is_some();
+        let billable = endpoint.billable()
+            && (names_model || (matches!(endpoint, Endpoint::Passthrough { .. }) && parts.method == Method::POST));
         let want = if billable {
             let p = peek.as_ref();
             let out = p
@@ -703,7 +707,7 @@ impl Inner {
                 inner: self.clone(),
                 weaver: weaver.clone(),
                 reservation,
-                billable,
+                charge_if_unreported: billable && names_model,
                 record: UsageRecord {
                     weaver: weaver.id.clone(),
                     thread,
@@ -1165,7 +1169,8 @@ struct CallState {
     inner: Arc<Inner>,
     weaver: Arc<Weaver>,
     reservation: Reservation,
-    billable: bool,
+    /// A model call answered without usage is charged its reservation.
+    charge_if_unreported: bool,
     record: UsageRecord,
     started: Instant,
 }
@@ -1207,7 +1212,7 @@ impl CallState {
             Some(u) => (u, true, price.cost(&u)),
             // A model call that was answered but told no usage is charged its reservation:
             // budgets must hold even against a provider that omits usage.
-            None if self.billable && got_response => {
+            None if self.charge_if_unreported && got_response => {
                 (Usage { input_tokens: self.reservation.tokens, ..Usage::default() }, false, self.reservation.usd)
             }
             None => (Usage::default(), false, 0.0),

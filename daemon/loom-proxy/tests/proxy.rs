@@ -963,3 +963,36 @@ async fn https_to_a_provider_behind_a_private_ca() {
         .to_string();
     assert!(err.contains("[providers.local] ca_file") && err.contains("cannot be read"), "{err}");
 }
+
+#[tokio::test]
+async fn passthrough_without_a_model_reserves_but_pays_only_reported_usage() {
+    let mut h = harness("", WeaverLimits { max_tokens: Some(10_000), ..WeaverLimits::unlimited() }).await;
+    h.up.script([
+        Reply::new(200, "application/json", r#"{"id":"file-1","object":"file"}"#),
+        Reply::new(
+            200,
+            "application/json",
+            r#"{"candidates":[],"usageMetadata":{},"usage":{"input_tokens":20,"output_tokens":30}}"#,
+        ),
+    ]);
+    let bearer = format!("Bearer {}", h.t1.expose());
+    let (status, _, _) = h
+        .call(h.bound, "POST", "/proxy/openai/v1/files", &[("authorization", &bearer)], r#"{"purpose":"batch"}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = h.record().await;
+    assert_eq!((r.usage.total(), r.cost_usd), (0, 0.0), "no model, no usage: nothing charged");
+    let (status, _, _) = h
+        .call(h.bound, "POST", "/proxy/openai/v1/publishers/x/models/y:rawPredict", &[("authorization", &bearer)], "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.record().await.usage.total(), 50);
+    // Once the budget cannot hold a reservation, such calls are refused too.
+    h.proxy.set_limits("w1", WeaverLimits { max_tokens: Some(60), ..WeaverLimits::unlimited() }).unwrap();
+    let (status, _, body) = h
+        .call(h.bound, "POST", "/proxy/openai/v1/files", &[("authorization", &bearer)], r#"{"purpose":"batch"}"#)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("token budget exhausted"));
+    assert_eq!(h.up.seen().len(), 2);
+}
