@@ -153,7 +153,7 @@ impl Ledger {
     /// Reserves a request's worst case against the budgets (after [`Ledger::enter`]).
     pub fn reserve(&mut self, want: Reservation) -> Result<Reservation, Refusal> {
         if let Some(limit) = self.limits.max_tokens
-            && self.totals.tokens + self.reserved_tokens + want.tokens > limit
+            && self.totals.tokens.saturating_add(self.reserved_tokens).saturating_add(want.tokens) > limit
         {
             self.totals.refused += 1;
             return Err(Refusal::TokenBudget {
@@ -174,7 +174,7 @@ impl Ledger {
                 needed: want.usd,
             });
         }
-        self.reserved_tokens += want.tokens;
+        self.reserved_tokens = self.reserved_tokens.saturating_add(want.tokens);
         self.reserved_usd += want.usd;
         Ok(want)
     }
@@ -189,11 +189,11 @@ impl Ledger {
         if failed {
             t.failed += 1;
         }
-        t.input_tokens += usage.input_tokens;
-        t.output_tokens += usage.output_tokens;
-        t.cache_read_tokens += usage.cache_read_tokens;
-        t.cache_write_tokens += usage.cache_write_tokens;
-        t.tokens += usage.total();
+        t.input_tokens = t.input_tokens.saturating_add(usage.input_tokens);
+        t.output_tokens = t.output_tokens.saturating_add(usage.output_tokens);
+        t.cache_read_tokens = t.cache_read_tokens.saturating_add(usage.cache_read_tokens);
+        t.cache_write_tokens = t.cache_write_tokens.saturating_add(usage.cache_write_tokens);
+        t.tokens = t.tokens.saturating_add(usage.total());
         if cost_usd.is_finite() && cost_usd > 0.0 {
             t.cost_usd += cost_usd;
         }
@@ -272,5 +272,21 @@ mod tests {
         assert!(l.admit(now, res(0, 0.0)).is_ok());
         assert_eq!(l.totals.failed, 1);
         assert_eq!(l.snapshot().in_flight, 1);
+    }
+
+    #[test]
+    fn absurd_usage_from_a_provider_saturates() {
+        let mut l = Ledger::new(WeaverLimits { max_tokens: Some(10), ..WeaverLimits::unlimited() });
+        let now = Instant::now();
+        let r = l.admit(now, res(1, 0.0)).unwrap();
+        let u = crate::usage::usage_from_json(
+            br#"{"usage":{"input_tokens":18446744073709551615,"output_tokens":18446744073709551615}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        l.settle(r, &u, f64::INFINITY, false);
+        assert_eq!(l.totals.tokens, u64::MAX);
+        assert_eq!(l.totals.cost_usd, 0.0, "a non-finite cost is not added");
+        assert!(l.admit(now, res(u64::MAX, 0.0)).unwrap_err().is_budget());
     }
 }

@@ -1076,7 +1076,7 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
+        .filter(|v| v.is_finite() && (0.0..86_400_000.0).contains(v))
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
@@ -1264,6 +1264,8 @@ mod tests {
         assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), Some(Duration::ZERO));
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-3")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "1e300")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "1e300")])), None);
         assert_eq!(retry_after(&headers(&[])), None);
     }
 

@@ -506,4 +506,36 @@ mod tests {
         assert_eq!(scan("application/json", &["{\"data\":[]}"]).usage, None);
         assert_eq!(scan("text/plain", &["whatever"]), ScanOutcome::default());
     }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pieces: [&[u8]; 9] = [
+            b"data: ",
+            b"\n",
+            b"\r\n",
+            b"{\"type\":\"message_delta\",\"usage\":{\"output_tokens\":",
+            b"\"usage\":{\"prompt_tokens\":-1}",
+            b"[DONE]",
+            b"\xff\xfe",
+            b"event: error\n",
+            b"}}",
+        ];
+        for ct in ["text/event-stream", "application/json", "text/plain"] {
+            for _ in 0..300 {
+                let mut s = UsageScanner::new(ct);
+                for _ in 0..rng.random_range(0..40) {
+                    if rng.random_bool(0.5) {
+                        s.feed(pieces[rng.random_range(0..pieces.len())]);
+                    } else {
+                        let n = rng.random_range(0..64);
+                        let v: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                        s.feed(&v);
+                    }
+                }
+                let _ = s.finish();
+            }
+        }
+    }
 }
