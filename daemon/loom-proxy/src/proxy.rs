@@ -1048,7 +1048,7 @@ fn refused(shape: ApiFamily, weaver: &str, refusal: &Refusal) -> Response<ProxyB
 }
 
 fn redact(bytes: Bytes, key: Option<&str>) -> Bytes {
-    let Some(key) = key.filter(|k| k.len() >= 8) else {
+    let Some(key) = key.map(str::trim).filter(|k| k.len() >= 8) else {
         return bytes;
     };
     let k = key.as_bytes();
@@ -1142,6 +1142,8 @@ fn build_request(
     *req.uri_mut() = uri.clone();
     *req.headers_mut() = out.headers.clone();
     if let Some(key) = key {
+        // Secrets stored from a file often end in a newline.
+        let key = key.trim();
         let bad = || format!("provider {}'s key is not a valid header value", provider.name);
         let anthropic_style = out.family == ApiFamily::Anthropic && provider.kind != ProviderKind::Vertex;
         if anthropic_style {

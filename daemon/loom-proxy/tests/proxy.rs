@@ -86,7 +86,7 @@ async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
     let keys = Keys(HashMap::from([
         ("anthropic_api_key", ANTHROPIC_KEY),
         ("providers.openai.key", OPENAI_KEY),
-        ("zai_key", "zai-REALKEY-0123456789"),
+        ("zai_key", "zai-REALKEY-0123456789\n"),
     ]));
     let (tx, records) = mpsc::unbounded_channel();
     let local = Arc::new(Local(Mutex::new(Vec::new())));
