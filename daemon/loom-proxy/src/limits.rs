@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Limits of one weaver; `None` is unlimited.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeaverLimits {
     /// Total tokens (input + output + cache read + cache write) over the weaver's life.
     pub max_tokens: Option<u64>,
@@ -22,7 +22,7 @@ impl WeaverLimits {
 }
 
 /// Running totals of one weaver.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeaverTotals {
     pub requests: u64,
     pub failed: u64,
@@ -37,7 +37,7 @@ pub struct WeaverTotals {
 }
 
 /// A snapshot for `loom usage`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeaverUsage {
     pub limits: WeaverLimits,
     pub totals: WeaverTotals,

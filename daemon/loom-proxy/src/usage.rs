@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 /// Tokens of one request, in the four classes providers bill separately.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Input tokens not served from a prompt cache.
     pub input_tokens: u64,
@@ -343,7 +343,8 @@ fn error_message(v: &Value) -> String {
 }
 
 /// How a proxied request ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "detail")]
 pub enum UsageStatus {
     /// The upstream answered 2xx and the body arrived whole.
     Ok,
@@ -368,7 +369,7 @@ impl UsageStatus {
 }
 
 /// One proxied model call, for loomd to persist (`loom usage`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     pub weaver: String,
     /// From the client's `x-loom-thread` header.
@@ -537,5 +538,31 @@ mod tests {
                 let _ = s.finish();
             }
         }
+    }
+
+    #[test]
+    fn records_serialize_for_the_store() {
+        let r = UsageRecord {
+            weaver: "w".into(),
+            thread: Some("t".into()),
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4".into(),
+            endpoint: "/v1/messages".into(),
+            usage: Usage { input_tokens: 1, output_tokens: 2, cache_read_tokens: 3, cache_write_tokens: 4 },
+            usage_reported: true,
+            cost_usd: 0.5,
+            status: UsageStatus::UpstreamError(529),
+            http_status: 529,
+            attempts: 3,
+            started_at: SystemTime::UNIX_EPOCH,
+            time_to_first_byte: Duration::from_millis(5),
+            latency: Duration::from_millis(9),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], serde_json::json!({"status": "upstream_error", "detail": 529}));
+        assert_eq!(v["usage"]["cache_write_tokens"], 4);
+        assert_eq!(serde_json::from_value::<UsageRecord>(v).unwrap(), r);
+        let ok = serde_json::to_value(UsageStatus::Ok).unwrap();
+        assert_eq!(ok, serde_json::json!({"status": "ok"}));
     }
 }
