@@ -184,8 +184,7 @@ fn main() {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let db = std::env::var("LOOM_BENCH_DB").unwrap_or_else(|_| format!("{target}/loom-threads-bench-{total}.db"));
     let mut conn = Connection::open(&db).expect("open db");
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    loom_threads::configure_connection(&conn).unwrap();
     migrate(&mut conn).expect("migrate");
     let have: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
     if have as usize != total {
@@ -195,8 +194,7 @@ fn main() {
         let _ = std::fs::remove_file(format!("{db}-wal"));
         let _ = std::fs::remove_file(format!("{db}-shm"));
         conn = Connection::open(&db).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        loom_threads::configure_connection(&conn).unwrap();
         migrate(&mut conn).unwrap();
         build(&mut conn, total);
     }

@@ -85,10 +85,20 @@ const MIGRATIONS: &[&str] = &[
         content_rowid = 'id',
         tokenize = "unicode61 tokenchars '_-./:'"
     );
-    -- Exact tokens weigh more than parts; the weaver/kind column does not rank at all.
-    INSERT INTO events_fts (events_fts, rank) VALUES ('rank', 'bm25(1.0, 0.5, 0.0)');
     "#,
 ];
+
+/// Settings the thread store is measured with; loomd should apply them to its connection:
+/// WAL (readers never wait for the writer), `synchronous=NORMAL` (durable at checkpoints, safe
+/// in WAL), a busy timeout, and memory-mapped reads (search reads candidate rows at random;
+/// through `pread` each is a syscall, mapped it is a memory access).
+pub fn configure_connection(conn: &Connection) -> Result<(), ThreadsError> {
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("enabling WAL"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql("setting synchronous"))?;
+    conn.pragma_update(None, "mmap_size", 1i64 << 30).map_err(sql("setting mmap_size"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("setting the busy timeout"))?;
+    Ok(())
+}
 
 /// The schema version this crate writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -382,7 +392,8 @@ pub struct SearchHit {
     pub kind: EventKind,
     pub iteration: u32,
     pub snippet: String,
-    /// bm25 score; lower is better. Exact identifier/path matches come before partial ones.
+    /// BM25-style score (term frequency and length); higher is better. Exact identifier/path
+    /// matches come before partial ones whatever their score.
     pub score: f64,
 }
 
@@ -391,11 +402,11 @@ pub struct SearchHit {
 pub fn search(conn: &Connection, q: &SearchQuery) -> Result<Vec<SearchHit>, ThreadsError> {
     let fq = fts_query(&q.text).ok_or_else(|| ThreadsError::EmptyQuery(q.text.clone()))?;
     let limit = q.limit.clamp(1, 1000);
-    let mut hits = run_search(conn, &fq.exact, 0, q, limit)?;
+    let mut hits = run_search(conn, &fq.exact, &fq.exact_terms, 0, q, limit)?;
     if hits.len() < limit
         && let Some(parts) = &fq.parts
     {
-        let more = run_search(conn, parts, 1, q, limit)?;
+        let more = run_search(conn, parts, &fq.parts_terms, 1, q, limit)?;
         for h in more {
             if hits.len() >= limit {
                 break;
@@ -408,14 +419,15 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> Result<Vec<SearchHit>, Thre
     Ok(hits)
 }
 
-/// When a query matches more events than this, only the most recent this-many matches are
-/// ranked: ranking every match of a common word over millions of events would take far longer
+/// How many of the most recent matches are ranked. A query matching more events ranks only
+/// these: scoring every match of a common word over millions of events would take far longer
 /// than the latency target, and recent work is what people look for.
-pub const RANK_WINDOW: usize = 2000;
+pub const RANK_WINDOW: usize = 500;
 
 fn run_search(
     conn: &Connection,
     expr: &str,
+    terms: &[crate::text::Term],
     column: i32,
     q: &SearchQuery,
     limit: usize,
@@ -424,37 +436,32 @@ fn run_search(
         Some(w) => format!("meta : \"{}\" AND ({expr})", w.replace('"', "\"\"")),
         None => expr.to_owned(),
     };
-    let timed = q.since_ms.is_some() || q.until_ms.is_some();
-    let (from, time_filter) = if timed {
-        (
-            "events_fts f JOIN events e ON e.id = f.rowid",
-            "AND (?2 IS NULL OR e.ts_ms >= ?2) AND (?3 IS NULL OR e.ts_ms < ?3)",
+    // Candidates: the most recent matches, newest first. Walking doclists backwards is cheap;
+    // FTS5's own bm25 is not used because its IDF reads every posting of every term.
+    let mut st = conn
+        .prepare_cached(
+            "SELECT f.rowid, e.text FROM events_fts f JOIN events e ON e.id = f.rowid
+             WHERE events_fts MATCH ?1
+               AND (?2 IS NULL OR e.ts_ms >= ?2) AND (?3 IS NULL OR e.ts_ms < ?3)
+             ORDER BY f.rowid DESC LIMIT ?4",
         )
-    } else {
-        ("events_fts f", "AND ?2 IS NULL AND ?3 IS NULL")
-    };
-    // The rowid of the RANK_WINDOW-th most recent match: walking a doclist backwards is cheap.
-    let cutoff: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT f.rowid FROM {from} WHERE events_fts MATCH ?1 {time_filter}
-             ORDER BY f.rowid DESC LIMIT 1 OFFSET ?4"
-        ))
-        .map_err(sql("preparing a search"))?
-        .query_row(params![expr, q.since_ms, q.until_ms, (RANK_WINDOW - 1) as i64], |r| r.get(0))
-        .optional()
-        .map_err(sql("searching"))?;
-    let top: Vec<(i64, f64)> = conn
-        .prepare_cached(&format!(
-            "SELECT f.rowid, f.rank FROM {from} WHERE events_fts MATCH ?1 {time_filter}
-               AND f.rowid >= ?4 ORDER BY f.rank LIMIT ?5"
-        ))
-        .map_err(sql("preparing a search"))?
-        .query_map(params![expr, q.since_ms, q.until_ms, cutoff.unwrap_or(i64::MIN), limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        .map_err(sql("preparing a search"))?;
+    let docs: Vec<(i64, crate::text::DocStats)> = st
+        .query_map(params![expr, q.since_ms, q.until_ms, RANK_WINDOW as i64], |r| {
+            let text = r.get_ref(1)?.as_str().unwrap_or("");
+            Ok((r.get::<_, i64>(0)?, crate::text::doc_stats(text, column == 1, terms)))
         })
         .map_err(sql("searching"))?
         .collect::<Result<_, _>>()
         .map_err(sql("reading search results"))?;
+    if docs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let avgdl = docs.iter().map(|d| d.1.len).sum::<usize>() as f64 / docs.len() as f64;
+    let mut scored: Vec<(f64, i64)> = docs.iter().map(|(id, d)| (crate::text::score(d, avgdl), *id)).collect();
+    // Best score first; among equals, the most recent.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    scored.truncate(limit);
     let mut hit = conn
         .prepare_cached(
             "SELECT e.thread_id, e.weaver_id, e.seq, e.ts_ms, e.kind, e.iteration,
@@ -463,8 +470,8 @@ fn run_search(
              FROM events e WHERE e.id = ?1",
         )
         .map_err(sql("preparing a search"))?;
-    let mut out = Vec::with_capacity(top.len());
-    for (rowid, score) in top {
+    let mut out = Vec::with_capacity(scored.len());
+    for (score, rowid) in scored {
         let h = hit
             .query_row(params![rowid, column, expr], |r| {
                 Ok(SearchHit {

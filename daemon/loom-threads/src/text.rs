@@ -82,6 +82,17 @@ pub struct FtsQuery {
     /// Every token matched as a phrase of its parts in the `parts` column, which also finds
     /// a word inside an identifier or path (`config` in `parse_config`).
     pub parts: Option<String>,
+    /// The tokens of `exact`, for ranking.
+    pub exact_terms: Vec<Term>,
+    /// The phrases of `parts`, for ranking.
+    pub parts_terms: Vec<Term>,
+}
+
+/// One query term as the index sees it: a phrase of lowercase tokens, maybe a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub tokens: Vec<String>,
+    pub prefix: bool,
 }
 
 fn quote(s: &str) -> String {
@@ -94,20 +105,88 @@ fn quote(s: &str) -> String {
 pub fn fts_query(query: &str) -> Option<FtsQuery> {
     let mut exact = Vec::new();
     let mut parts = Vec::new();
+    let mut exact_terms = Vec::new();
+    let mut parts_terms = Vec::new();
     for (tok, end) in tokens(query).take(MAX_QUERY_TOKENS) {
         let prefix = query[end..].starts_with('*');
         let star = if prefix { " *" } else { "" };
-        exact.push(format!("text : {}{star}", quote(&tok.to_lowercase())));
-        let p: Vec<&str> = tok.split(|c: char| TOKEN_CHARS.contains(c)).filter(|s| !s.is_empty()).collect();
+        let lower = tok.to_lowercase();
+        exact.push(format!("text : {}{star}", quote(&lower)));
+        exact_terms.push(Term { tokens: vec![lower.clone()], prefix });
+        let p: Vec<String> =
+            lower.split(|c: char| TOKEN_CHARS.contains(c)).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         if p.is_empty() {
             continue;
         }
-        parts.push(format!("parts : {}{star}", quote(&p.join(" ").to_lowercase())));
+        parts.push(format!("parts : {}{star}", quote(&p.join(" "))));
+        parts_terms.push(Term { tokens: p, prefix });
     }
     if exact.is_empty() {
         return None;
     }
-    Some(FtsQuery { exact: exact.join(" AND "), parts: (!parts.is_empty()).then(|| parts.join(" AND ")) })
+    Some(FtsQuery {
+        exact: exact.join(" AND "),
+        parts: (!parts.is_empty()).then(|| parts.join(" AND ")),
+        exact_terms,
+        parts_terms,
+    })
+}
+
+/// Term frequencies and length of one document, as the index sees its `text` column
+/// (`parts == false`) or its `parts` column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocStats {
+    pub len: usize,
+    pub tf: Vec<u32>,
+}
+
+fn eq_lower(doc: &str, q: &str) -> bool {
+    if doc.is_ascii() { doc.eq_ignore_ascii_case(q) } else { doc.to_lowercase() == q }
+}
+
+fn term_matches(window: &[&str], t: &Term) -> bool {
+    let n = t.tokens.len();
+    window.len() >= n
+        && window[window.len() - n..].iter().zip(&t.tokens).enumerate().all(|(i, (d, q))| {
+            if t.prefix && i == n - 1 { d.get(..q.len()).is_some_and(|p| eq_lower(p, q)) } else { eq_lower(d, q) }
+        })
+}
+
+/// Counts, without allocating per token, how often each term occurs in `text` tokenized the
+/// way the index tokenizes `whole_text(text)` or `parts_text(text)`.
+pub fn doc_stats(text: &str, parts: bool, terms: &[Term]) -> DocStats {
+    let longest = terms.iter().map(|t| t.tokens.len()).max().unwrap_or(1).max(1);
+    let mut window: Vec<&str> = Vec::with_capacity(longest + 1);
+    let mut tf = vec![0u32; terms.len()];
+    let mut len = 0;
+    let split: fn(char) -> bool = if parts { |c| !c.is_alphanumeric() } else { |c| !is_token_char(c) };
+    for raw in text.split(split) {
+        let tok = if parts { raw } else { raw.trim_matches(EDGE_CHARS) };
+        if tok.is_empty() {
+            continue;
+        }
+        len += 1;
+        if window.len() == longest {
+            window.remove(0);
+        }
+        window.push(tok);
+        for (i, t) in terms.iter().enumerate() {
+            if term_matches(&window, t) {
+                tf[i] += 1;
+            }
+        }
+    }
+    DocStats { len, tf }
+}
+
+/// BM25's term-frequency part (k1 = 1.2, b = 0.75) summed over the terms, every term weighted
+/// alike: the candidates all contain every term, so a corpus IDF would only reweigh terms
+/// against each other, and computing it means reading each term's whole posting list.
+pub fn score(doc: &DocStats, avgdl: f64) -> f64 {
+    const K1: f64 = 1.2;
+    const B: f64 = 0.75;
+    let norm = K1 * (1.0 - B + B * doc.len.max(1) as f64 / avgdl.max(1.0));
+    doc.tf.iter().map(|&tf| f64::from(tf) * (K1 + 1.0) / (f64::from(tf) + norm)).sum()
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -152,6 +231,7 @@ mod tests {
         let q = fts_query("parse_config").unwrap();
         assert_eq!(q.exact, "text : \"parse_config\"");
         assert_eq!(q.parts.as_deref(), Some("parts : \"parse config\""));
+        assert_eq!(q.parts_terms, vec![Term { tokens: vec!["parse".into(), "config".into()], prefix: false }]);
         let q = fts_query("E0308").unwrap();
         assert_eq!(q.exact, "text : \"e0308\"");
         assert_eq!(q.parts.as_deref(), Some("parts : \"e0308\""));
@@ -164,6 +244,19 @@ mod tests {
         assert_eq!(fts_query("  ()*\"'  "), None);
         let q = fts_query("src/lib.rs.").unwrap();
         assert_eq!(q.exact, "text : \"src/lib.rs\"");
+    }
+
+    #[test]
+    fn scoring_counts_phrases_and_prefixes() {
+        let t = |toks: &[&str], prefix| Term { tokens: toks.iter().map(|s| s.to_string()).collect(), prefix };
+        let text = "see src/lib.rs and Lib.rs, not librs";
+        let d = doc_stats(text, true, &[t(&["lib", "rs"], false), t(&["rs", "lib"], false), t(&["lib"], true)]);
+        assert_eq!(d, DocStats { len: 9, tf: vec![2, 0, 3] });
+        let d = doc_stats(text, false, &[t(&["src/lib.rs"], false), t(&["lib.rs"], false), t(&["librs"], false)]);
+        assert_eq!(d, DocStats { len: 6, tf: vec![1, 1, 1] });
+        let short = doc_stats("lib.rs", false, &[t(&["lib.rs"], false)]);
+        assert!(score(&short, 7.0) > score(&d, 7.0) / 3.0);
+        assert_eq!(score(&doc_stats("nothing", false, &[t(&["x"], false)]), 1.0), 0.0);
     }
 
     #[test]

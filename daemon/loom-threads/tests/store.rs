@@ -7,7 +7,7 @@ use serde_json::json;
 fn open() -> (tempfile::TempDir, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = Connection::open(dir.path().join("loom.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    configure_connection(&conn).unwrap();
     migrate(&mut conn).unwrap();
     (dir, conn)
 }
