@@ -149,9 +149,16 @@ fn main() {
 }
 
 async fn run() {
+    // `cargo bench` passes --bench; run any other way (`cargo test --all-targets`) it is a
+    // short smoke run of the same code.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let rate = env("LOOM_BENCH_RATE", 1000);
-    let secs = env("LOOM_BENCH_SECS", 4);
+    let latency_ms = if smoke { 400 } else { env("LOOM_BENCH_SECS", 4) * 1000 };
     let conc = env("LOOM_BENCH_CONCURRENCY", 32);
+    let (warmup, run_secs, ttfb_n) = if smoke { (0.1, 0.3, 50) } else { (0.5, 3.0, 1000) };
+    if smoke {
+        println!("smoke run (no --bench argument): numbers are not meaningful");
+    }
 
     let up = FakeProvider::start().await;
     up.stop_recording();
@@ -185,8 +192,8 @@ async fn run() {
     let client: C = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build_http();
 
     // Warm up both paths (connections, pools, allocator).
-    closed_loop(&client, up.addr, &token, 8, 0.5).await;
-    closed_loop(&client, paddr, &token, 8, 0.5).await;
+    closed_loop(&client, up.addr, &token, 8, warmup).await;
+    closed_loop(&client, paddr, &token, 8, warmup).await;
 
     println!("loom-proxy benchmark: fake Anthropic upstream on 127.0.0.1, 2 tokio workers, one process");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -196,8 +203,11 @@ async fn run() {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!();
-    println!("latency at {rate} req/s, {secs} s per side (non-streamed /v1/messages, ~500 B response)");
-    let n = rate * secs;
+    println!(
+        "latency at {rate} req/s, {} s per side (non-streamed /v1/messages, ~500 B response)",
+        latency_ms as f64 / 1000.0
+    );
+    let n = rate * latency_ms / 1000;
     let blocks = 8;
     let per_block = n / blocks;
     let mut direct = Vec::new();
@@ -234,14 +244,14 @@ async fn run() {
     );
 
     println!();
-    println!("highest sustained throughput: closed loop, {conc} concurrent clients, best of 2 x 3 s per side");
+    println!("highest sustained throughput: closed loop, {conc} concurrent clients, best of 2 x {run_secs} s per side");
     // Best of two alternating runs per side: the machine is shared.
     let (mut d_rps, mut d_fail, mut p_rps, mut p_fail) = (0.0f64, 0, 0.0f64, 0);
     for _ in 0..2 {
-        let (r, f) = closed_loop(&client, up.addr, &token, conc, 3.0).await;
+        let (r, f) = closed_loop(&client, up.addr, &token, conc, run_secs).await;
         d_rps = d_rps.max(r);
         d_fail += f;
-        let (r, f) = closed_loop(&client, paddr, &token, conc, 3.0).await;
+        let (r, f) = closed_loop(&client, paddr, &token, conc, run_secs).await;
         p_rps = p_rps.max(r);
         p_fail += f;
     }
@@ -249,7 +259,7 @@ async fn run() {
     println!("  proxied  {p_rps:>9.0} req/s  failures {p_fail}  (target >= 5000; {:.2}x of direct)", p_rps / d_rps);
 
     println!();
-    let n = 1000;
+    let n = ttfb_n;
     println!("time to first byte of a stream (Anthropic SSE, {n} sequential requests per side)");
     let d = ttfb(&client, up.addr, &token, n).await;
     let p = ttfb(&client, paddr, &token, n).await;
