@@ -32,8 +32,28 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Summed `run_time_ns` and `run_cnt` of the loaded `sys_enter_openat`
+/// programs, from `bpftool prog show` (None without bpftool).
+fn openat_prog_stats() -> Option<(u64, u64)> {
+    let out = std::process::Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = (0, 0);
+    for line in text.lines().filter(|l| l.contains("name sys_enter_openat ")) {
+        let field = |key: &str| -> Option<u64> {
+            let mut it = line.split_whitespace();
+            it.find(|w| *w == key)?;
+            it.next()?.parse().ok()
+        };
+        total.0 += field("run_time_ns")?;
+        total.1 += field("run_cnt")?;
+    }
+    Some(total)
+}
+
 #[derive(Default)]
 struct Samples {
+    /// ns per sys_enter_openat invocation during the open phase
+    prog_ns: Vec<f64>,
     open: Vec<Duration>,
     exec: Vec<Duration>,
     cpu: Vec<Duration>,
@@ -47,13 +67,18 @@ fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
-fn run_phases(cg: &TestCgroup, target: &str, opens: u64, execs: u64) -> (Duration, Duration) {
+fn run_phases(cg: &TestCgroup, target: &str, opens: u64, execs: u64) -> (Duration, Duration, Option<f64>) {
+    let before = openat_prog_stats();
     let t = Instant::now();
     run_probe(Some(cg), &[format!("burst-open:{target},{opens}")]);
     let open = t.elapsed();
+    let prog_ns = match (before, openat_prog_stats()) {
+        (Some((ns0, n0)), Some((ns1, n1))) if n1 > n0 => Some((ns1 - ns0) as f64 / (n1 - n0) as f64),
+        _ => None,
+    };
     let t = Instant::now();
     run_probe(Some(cg), &[format!("burst-exec:{execs},/bin/true")]);
-    (open, t.elapsed())
+    (open, t.elapsed(), prog_ns)
 }
 
 fn main() {
@@ -65,6 +90,8 @@ fn main() {
     let opens = env_num("LOOM_AUDIT_BENCH_OPENS", 100_000);
     let execs = env_num("LOOM_AUDIT_BENCH_EXECS", 10_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // BPF run-time statistics while the returned fd lives (for ns per invocation)
+    let _stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     let cg = TestCgroup::new("bench");
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("f").display().to_string();
@@ -88,7 +115,10 @@ fn main() {
             });
             let before = audit.as_ref().map(|(a, _)| a.stats());
             let cpu0 = cpu_time();
-            let (open, exec) = run_phases(&cg, &target, opens, execs);
+            let (open, exec, prog_ns) = run_phases(&cg, &target, opens, execs);
+            if audit.is_some() {
+                samples.prog_ns.extend(prog_ns);
+            }
             if let Some((a, consumer)) = audit {
                 let s = rt.block_on(common::settle(&a));
                 let b = before.unwrap();
@@ -140,6 +170,13 @@ fn main() {
             format!("{:.3}s [{:.3},{:.3}]", em.as_secs_f64(), emin.as_secs_f64(), emax.as_secs_f64()),
             pct(em, base_exec),
         );
+    }
+    for (mode, s) in &modes[1..] {
+        let mut v = s.prog_ns.clone();
+        v.sort_by(f64::total_cmp);
+        if let Some(m) = v.get(v.len() / 2) {
+            println!("{mode}: sys_enter_openat program run time, median {m:.0} ns per invocation");
+        }
     }
     let (tm_o, _, _) = stats(&modes[2].1.open);
     let (tm_e, _, _) = stats(&modes[2].1.exec);

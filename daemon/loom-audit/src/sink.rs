@@ -69,10 +69,13 @@ pub struct NdjsonSink {
 }
 
 impl NdjsonSink {
+    /// Open for appending; a new file is created 0600 (argv and paths can be sensitive).
     pub fn open(path: &Path) -> Result<Self, SinkError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .map_err(|source| SinkError::Open { path: path.to_path_buf(), source })?;
         Ok(Self { path: path.to_path_buf(), out: BufWriter::new(file) })
@@ -161,7 +164,11 @@ mod tests {
         let mut sink = open_sink(&config, dir.path()).unwrap();
         sink.write(&event(3)).unwrap();
         sink.flush().unwrap();
-        let text = std::fs::read_to_string(dir.path().join("audit.ndjson")).unwrap();
+        let path = dir.path().join("audit.ndjson");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<AuditEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines, vec![event(1), event(2), event(3)]);
     }

@@ -153,6 +153,38 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     assert_eq!(seqs.len(), events.len());
     assert_eq!(stats.seq_issued, events.len() as u64);
 
+    // the real events through the sinks and the index, as loomd wires them
+    let out = tempfile::tempdir().unwrap();
+    let mut sink = loom_audit::NdjsonSink::open(&out.path().join("audit.ndjson")).unwrap();
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let (tx, queue) = tokio::sync::mpsc::channel(events.len());
+    for e in &events {
+        tx.try_send(e.clone()).unwrap();
+    }
+    drop(tx);
+    loom_audit::pump(queue, &mut sink, |batch| {
+        loom_audit::AuditIndex::new(&conn).unwrap().insert(batch).unwrap();
+    })
+    .await;
+    let text = std::fs::read_to_string(out.path().join("audit.ndjson")).unwrap();
+    let back: Vec<AuditEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(back, events);
+    let index = loom_audit::AuditIndex::new(&conn).unwrap();
+    let execs = index
+        .query(&loom_audit::AuditQuery {
+            weaver: Some("weaver-actions".into()),
+            kind: Some(EventKind::Exec),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(execs.len(), events.iter().filter(|e| e.kind() == EventKind::Exec).count());
+    assert!(execs.iter().any(|(_, e)| e == true_exec));
+    for e in &events {
+        let data = loom_audit::journal::encode_entry(&loom_audit::journal::event_fields(e)).unwrap();
+        let fields = loom_audit::journal::decode_entry(&data).unwrap();
+        assert!(fields.iter().any(|(k, v)| k == "LOOM_WEAVER" && v == b"weaver-actions"));
+    }
+
     // after unwatch, nothing more is recorded
     audit.unwatch(cg.id).unwrap();
     let later = run_probe(Some(&sub), &actions[..1]);
