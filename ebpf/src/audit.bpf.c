@@ -49,6 +49,23 @@ struct {
 	__type(value, __u64);
 } seqno SEC(".maps");
 
+/* scratch space to assemble resolved paths: [0, HALF) the directory, built
+ * backwards from HALF; [HALF, HALF + PATH_LEN] "/" and the relative path */
+#define SCRATCH_HALF 1024
+#define MAX_COMPONENTS 32
+#define NAME_MASK 255
+
+struct loom_scratch {
+	char buf[SCRATCH_HALF * 2 + LOOM_PATH_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct loom_scratch);
+} scratch SEC(".maps");
+
 #define O_ACCMODE 00000003
 #define O_CREAT 00000100
 #define O_TRUNC 00001000
@@ -153,8 +170,112 @@ static __always_inline __u32 read_user_str(char *dst, __u32 size, const char *sr
 	return n > 0 ? (__u32)n : 0;
 }
 
-static __always_inline int emit_path(__u32 kind, __u32 op, const char *path, __s64 a0, __s64 a1,
-				     __s64 a2)
+/*
+ * Make `path` (`len` bytes incl. NUL, just read from user memory) absolute in
+ * the task's own root (a weaver sees its container's root) by prefixing the
+ * directory `dirfd` names (AT_FDCWD: the working directory): walk the dentries
+ * up, crossing mounts, to the task's root. Absolute paths, and any path whose
+ * directory cannot be resolved within MAX_COMPONENTS steps, stay as they are.
+ * Returns the new length incl. NUL (LOOM_PATH_LEN: maybe truncated).
+ */
+static __always_inline __u32 absolutize(char *path, __u32 len, __s32 dirfd)
+{
+	if (len == 0 || path[0] == '/')
+		return len;
+	__u32 zero = 0;
+	struct loom_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return len;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fs_struct *fs = NULL;
+	struct path base = {}, root = {};
+	LOOM_CORE_READ(fs, task->fs);
+	if (!fs)
+		return len;
+	LOOM_CORE_READ(root, fs->root);
+	if (dirfd == -100) {
+		LOOM_CORE_READ(base, fs->pwd);
+	} else {
+		struct files_struct *files = NULL;
+		struct fdtable *fdt = NULL;
+		struct file **fds = NULL;
+		struct file *f = NULL;
+		unsigned int max_fds = 0;
+		LOOM_CORE_READ(files, task->files);
+		if (!files)
+			return len;
+		LOOM_CORE_READ(fdt, files->fdt);
+		if (!fdt)
+			return len;
+		LOOM_CORE_READ(max_fds, fdt->max_fds);
+		LOOM_CORE_READ(fds, fdt->fd);
+		if (dirfd < 0 || (unsigned int)dirfd >= max_fds || !fds)
+			return len;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[dirfd]);
+		if (!f)
+			return len;
+		LOOM_CORE_READ(base, f->f_path);
+	}
+
+	__u64 mnt_off = LOOM_CORE_OFFSET(struct mount, mnt);
+	struct dentry *dentry = base.dentry;
+	struct vfsmount *vfsmnt = base.mnt;
+	struct mount *mnt = (void *)vfsmnt - mnt_off;
+	__s64 off = SCRATCH_HALF;
+	int complete = 0;
+	for (int i = 0; i < MAX_COMPONENTS; i++) {
+		if (dentry == root.dentry && vfsmnt == root.mnt) {
+			complete = 1;
+			break;
+		}
+		struct dentry *mnt_root = NULL, *parent = NULL;
+		LOOM_CORE_READ(mnt_root, vfsmnt->mnt_root);
+		LOOM_CORE_READ(parent, dentry->d_parent);
+		if (dentry == mnt_root || dentry == parent) {
+			struct mount *mnt_parent = NULL;
+			LOOM_CORE_READ(mnt_parent, mnt->mnt_parent);
+			if (!mnt_parent || mnt_parent == mnt) {
+				/* the namespace's root mount: done */
+				complete = 1;
+				break;
+			}
+			LOOM_CORE_READ(dentry, mnt->mnt_mountpoint);
+			mnt = mnt_parent;
+			vfsmnt = (void *)mnt + mnt_off;
+			continue;
+		}
+		__u32 nlen = 0;
+		const unsigned char *name = NULL;
+		LOOM_CORE_READ(nlen, dentry->d_name.len);
+		LOOM_CORE_READ(name, dentry->d_name.name);
+		nlen &= NAME_MASK;
+		off -= nlen + 1;
+		if (off < 0 || off >= SCRATCH_HALF)
+			break;
+		s->buf[off] = '/';
+		/* re-bound the size in the register the helper gets: clang may
+		 * otherwise pass a copy the verifier knows nothing about */
+		asm volatile("%0 &= 255" : "+r"(nlen));
+		bpf_probe_read_kernel(&s->buf[off + 1], nlen, name);
+		dentry = parent;
+	}
+	if (!complete || off < 0 || off > SCRATCH_HALF)
+		return len;
+
+	/* directory at [off, HALF) ("" for the root), then "/" and the relative path */
+	s->buf[SCRATCH_HALF] = '/';
+	bpf_probe_read_kernel(&s->buf[SCRATCH_HALF + 1], LOOM_PATH_LEN - 1, path);
+	__u64 total = (SCRATCH_HALF - off) + 1 + len;
+	if (total > LOOM_PATH_LEN)
+		total = LOOM_PATH_LEN;
+	bpf_probe_read_kernel(path, total, &s->buf[off]);
+	path[LOOM_PATH_LEN - 1] = 0;
+	return total;
+}
+
+/* resolve: a0 is the dirfd the path is relative to; make the path absolute */
+static __always_inline int emit_path(__u32 kind, __u32 op, int resolve, const char *path, __s64 a0,
+				     __s64 a1, __s64 a2)
 {
 	__u64 cg = watched_cgroup();
 	if (!cg)
@@ -168,12 +289,15 @@ static __always_inline int emit_path(__u32 kind, __u32 op, const char *path, __s
 	e->args[3] = 0;
 	e->_pad = 0;
 	e->path_len = read_user_str(e->path, sizeof(e->path), path);
+	if (resolve)
+		e->path_len = absolutize(e->path, e->path_len, (__s32)a0);
 	submit(e);
 	return 0;
 }
 
-static __always_inline int emit_path2(__u32 kind, __u32 op, const char *path, const char *path2,
-				      const char *aux, __s64 a0, __s64 a1, __s64 a2)
+/* resolve: a0 and a1 are the dirfds of path and path2; make both absolute */
+static __always_inline int emit_path2(__u32 kind, __u32 op, int resolve, const char *path,
+				      const char *path2, const char *aux, __s64 a0, __s64 a1, __s64 a2)
 {
 	__u64 cg = watched_cgroup();
 	if (!cg)
@@ -189,6 +313,10 @@ static __always_inline int emit_path2(__u32 kind, __u32 op, const char *path, co
 	e->path_len = path ? read_user_str(e->path, sizeof(e->path), path) : 0;
 	e->path2_len = path2 ? read_user_str(e->path2, sizeof(e->path2), path2) : 0;
 	e->aux_len = aux ? read_user_str(e->aux, sizeof(e->aux), aux) : 0;
+	if (resolve) {
+		e->path_len = absolutize(e->path, e->path_len, (__s32)a0);
+		e->path2_len = absolutize(e->path2, e->path2_len, (__s32)a1);
+	}
 	submit(e);
 	return 0;
 }
@@ -302,7 +430,7 @@ int sys_enter_open(struct loom_sys_enter_ctx *ctx)
 {
 	if (!write_intent(ctx->args[1]))
 		return 0;
-	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPEN, UPTR(0), -100, ARG(1), ARG(2));
+	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPEN, 1, UPTR(0), -100, ARG(1), ARG(2));
 }
 
 SEC("tracepoint/syscalls/sys_enter_openat")
@@ -310,7 +438,7 @@ int sys_enter_openat(struct loom_sys_enter_ctx *ctx)
 {
 	if (!write_intent(ctx->args[2]))
 		return 0;
-	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPENAT, UPTR(1), (__s32)ARG(0), ARG(2), ARG(3));
+	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPENAT, 1, UPTR(1), (__s32)ARG(0), ARG(2), ARG(3));
 }
 
 SEC("tracepoint/syscalls/sys_enter_openat2")
@@ -321,50 +449,50 @@ int sys_enter_openat2(struct loom_sys_enter_ctx *ctx)
 	bpf_probe_read_user(how, sizeof(how), (const void *)ctx->args[2]);
 	if (!write_intent(how[0]))
 		return 0;
-	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPENAT2, UPTR(1), (__s32)ARG(0), how[0], how[1]);
+	return emit_path(LOOM_KIND_OPEN, LOOM_OP_OPENAT2, 1, UPTR(1), (__s32)ARG(0), how[0], how[1]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_creat")
 int sys_enter_creat(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_OPEN, LOOM_OP_CREAT, UPTR(0), -100, O_CREAT | O_TRUNC | 1, ARG(1));
+	return emit_path(LOOM_KIND_OPEN, LOOM_OP_CREAT, 1, UPTR(0), -100, O_CREAT | O_TRUNC | 1, ARG(1));
 }
 
 SEC("tracepoint/syscalls/sys_enter_unlink")
 int sys_enter_unlink(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_UNLINK, UPTR(0), -100, 0, 0);
+	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_UNLINK, 1, UPTR(0), -100, 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_unlinkat")
 int sys_enter_unlinkat(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_UNLINKAT, UPTR(1), (__s32)ARG(0), ARG(2), 0);
+	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_UNLINKAT, 1, UPTR(1), (__s32)ARG(0), ARG(2), 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_rmdir")
 int sys_enter_rmdir(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_RMDIR, UPTR(0), -100, 0x200, 0);
+	return emit_path(LOOM_KIND_UNLINK, LOOM_OP_RMDIR, 1, UPTR(0), -100, 0x200, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_rename")
 int sys_enter_rename(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAME, UPTR(0), UPTR(1), NULL, -100, -100, 0);
+	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAME, 1, UPTR(0), UPTR(1), NULL, -100, -100, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_renameat")
 int sys_enter_renameat(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAMEAT, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
+	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAMEAT, 1, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
 			  (__s32)ARG(2), 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_renameat2")
 int sys_enter_renameat2(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAMEAT2, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
+	return emit_path2(LOOM_KIND_RENAME, LOOM_OP_RENAMEAT2, 1, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
 			  (__s32)ARG(2), ARG(4));
 }
 
@@ -418,20 +546,20 @@ int sys_enter_ptrace(struct loom_sys_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_mount")
 int sys_enter_mount(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path2(LOOM_KIND_MOUNT, LOOM_OP_MOUNT, UPTR(0), UPTR(1), UPTR(2), ARG(3), 0, 0);
+	return emit_path2(LOOM_KIND_MOUNT, LOOM_OP_MOUNT, 0, UPTR(0), UPTR(1), UPTR(2), ARG(3), 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_move_mount")
 int sys_enter_move_mount(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path2(LOOM_KIND_MOUNT, LOOM_OP_MOVE_MOUNT, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
+	return emit_path2(LOOM_KIND_MOUNT, LOOM_OP_MOVE_MOUNT, 0, UPTR(1), UPTR(3), NULL, (__s32)ARG(0),
 			  (__s32)ARG(2), ARG(4));
 }
 
 SEC("tracepoint/syscalls/sys_enter_umount")
 int sys_enter_umount(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_UMOUNT, LOOM_OP_UMOUNT2, UPTR(0), ARG(1), 0, 0);
+	return emit_path(LOOM_KIND_UMOUNT, LOOM_OP_UMOUNT2, 0, UPTR(0), ARG(1), 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_unshare")
@@ -455,17 +583,17 @@ int sys_enter_bpf(struct loom_sys_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_init_module")
 int sys_enter_init_module(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_MODULE, LOOM_OP_INIT_MODULE, UPTR(2), -1, ARG(1), 0);
+	return emit_path(LOOM_KIND_MODULE, LOOM_OP_INIT_MODULE, 0, UPTR(2), -1, ARG(1), 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_finit_module")
 int sys_enter_finit_module(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_MODULE, LOOM_OP_FINIT_MODULE, UPTR(1), (__s32)ARG(0), ARG(2), 0);
+	return emit_path(LOOM_KIND_MODULE, LOOM_OP_FINIT_MODULE, 0, UPTR(1), (__s32)ARG(0), ARG(2), 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_delete_module")
 int sys_enter_delete_module(struct loom_sys_enter_ctx *ctx)
 {
-	return emit_path(LOOM_KIND_MODULE, LOOM_OP_DELETE_MODULE, UPTR(0), -1, ARG(1), 0);
+	return emit_path(LOOM_KIND_MODULE, LOOM_OP_DELETE_MODULE, 0, UPTR(0), -1, ARG(1), 0);
 }

@@ -42,6 +42,10 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     let d = dir.path().display().to_string();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    let sub_dir = dir.path().join("sub");
+    std::fs::create_dir(&sub_dir).unwrap();
+    let mnt2 = dir.path().join("mnt2");
+    std::fs::create_dir(&mnt2).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let actions: Vec<String> = vec![
@@ -55,6 +59,12 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
         format!("mount:{}", mnt.display()),
         "ptrace:1".into(),
         "unshare-uts".into(),
+        // relative paths come out absolute: cwd, a dirfd, and across a mount
+        format!("chdir:{d}"),
+        "write:rel".into(),
+        format!("write-at:{},at", sub_dir.display()),
+        format!("mount-write:{}", mnt2.display()),
+        "chdir:/".into(),
         "setuid:65534".into(),
     ];
 
@@ -111,6 +121,9 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     assert_eq!(flags & 3, 1, "O_WRONLY");
     assert_ne!(flags & 0o100, 0, "O_CREAT");
     assert!(!path_truncated);
+    for abs in [format!("{d}/rel"), format!("{d}/sub/at"), format!("{d}/mnt2/inside")] {
+        one(&mine, &abs, |e| matches!(&e.detail, EventDetail::Open { path, .. } if *path == abs));
+    }
     let rename = one(&mine, "rename", |e| e.kind() == EventKind::Rename);
     assert!(
         matches!(&rename.detail, EventDetail::Rename { path, new_path, .. } if *path == format!("{d}/f") && *new_path == format!("{d}/g")),

@@ -5,7 +5,9 @@
 //! verbs: exec:PROG,ARGS.. | write:PATH | rename:FROM,TO | unlink:PATH |
 //! connect:IP:PORT | bind:IP:PORT (binds and listens) | setuid:UID |
 //! mount:DIR (tmpfs, then umount) | ptrace:PID (PTRACE_PEEKDATA) |
-//! unshare-uts | burst-open:PATH,N | burst-exec:N,PROG
+//! unshare-uts | burst-open:PATH,N | burst-exec:N,PROG | chdir:DIR |
+//! write-at:DIR,NAME (openat relative to a directory fd) |
+//! mount-write:DIR (tmpfs on DIR, create DIR/inside via a relative path, umount)
 
 use std::ffi::CString;
 use std::io::Write;
@@ -26,6 +28,40 @@ fn run(action: &str) -> Result<(), String> {
         "write" => {
             let mut f = std::fs::File::create(arg(0)?).map_err(|e| format!("{action}: {e}"))?;
             f.write_all(b"x").map_err(|e| format!("{action}: {e}"))?;
+        }
+        "chdir" => std::env::set_current_dir(arg(0)?).map_err(|e| format!("{action}: {e}"))?,
+        "write-at" => {
+            let dir = std::fs::File::open(arg(0)?).map_err(|e| format!("{action}: {e}"))?;
+            let name = cstr(arg(1)?)?;
+            // SAFETY: valid dirfd and NUL-terminated name; the fd is closed right away.
+            let fd = unsafe {
+                libc::openat(
+                    std::os::fd::AsRawFd::as_raw_fd(&dir),
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o600,
+                )
+            };
+            if fd < 0 {
+                return Err(format!("{action}: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd was just opened by us.
+            unsafe { libc::close(fd) };
+        }
+        "mount-write" => {
+            let dir = cstr(arg(0)?)?;
+            // SAFETY: valid NUL-terminated strings, null data.
+            let r = unsafe { libc::mount(c"loomprobe".as_ptr(), dir.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+            if r != 0 {
+                return Err(format!("{action}: {}", std::io::Error::last_os_error()));
+            }
+            let cwd = std::env::current_dir().map_err(|e| format!("{action}: {e}"))?;
+            let result = std::env::set_current_dir(arg(0)?)
+                .and_then(|()| std::fs::write("inside", b"x"))
+                .and_then(|()| std::env::set_current_dir(&cwd));
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+            result.map_err(|e| format!("{action}: {e}"))?;
         }
         "rename" => std::fs::rename(arg(0)?, arg(1)?).map_err(|e| format!("{action}: {e}"))?,
         "unlink" => std::fs::remove_file(arg(0)?).map_err(|e| format!("{action}: {e}"))?,
