@@ -387,7 +387,10 @@ int sched_process_exec(struct loom_sched_exec_ctx *ctx)
 	__u32 off = ctx->data_loc_filename & 0xFFFF;
 	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (void *)ctx + off);
 	e->filename_len = n > 0 ? (__u32)n : 0;
-	if (n >= (long)sizeof(e->filename))
+	/* "./configure" -> "/workspace/configure"; the cwd is still the caller's */
+	_Static_assert(LOOM_EXEC_FILENAME_LEN == LOOM_PATH_LEN, "absolutize needs a path-sized buffer");
+	e->filename_len = absolutize(e->filename, e->filename_len, -100);
+	if (e->filename_len >= sizeof(e->filename))
 		e->flags |= LOOM_EXEC_FILENAME_TRUNCATED;
 
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();

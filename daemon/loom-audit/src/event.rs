@@ -323,6 +323,17 @@ pub fn bytes_to_text(bytes: &[u8]) -> String {
     out
 }
 
+/// Drop `.` components and doubled slashes from an absolute path (the kernel
+/// side joins a resolved directory and the caller's relative path). `..` stays:
+/// removing it lexically could be wrong when the relative part has symlinks.
+pub fn clean_dots(path: String) -> String {
+    if !path.starts_with('/') || !(path.contains("/./") || path.ends_with("/.") || path.contains("//")) {
+        return path;
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
 /// A NUL-terminated string of at most `len` bytes (the kernel's copied length) in `buf`.
 fn cstr(buf: &[u8], len: u32) -> String {
     let n = (len as usize).min(buf.len());
@@ -482,7 +493,7 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
             let e: layout::EvExec = need(buf, raw)?;
             let n = (e.argv_len as usize).min(layout::EXEC_ARGV_LEN);
             EventDetail::Exec {
-                path: cstr(&e.filename, e.filename_len),
+                path: clean_dots(cstr(&e.filename, e.filename_len)),
                 argv: split_argv(&e.argv[..n]),
                 path_truncated: e.flags & layout::EXEC_FILENAME_TRUNCATED != 0,
                 argv_truncated: e.flags & layout::EXEC_ARGV_TRUNCATED != 0,
@@ -496,7 +507,7 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
         }
         EventKind::Open | EventKind::Unlink | EventKind::Umount | EventKind::Module => {
             let e: layout::EvPath = need(buf, raw)?;
-            let path = cstr(&e.path, e.path_len);
+            let path = clean_dots(cstr(&e.path, e.path_len));
             let path_truncated = truncated(e.path_len, layout::PATH_LEN);
             let a = e.args;
             match k {
@@ -526,8 +537,8 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
         }
         EventKind::Rename | EventKind::Mount => {
             let e: layout::EvPath2 = need(buf, raw)?;
-            let path = cstr(&e.path, e.path_len);
-            let path2 = cstr(&e.path2, e.path2_len);
+            let path = clean_dots(cstr(&e.path, e.path_len));
+            let path2 = clean_dots(cstr(&e.path2, e.path2_len));
             let trunc = truncated(e.path_len, layout::PATH_LEN) || truncated(e.path2_len, layout::PATH_LEN);
             let a = e.args;
             if k == EventKind::Rename {
@@ -680,6 +691,17 @@ mod tests {
                 old_pid: 10,
             }
         );
+    }
+
+    #[test]
+    fn clean_dots_only_touches_dot_components() {
+        let check = |input: &str, want: &str| assert_eq!(clean_dots(input.into()), want, "{input}");
+        check("/work/./x", "/work/x");
+        check("/work/.", "/work");
+        check("/a//b/./c/..", "/a/b/c/..");
+        check("/", "/");
+        check("rel/./x", "rel/./x");
+        check("/a/.hidden", "/a/.hidden");
     }
 
     #[test]

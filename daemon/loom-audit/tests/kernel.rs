@@ -44,6 +44,8 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     std::fs::create_dir(&mnt).unwrap();
     let sub_dir = dir.path().join("sub");
     std::fs::create_dir(&sub_dir).unwrap();
+    let probe = std::fs::canonicalize(common::PROBE).unwrap();
+    let probe_dir = probe.parent().unwrap();
     let mnt2 = dir.path().join("mnt2");
     std::fs::create_dir(&mnt2).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -64,6 +66,8 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
         "write:rel".into(),
         format!("write-at:{},at", sub_dir.display()),
         format!("mount-write:{}", mnt2.display()),
+        format!("chdir:{}", probe_dir.display()),
+        "exec:./loom-audit-probe".into(),
         "chdir:/".into(),
         "setuid:65534".into(),
     ];
@@ -124,6 +128,12 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     for abs in [format!("{d}/rel"), format!("{d}/sub/at"), format!("{d}/mnt2/inside")] {
         one(&mine, &abs, |e| matches!(&e.detail, EventDetail::Open { path, .. } if *path == abs));
     }
+    // a relative exec comes out absolute too
+    let probe_s = probe.display().to_string();
+    let rel_exec = one(&events.iter().collect::<Vec<_>>(), "relative exec", |e| {
+        e.ppid == inside && matches!(&e.detail, EventDetail::Exec { path, .. } if *path == probe_s)
+    });
+    assert!(matches!(&rel_exec.detail, EventDetail::Exec { argv, .. } if argv == &["./loom-audit-probe"]));
     let rename = one(&mine, "rename", |e| e.kind() == EventKind::Rename);
     assert!(
         matches!(&rename.detail, EventDetail::Rename { path, new_path, .. } if *path == format!("{d}/f") && *new_path == format!("{d}/g")),
