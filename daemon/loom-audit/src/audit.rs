@@ -497,3 +497,29 @@ pub async fn pump(
         batch.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_can_be_shared_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Audit>();
+        send_sync::<AuditStats>();
+    }
+
+    #[test]
+    fn program_table_matches_the_object() {
+        // every program in the ELF is in PROGRAMS and vice versa, so none is
+        // silently left unattached; read the ELF's section names (no privileges)
+        let text = OBJECT;
+        for name in PROGRAMS {
+            let (category, tp) = tracepoint_of(name);
+            let section = format!("tracepoint/{category}/{tp}");
+            assert!(text.windows(section.len()).any(|w| w == section.as_bytes()), "{section} not in the object");
+        }
+        let count = text.windows(b"\0tracepoint/".len()).filter(|w| *w == b"\0tracepoint/").count();
+        assert_eq!(count, PROGRAMS.len(), "the object has programs PROGRAMS does not list");
+    }
+}
