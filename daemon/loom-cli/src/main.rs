@@ -36,6 +36,15 @@ enum Command {
     /// Create and manage weavers.
     #[command(subcommand)]
     Weaver(WeaverCmd),
+    /// Provider keys from the SOPS file.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCmd {
+    /// Which configured secrets decrypt (never their values).
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +195,9 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     };
     match cli.command {
         Command::Status => print(&client.json(Method::GET, "/v1/status", None).await?, &render::status),
+        Command::Secrets(SecretsCmd::Check) => {
+            print(&client.json(Method::GET, "/v1/secrets/check", None).await?, &render::secrets)
+        }
         Command::Weaver(cmd) => match cmd {
             WeaverCmd::Create(a) => {
                 let body = serde_json::to_value(create_body(*a)?).unwrap_or_default();

@@ -78,3 +78,19 @@ pub fn ps(v: &Value) -> String {
 pub fn inspect(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
+
+pub fn secrets(v: &Value) -> String {
+    let mut out = format!("file {} · {}", s(&v["file"]), s(&v["status"]));
+    if let Some(by) = v["unwrapped_by"].as_str() {
+        out += &format!(" (key: {by})");
+    }
+    out += "\n";
+    if let Some(e) = v["error"].as_str() {
+        out += &format!("error: {e}\n");
+    }
+    for c in v["secrets"].as_array().into_iter().flatten() {
+        let verdict = if c["ok"] == true { "ok".to_string() } else { format!("FAILED: {}", s(&c["error"])) };
+        out += &format!("{:<16} {:<32} {verdict}\n", s(&c["provider"]), s(&c["path"]));
+    }
+    out
+}

@@ -133,6 +133,8 @@ impl Default for WeaverDefaults {
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     pub file: Option<PathBuf>,
+    /// yaml, json, dotenv, ini or binary; by default from the file's extension.
+    pub format: Option<String>,
     pub age_key_file: Option<PathBuf>,
     pub ssh_host_keys: Vec<PathBuf>,
     pub pgp_key_file: Option<PathBuf>,

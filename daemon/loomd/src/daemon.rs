@@ -25,7 +25,12 @@ pub enum Request {
     InspectWeaver(String),
     StopWeaver(String),
     StartWeaver(String),
-    RemoveWeaver { key: String, force: bool },
+    RemoveWeaver {
+        key: String,
+        force: bool,
+    },
+    /// Which configured secrets decrypt; admins only, and never their values.
+    SecretsCheck,
 }
 
 #[derive(Debug)]
@@ -34,6 +39,7 @@ pub enum Response {
     Weaver(Box<WeaverInfo>),
     Weavers(Vec<WeaverInfo>),
     Removed { id: WeaverId },
+    Secrets(Box<crate::secrets::SecretsReport>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +99,7 @@ pub struct Daemon {
     /// Serialises lifecycle operations on one weaver; different weavers never wait on each other.
     locks: Mutex<HashMap<WeaverId, Arc<tokio::sync::Mutex<()>>>>,
     binds_ro: Vec<(PathBuf, String)>,
+    secrets: Arc<crate::secrets::Secrets>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
 }
@@ -122,6 +129,7 @@ impl Daemon {
         backend: Arc<dyn Backend>,
         hooks: Vec<Arc<dyn WeaverHooks>>,
         binds_ro: Vec<(PathBuf, String)>,
+        secrets: Arc<crate::secrets::Secrets>,
     ) -> Arc<Daemon> {
         let weavers_dir = config.state_dir.join("weavers");
         Arc::new(Daemon {
@@ -135,6 +143,7 @@ impl Daemon {
             locks: Mutex::new(HashMap::new()),
             binds_ro,
             pending_restarts: Mutex::new(Default::default()),
+            secrets,
         })
     }
 
@@ -159,6 +168,7 @@ impl Daemon {
         *cfg = new;
         (cfg.socket, cfg.state_dir, cfg.backend) = keep;
         *self.groups.write().unwrap_or_else(|e| e.into_inner()) = groups;
+        self.secrets.reload(&cfg);
         warnings
     }
 
@@ -199,6 +209,12 @@ impl Daemon {
             Request::StartWeaver(key) => {
                 let rec = self.lookup(caller, role, &key)?;
                 self.start(&rec.info.id).await.map(|i| Response::Weaver(Box::new(i)))
+            }
+            Request::SecretsCheck => {
+                if role != Role::Admin {
+                    return Err(ApiError::new(ErrorCode::Forbidden, "only root and the admin group may check secrets"));
+                }
+                Ok(Response::Secrets(Box::new(self.secrets.check(&self.config()))))
             }
             Request::RemoveWeaver { key, force } => {
                 let rec = self.lookup(caller, role, &key)?;
@@ -251,7 +267,7 @@ impl Daemon {
             state_dir: cfg.state_dir.display().to_string(),
             weavers,
             uptime_secs: self.started.elapsed().as_secs(),
-            warnings: vec![],
+            warnings: self.secrets.warning().into_iter().collect(),
             sections: self.hooks.iter().filter_map(|h| h.status()).collect(),
         }
     }

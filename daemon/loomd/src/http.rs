@@ -153,6 +153,7 @@ async fn route_inner(
     let (request, timeout) = match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => (Request::Status, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers"]) => (Request::ListWeavers, REQUEST_TIMEOUT),
+        (&Method::GET, ["v1", "secrets", "check"]) => (Request::SecretsCheck, REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers"]) => {
             daemon.authorize(&caller, &"create")?;
             let (body, _) = read_json::<CreateWeaver>(req).await?;
@@ -184,6 +185,7 @@ async fn route_inner(
         Response::Status(s) => json_response(StatusCode::OK, &s),
         Response::Weaver(w) => json_response(StatusCode::OK, &w),
         Response::Weavers(ws) => json_response(StatusCode::OK, &ws),
+        Response::Secrets(r) => json_response(StatusCode::OK, &r),
         Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
 }

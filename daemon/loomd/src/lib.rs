@@ -11,6 +11,7 @@ pub mod notify;
 pub mod procfs;
 pub mod rootfs;
 pub mod run;
+pub mod secrets;
 pub mod shim;
 pub mod store;
 

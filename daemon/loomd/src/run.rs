@@ -177,7 +177,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let backend = make_backend(kind, &config)?;
     let groups = resolve_groups(&config);
     let listener = bind_socket(&config.socket, groups.operator)?;
-    let daemon = Daemon::new(config.clone(), groups, store, backend, vec![], vec![]);
+    let secrets = Arc::new(crate::secrets::Secrets::load(&config));
+    let daemon = Daemon::new(config.clone(), groups, store, backend, vec![], vec![], secrets);
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

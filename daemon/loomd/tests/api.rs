@@ -216,3 +216,63 @@ fn check_config_validates_and_explains() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memroy") && err.contains("bad.toml"), "{err}");
 }
+
+fn testdata() -> std::path::PathBuf {
+    std::env::var_os("LOOM_TESTDATA")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+}
+
+#[test]
+fn secrets_check_reports_which_secrets_decrypt_and_never_their_values() {
+    let data = testdata();
+    assert!(data.join("sops-nix/secrets.yaml").exists(), "test vectors missing at {}", data.display());
+    let config = format!(
+        "[secrets]\nfile = \"{}\"\nage_key_file = \"{}\"\n\
+         [providers.anthropic]\nbase_url = \"http://127.0.0.1:1\"\nsecret = \"test_key\"\n\
+         [providers.openai]\nbase_url = \"http://127.0.0.1:1\"\nsecret = \"nested.test.file\"\n\
+         [providers.openrouter]\nbase_url = \"http://127.0.0.1:1\"\nsecret = \"nested.nope\"\n",
+        data.join("sops-nix/secrets.yaml").display(),
+        data.join("sops-nix/age-keys.txt").display()
+    );
+    let d = Loomd::start_with_config(Some(&config));
+    let out = d.cli(&["--json", "secrets", "check"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "decrypted", "{v}");
+    let by: std::collections::BTreeMap<String, bool> = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["provider"].as_str().unwrap().to_string(), c["ok"].as_bool().unwrap()))
+        .collect();
+    assert!(by["anthropic"]);
+    assert!(by["openai"]);
+    assert!(!by["openrouter"]);
+    let human = d.cli(&["secrets", "check"]);
+    let everything =
+        [out.stdout, out.stderr, human.stdout, human.stderr, std::fs::read(d.log_path()).unwrap()].concat();
+    let text = String::from_utf8_lossy(&everything);
+    assert!(!text.contains("test_value") && !text.contains("another value"), "a secret value leaked: {text}");
+}
+
+#[test]
+fn a_tampered_secrets_file_is_a_warning_not_a_crash() {
+    let data = testdata();
+    let dir = tempfile::tempdir().unwrap();
+    let tampered = dir.path().join("secrets.yaml");
+    let text = std::fs::read_to_string(data.join("sops-nix/secrets.yaml")).unwrap();
+    std::fs::write(&tampered, text.replacen("data:2mP+", "data:3mP+", 1)).unwrap();
+    let config = format!(
+        "[secrets]\nfile = \"{}\"\nage_key_file = \"{}\"\n[providers.anthropic]\nbase_url = \"http://127.0.0.1:1\"\nsecret = \"test_key\"\n",
+        tampered.display(),
+        data.join("sops-nix/age-keys.txt").display()
+    );
+    let d = Loomd::start_with_config(Some(&config));
+    let status = d.cli_json(&["status"]);
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("test_key") || warnings.contains("MAC") || warnings.contains("tamper"), "{status}");
+    let v = d.cli_json(&["secrets", "check"]);
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["secrets"][0]["ok"], false);
+}

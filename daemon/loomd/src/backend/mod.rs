@@ -128,4 +128,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The v2 cgroup id of a running weaver, for audit.
     fn cgroup_id(&self, id: &WeaverId) -> Option<u64>;
+
+    /// Where the weaver's output is: `None` for the log file in its directory (`log`), or a
+    /// command whose stdout is the log (e.g. `journalctl` for a unit); `follow` keeps it open.
+    fn log_command(&self, _id: &WeaverId, _follow: bool) -> Option<Vec<String>> {
+        None
+    }
 }
