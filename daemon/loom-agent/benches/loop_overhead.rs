@@ -69,7 +69,8 @@ fn config(dir: &std::path::Path, name: &str, body: Body, n: u32, api: Option<Eve
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+// The loomd stand-in runs on other workers, as the real loomd runs in another process.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u32 = std::env::var("LOOM_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let dir = tempfile::tempdir().unwrap();

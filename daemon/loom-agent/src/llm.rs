@@ -258,6 +258,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
+/// Largest reply (text plus tool inputs) accepted from a model.
+pub const MAX_REPLY: usize = 16 * 1024 * 1024;
+
 /// Turns a protocol's stream of SSE events into one [`ModelReply`].
 #[derive(Debug)]
 pub struct StreamAccumulator {
@@ -276,6 +279,10 @@ impl StreamAccumulator {
 
     /// Feeds one SSE event. Returns text to show live (a text delta), if any.
     pub fn push(&mut self, ev: &SseEvent) -> Result<Option<String>, ModelError> {
+        let size = self.reply.text.len() + self.partial.iter().map(|p| p.2.len()).sum::<usize>();
+        if size > MAX_REPLY {
+            return Err(ModelError::Protocol(format!("reply grew past {MAX_REPLY} bytes; refusing the rest")));
+        }
         match self.protocol {
             Protocol::Anthropic => self.push_anthropic(ev),
             Protocol::OpenAi => self.push_openai(ev),

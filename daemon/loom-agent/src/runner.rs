@@ -16,7 +16,7 @@ use crate::llm::{ModelError, ModelReply, ModelRequest, Msg, ToolResult};
 use crate::machine::{Agent, AgentConfig, Step};
 use crate::policy::{Decision, IterationReport, Limits, Policy};
 use crate::spool::{EventsApi, Spool, SpoolError, now_ms};
-use crate::tools::{ToolConfig, Workspace, kill_group, tool_specs, truncate_middle};
+use crate::tools::{ToolConfig, Workspace, kill_group, read_capped, tool_specs, truncate_middle};
 
 /// What runs as the body of each iteration.
 #[derive(Debug, Clone)]
@@ -113,6 +113,10 @@ struct Shell {
     shutdown: watch::Receiver<bool>,
     workspace: Workspace,
     git: bool,
+    /// Whether git has a committer identity; checked once.
+    git_identity: bool,
+    /// HEAD after the last iteration (so each iteration spawns as few `git`s as it can).
+    last_head: Option<String>,
 }
 
 /// Result of one command (`--until`, `--check`, a bring-your-own agent).
@@ -155,7 +159,10 @@ async fn run_command(
             let _ = w.write_all(input.as_bytes()).await;
         });
     }
-    let (o, e) = (read_all(child.stdout.take()), read_all(child.stderr.take()));
+    let (o, e) = (
+        tokio::spawn(read_capped(child.stdout.take(), cap.max(1024) * 2)),
+        tokio::spawn(read_capped(child.stderr.take(), cap.max(1024) * 2)),
+    );
     let status = tokio::time::timeout(timeout, child.wait()).await;
     let timed_out = status.is_err();
     if timed_out && let Some(pg) = pgid {
@@ -168,24 +175,14 @@ async fn run_command(
     let grace = Duration::from_secs(2);
     let o = tokio::time::timeout(grace, o).await.ok().and_then(Result::ok).unwrap_or_default();
     let e = tokio::time::timeout(grace, e).await.ok().and_then(Result::ok).unwrap_or_default();
-    let mut output = String::from_utf8_lossy(&o).into_owned();
+    let mut output = o;
     if !e.is_empty() {
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');
         }
-        output.push_str(&String::from_utf8_lossy(&e));
+        output.push_str(&e);
     }
     Ok(CmdResult { code: status.and_then(|s| s.code()), output: truncate_middle(&output, cap), timed_out })
-}
-
-fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> tokio::task::JoinHandle<Vec<u8>> {
-    tokio::spawn(async move {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await;
-        }
-        buf
-    })
 }
 
 struct GroupGuard(Option<i32>);
@@ -276,7 +273,7 @@ impl Shell {
 
     /// Commits all changes, if any. Returns the commit hash and message.
     async fn commit(&mut self, summary: &str) -> Result<Option<(String, String)>, String> {
-        let st = self.git(&["status", "--porcelain"]).await.ok_or("git status failed")?;
+        let st = self.git(&["status", "--porcelain", "-uall"]).await.ok_or("git status failed")?;
         if !st.passed() {
             return Err(format!("git status failed: {}", st.output.trim()));
         }
@@ -287,8 +284,14 @@ impl Shell {
         if !add.passed() {
             return Err(format!("git add failed: {}", add.output.trim()));
         }
-        let names = self.git(&["diff", "--cached", "--name-only"]).await.map(|r| r.output).unwrap_or_default();
-        let files: Vec<&str> = names.lines().filter(|l| !l.is_empty()).collect();
+        // `XY path` or `XY old -> new`; the status lists what `add -A` stages.
+        let files: Vec<&str> = st
+            .output
+            .lines()
+            .filter_map(|l| l.get(3..))
+            .map(|p| p.rsplit(" -> ").next().unwrap_or(p))
+            .filter(|p| !p.is_empty())
+            .collect();
         let mut subject = summary
             .lines()
             .map(|l| l.replace(&self.cfg.completion_marker, "").trim().to_owned())
@@ -313,9 +316,8 @@ impl Shell {
             msg.push_str(&format!("- … and {} more\n", files.len() - 50));
         }
         msg.push_str(&format!("\nLoom-Thread: {}\n", self.spool.thread_id()));
-        let has_identity = self.git(&["config", "user.email"]).await.is_some_and(|r| r.passed());
         let mut args = vec![];
-        if !has_identity {
+        if !self.git_identity {
             args.extend(["-c", "user.name=loom agent", "-c", "user.email=loom-agent@localhost"]);
         }
         args.extend(["commit", "-q", "--no-verify", "-m", &msg]);
@@ -324,6 +326,7 @@ impl Shell {
             return Err(format!("git commit failed: {}", c.output.trim()));
         }
         let hash = self.head().await.unwrap_or_default();
+        self.last_head = Some(hash.clone());
         Ok(Some((hash, msg)))
     }
 
@@ -551,9 +554,15 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
         shutdown,
         workspace,
         git: false,
+        git_identity: false,
+        last_head: None,
         cfg,
     };
     sh.git = sh.git(&["rev-parse", "--is-inside-work-tree"]).await.is_some_and(|r| r.passed());
+    if sh.git {
+        sh.git_identity = sh.git(&["config", "user.email"]).await.is_some_and(|r| r.passed());
+        sh.last_head = sh.head().await;
+    }
     if !sh.git {
         tracing::warn!(workspace = %sh.cfg.workspace.display(), "not a git repository: no commits, no no-change breaker");
     }
@@ -611,7 +620,7 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
             full.push_str(&feedback.join("\n\n"));
         }
         feedback.clear();
-        let head_before = sh.head().await;
+        let head_before = sh.last_head.clone();
         let body = sh.cfg.body.clone();
         let remaining = sh.remaining();
         let mut shutdown_rx = sh.shutdown.clone();
@@ -637,6 +646,7 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
             if sh.cfg.commit {
                 match sh.commit(&result.final_text).await {
                     Ok(Some((hash, msg))) => {
+                        tree_changed = true;
                         sh.status.commits += 1;
                         let subject = msg.lines().next().unwrap_or("").to_owned();
                         sh.say(&format!("[loom] committed {hash}: {subject}"));
@@ -650,7 +660,11 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
             } else if sh.git(&["status", "--porcelain"]).await.is_some_and(|r| !r.output.trim().is_empty()) {
                 tree_changed = true;
             }
-            tree_changed |= sh.head().await != head_before;
+            if !tree_changed {
+                // The body may have committed by itself (a bring-your-own agent does).
+                sh.last_head = sh.head().await;
+                tree_changed = sh.last_head != head_before;
+            }
         } else {
             tree_changed = true;
         }

@@ -426,7 +426,7 @@ pub fn kill_group(pg: i32) {
 }
 
 /// Reads a pipe to its end, keeping the first `cap/3` and the last `2cap/3` bytes.
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> String {
+pub async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> String {
     let Some(mut r) = r else { return String::new() };
     let mut head = Vec::new();
     let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();

@@ -271,7 +271,7 @@ impl FakeLoomd {
         let listener = TcpListener::bind(addr).await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let mut conn = rusqlite::Connection::open(&db).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        loom_threads::configure_connection(&conn).unwrap();
         loom_threads::migrate(&mut conn).unwrap();
         let conn = Arc::new(Mutex::new(conn));
         let posts: Arc<Mutex<usize>> = Arc::default();
