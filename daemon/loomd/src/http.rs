@@ -193,6 +193,9 @@ async fn route_inner(
 /// Streams a weaver's log: what is there, then (with follow) what is appended while it runs.
 async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> Result<HttpResponse<Body>, ApiError> {
     let (id, path) = daemon.log_of(caller, key)?;
+    if let Some(argv) = daemon.backend().log_command(&id, follow) {
+        return command_output_stream(&argv);
+    }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -241,6 +244,33 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+    Ok(HttpResponse::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_default())
+}
+
+/// Streams a command's stdout (e.g. journalctl for a unit's log); the command dies with the
+/// response when the client goes away.
+fn command_output_stream(argv: &[String]) -> Result<HttpResponse<Body>, ApiError> {
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the log with {}: {e}", argv[0])))?;
+    let stdout = child.stdout.take().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no log stream"))?;
+    let stream =
+        futures_util::stream::unfold((stdout, child, vec![0u8; 64 * 1024]), |(mut out, child, mut buf)| async move {
+            match out.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => Some((Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))), (out, child, buf))),
+                Err(e) => Some((Err(e), (out, child, buf))),
+            }
+        });
     Ok(HttpResponse::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")

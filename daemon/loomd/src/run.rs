@@ -129,7 +129,7 @@ fn systemd_is_pid1() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+async fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     let exe = std::env::current_exe().context("finding loomd's own binary (it runs as the shim)")?;
     let timeout = Duration::from_secs(config.weaver.start_timeout.0);
     match kind {
@@ -138,7 +138,12 @@ fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<dyn Ba
             Ok(Arc::new(NspawnBackend::new(cgroups, config.state_dir.join("weavers"), exe, timeout)))
         }
         BackendKind::Systemd => {
-            bail!("the systemd backend is not available in this build: run with --backend nspawn")
+            let backend = crate::backend::systemd::SystemdBackend::connect(config.state_dir.join("weavers"), timeout)
+                .await
+                .context(
+                    "connecting to systemd over D-Bus (is this host booted with systemd? else use --backend nspawn)",
+                )?;
+            Ok(Arc::new(backend))
         }
         BackendKind::Kubernetes => {
             bail!("the kubernetes backend is not available in this build: run with --backend nspawn")
@@ -174,7 +179,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
         .context("chmod 0700 on the state directory")?;
     let store = Store::open(&config.state_dir.join("loom.db"))?;
-    let backend = make_backend(kind, &config)?;
+    let backend = make_backend(kind, &config).await?;
     let groups = resolve_groups(&config);
     let listener = bind_socket(&config.socket, groups.operator)?;
     let secrets = Arc::new(crate::secrets::Secrets::load(&config));

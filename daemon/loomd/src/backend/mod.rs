@@ -6,6 +6,7 @@
 pub mod nspawn;
 pub mod nspawn_args;
 pub mod recording;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::time::Duration;
