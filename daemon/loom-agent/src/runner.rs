@@ -140,6 +140,7 @@ async fn run_command(
     stdin: Option<&str>,
     timeout: Duration,
     cap: usize,
+    echo: bool,
 ) -> std::io::Result<CmdResult> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -159,10 +160,18 @@ async fn run_command(
             let _ = w.write_all(input.as_bytes()).await;
         });
     }
-    let (o, e) = (
-        tokio::spawn(read_capped(child.stdout.take(), cap.max(1024) * 2)),
-        tokio::spawn(read_capped(child.stderr.take(), cap.max(1024) * 2)),
-    );
+    let (o, e) = if echo {
+        // Shown as it comes, for `loom weaver logs -f`; kept capped for the thread.
+        (
+            tokio::spawn(read_capped(child.stdout.take().map(|r| Tee(r, false)), cap.max(1024) * 2)),
+            tokio::spawn(read_capped(child.stderr.take().map(|r| Tee(r, true)), cap.max(1024) * 2)),
+        )
+    } else {
+        (
+            tokio::spawn(read_capped(child.stdout.take(), cap.max(1024) * 2)),
+            tokio::spawn(read_capped(child.stderr.take(), cap.max(1024) * 2)),
+        )
+    };
     let status = tokio::time::timeout(timeout, child.wait()).await;
     let timed_out = status.is_err();
     if timed_out && let Some(pg) = pgid {
@@ -183,6 +192,29 @@ async fn run_command(
         output.push_str(&e);
     }
     Ok(CmdResult { code: status.and_then(|s| s.code()), output: truncate_middle(&output, cap), timed_out })
+}
+
+/// A reader that copies what it reads to our stdout (or stderr, when `.1`). The write is a
+/// plain blocking write of a small chunk to a pipe, which keeps every byte in order.
+struct Tee<R>(R, bool);
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tee<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Write;
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                let _ = if self.1 { std::io::stderr().write_all(new) } else { std::io::stdout().write_all(new) };
+            }
+        }
+        r
+    }
 }
 
 struct GroupGuard(Option<i32>);
@@ -258,7 +290,7 @@ impl Shell {
     async fn git(&self, args: &[&str]) -> Option<CmdResult> {
         let mut argv = vec!["git".to_owned()];
         argv.extend(args.iter().map(|s| s.to_string()));
-        run_command(&argv, &self.cfg.workspace, None, Duration::from_secs(60), 1 << 20).await.ok()
+        run_command(&argv, &self.cfg.workspace, None, Duration::from_secs(60), 1 << 20, false).await.ok()
     }
 
     async fn head(&self) -> Option<String> {
@@ -483,7 +515,15 @@ impl Shell {
             return Ok(BodyResult { error: Some("the agent command is empty".into()), ..Default::default() });
         }
         let timeout = self.cfg.command_timeout.min(self.remaining());
-        let r = run_command(argv, &self.cfg.workspace, Some(&prompt), timeout, self.cfg.tools.output_cap * 4).await;
+        let r = run_command(
+            argv,
+            &self.cfg.workspace,
+            Some(&prompt),
+            timeout,
+            self.cfg.tools.output_cap * 4,
+            self.cfg.verbose,
+        )
+        .await;
         let mut out = BodyResult::default();
         match r {
             Err(e) => {
@@ -492,7 +532,6 @@ impl Shell {
                 out.error = Some(msg);
             }
             Ok(r) => {
-                self.say(&r.output);
                 self.record(
                     EventKind::Output,
                     &r.output,
@@ -516,7 +555,7 @@ impl Shell {
 
     async fn check_cmd(&mut self, which: &str, cmd: &str) -> Result<CmdResult, LoopError> {
         let timeout = self.cfg.command_timeout;
-        let r = run_command(&sh(cmd), &self.cfg.workspace, None, timeout, self.cfg.tools.output_cap)
+        let r = run_command(&sh(cmd), &self.cfg.workspace, None, timeout, self.cfg.tools.output_cap, false)
             .await
             .unwrap_or_else(|e| CmdResult { code: None, output: format!("cannot run sh: {e}"), timed_out: false });
         let verdict = if r.passed() { "passed" } else { "failed" };

@@ -20,6 +20,7 @@ pub const DEFAULT_OUTPUT_CAP: usize = 30_000;
 const MAX_FILE: u64 = 8 * 1024 * 1024;
 const MAX_LIST: usize = 2_000;
 const MAX_GREP: usize = 300;
+const MAX_GREP_FILES: usize = 20_000;
 
 /// Settings of the tools.
 #[derive(Debug, Clone)]
@@ -331,8 +332,12 @@ impl Workspace {
                 }
             } else if md.is_file() && md.len() <= MAX_FILE {
                 files.push(path);
+                if files.len() >= MAX_GREP_FILES {
+                    break;
+                }
             }
         }
+        let walked_all = stack.is_empty();
         'files: for f in files {
             let Ok(bytes) = std::fs::read(&f) else { continue };
             if bytes[..bytes.len().min(8192)].contains(&0) {
@@ -348,6 +353,9 @@ impl Workspace {
                     }
                 }
             }
+        }
+        if !walked_all {
+            out.push(format!("[searched only the first {MAX_GREP_FILES} files; give a narrower path]"));
         }
         if out.is_empty() {
             return Ok(ToolOutput::ok(format!("no match for {pattern:?} under {p}")));

@@ -74,3 +74,26 @@ async fn binary_explains_missing_configuration() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("OPENAI_BASE_URL is not set"), "{err}");
 }
+
+#[tokio::test]
+async fn binary_runs_your_own_agent_and_streams_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    failing_repo(&ws);
+    std::fs::write(dir.path().join("P.md"), "do the thing\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loom-agent"))
+        .args(["--prompt", "P.md", "--max-iterations", "1", "--workspace"])
+        .arg(&ws)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--", "sh", "-c", "read line; echo \"byo saw: $line\"; echo oops >&2"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "stopped by --max-iterations, not done");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("byo saw: do the thing"), "{stdout}");
+    assert!(stdout.contains("reached --max-iterations (1)"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+}

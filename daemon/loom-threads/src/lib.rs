@@ -18,6 +18,6 @@ pub mod wire;
 pub use render::{format_time, render_markdown};
 pub use store::{
     SCHEMA_VERSION, SearchHit, SearchQuery, StoredEvent, ThreadDetail, ThreadSummary, ThreadsError, append_events,
-    configure_connection, delete_thread, get_thread, list_threads, migrate, search, validate_batch,
+    configure_connection, delete_thread, get_thread, list_threads, migrate, parse_batch, search, validate_batch,
 };
 pub use wire::{AgentStatus, AppendResponse, EVENTS_PATH, EventBatch, EventKind, StopReason, ThreadEvent};

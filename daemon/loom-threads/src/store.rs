@@ -171,6 +171,20 @@ pub fn validate_batch(sender_weaver: &str, events: &[ThreadEvent]) -> Result<(),
     Ok(())
 }
 
+/// Parses the body of `POST /loom/v1/threads/events` (bounded by
+/// [`MAX_BATCH_BYTES`](crate::wire::MAX_BATCH_BYTES)); the caller then passes the events to
+/// [`append_events`] with the weaver identity it authenticated.
+pub fn parse_batch(body: &[u8]) -> Result<crate::wire::EventBatch, ThreadsError> {
+    if body.len() > crate::wire::MAX_BATCH_BYTES {
+        return Err(ThreadsError::Invalid(format!(
+            "batch body is {} bytes, at most {} are accepted; send smaller batches",
+            body.len(),
+            crate::wire::MAX_BATCH_BYTES
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| ThreadsError::Invalid(format!("batch is not an EventBatch JSON: {e}")))
+}
+
 /// Stores `events` sent by `sender_weaver` (the identity loomd authenticated, not what the
 /// events claim). Idempotent by `(thread_id, seq)`: a resent event is counted as a duplicate.
 /// All or nothing: one bad event rejects the batch.

@@ -15,6 +15,8 @@ pub const MAX_BATCH_EVENTS: usize = 500;
 pub const MAX_EVENT_TEXT: usize = 16 * 1024;
 /// Largest serialized payload of one event.
 pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
+/// Largest request body of one batch loomd should read.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Longest thread or weaver id.
 pub const MAX_ID_LEN: usize = 128;
 

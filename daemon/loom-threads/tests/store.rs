@@ -257,3 +257,14 @@ fn common_words_rank_the_most_recent_matches_and_weaver_filter_is_in_the_index()
     assert_eq!(q(Some("w-a.b")).len(), 5);
     assert!(q(Some("W2")).is_empty(), "weaver ids match exactly");
 }
+
+#[test]
+fn batches_are_parsed_with_bounds() {
+    let b =
+        parse_batch(br#"{"events":[{"thread_id":"t","weaver_id":"w","seq":1,"ts_ms":1,"kind":"commit","text":"x"}]}"#)
+            .unwrap();
+    assert_eq!(b.events[0].kind, EventKind::Commit);
+    assert!(parse_batch(b"{not json").unwrap_err().to_string().contains("not an EventBatch"));
+    let huge = vec![b' '; loom_threads::wire::MAX_BATCH_BYTES + 1];
+    assert!(parse_batch(&huge).unwrap_err().to_string().contains("at most"));
+}
