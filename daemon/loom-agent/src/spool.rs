@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use loom_threads::wire::{MAX_BATCH_EVENTS, MAX_EVENT_TEXT};
+use loom_threads::wire::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_TEXT};
 use loom_threads::{AppendResponse, EventBatch, EventKind, ThreadEvent};
 use serde_json::Value;
 
@@ -216,7 +216,17 @@ impl Spool {
         };
         let mut sent = 0;
         while !self.pending.is_empty() {
-            let n = self.pending.len().min(MAX_BATCH_EVENTS);
+            // At most MAX_BATCH_EVENTS events and about half of loomd's body limit per batch.
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < self.pending.len().min(MAX_BATCH_EVENTS) {
+                let size = serde_json::to_vec(&self.pending[n]).map(|v| v.len()).unwrap_or(0);
+                if n > 0 && bytes + size > MAX_BATCH_BYTES / 2 {
+                    break;
+                }
+                bytes += size;
+                n += 1;
+            }
             let batch = EventBatch { events: self.pending[..n].to_vec() };
             let body = serde_json::to_vec(&batch).unwrap_or_default();
             let bearer = format!("Bearer {}", api.token);
