@@ -117,6 +117,7 @@ struct Shell {
     git_identity: bool,
     /// HEAD after the last iteration (so each iteration spawns as few `git`s as it can).
     last_head: Option<String>,
+    last_send_failure: Option<Instant>,
 }
 
 /// Result of one command (`--until`, `--check`, a bring-your-own agent).
@@ -261,12 +262,30 @@ impl Shell {
             .map_err(|source| LoopError::Status { path, source })
     }
 
+    /// At iteration boundaries: make the spool durable and deliver it.
     async fn flush(&mut self) {
         if let Err(e) = self.spool.sync() {
             tracing::warn!(error = %e, "syncing the thread spool failed");
         }
-        if let Err(e) = self.spool.flush(Duration::from_secs(5)).await {
-            tracing::warn!(error = %e, "thread events not delivered yet");
+        self.deliver(Duration::from_secs(5)).await;
+    }
+
+    /// Within an iteration (after each tool round), so threads show progress live; skipped
+    /// for a while after a failure so that a loomd that is down does not slow the loop.
+    async fn flush_soft(&mut self) {
+        if self.last_send_failure.is_some_and(|t| t.elapsed() < Duration::from_secs(15)) {
+            return;
+        }
+        self.deliver(Duration::from_secs(2)).await;
+    }
+
+    async fn deliver(&mut self, timeout: Duration) {
+        match self.spool.flush(timeout).await {
+            Ok(_) => self.last_send_failure = None,
+            Err(e) => {
+                self.last_send_failure = Some(Instant::now());
+                tracing::warn!(error = %e, "thread events not delivered yet");
+            }
         }
     }
 
@@ -493,6 +512,7 @@ impl Shell {
                         results.push(ToolResult { call_id: c.id, content: r.content, is_error: r.is_error });
                     }
                     self.write_status()?;
+                    self.flush_soft().await;
                     agent.on_tool_results(results).map_err(|e| unreachable_transition(&e))?
                 }
                 Step::Done { final_text, marker_seen } => {
@@ -595,6 +615,7 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
         git: false,
         git_identity: false,
         last_head: None,
+        last_send_failure: None,
         cfg,
     };
     sh.git = sh.git(&["rev-parse", "--is-inside-work-tree"]).await.is_some_and(|r| r.passed());
