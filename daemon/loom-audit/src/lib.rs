@@ -11,6 +11,36 @@
 //! Invariants: only [`audit`] touches the BPF syscall; [`event`], [`journal`]'s
 //! encoding, [`config`] and [`index::parse_since`] are pure; this crate never
 //! calls systemd (journald is only a socket).
+//!
+//! Wiring in loomd (inside the tokio runtime):
+//!
+//! ```no_run
+//! # async fn wire(
+//! #     audit_table: &toml::Table,
+//! #     state_dir: &std::path::Path,
+//! #     conn: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+//! #     weaver_cgroup: &std::path::Path,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use loom_audit::{Audit, AuditConfig, AuditIndex, cgroup_id, open_sink, pump};
+//! let config = AuditConfig::from_toml(audit_table)?;
+//! let mut audit = Audit::start(&config)?; // warnings: audit.stats().warnings
+//! let events = audit.take_events().expect("first call");
+//! let mut sink = open_sink(&config, state_dir)?;
+//! tokio::spawn(async move {
+//!     pump(events, sink.as_mut(), |batch| {
+//!         let conn = conn.lock().unwrap();
+//!         if let Err(e) = AuditIndex::new(&conn).and_then(|index| index.insert(batch)) {
+//!             tracing::error!(error = %e, "audit index insert failed");
+//!         }
+//!     })
+//!     .await;
+//! });
+//! // when a weaver starts, before its first process runs in the cgroup:
+//! audit.watch(cgroup_id(weaver_cgroup)?, "weaver-id")?;
+//! // when it is gone:
+//! audit.unwatch(cgroup_id(weaver_cgroup)?)?;
+//! # Ok(()) }
+//! ```
 
 pub mod audit;
 pub mod config;
