@@ -111,12 +111,11 @@ struct loom_ev_exec {
 
 /*
  * Events whose data is a few integers: exit, listen, setid family, ptrace,
- * unshare, setns, bpf, init/finit_module. Meaning of args[] per op:
+ * unshare, setns, bpf. Meaning of args[] per op:
  *   exit: [0] raw exit_code (status << 8 | signal)
  *   listen: fd, backlog;  setns: fd, nstype;  unshare: flags
  *   set*id: the ids as passed (-1 = unchanged);  setgroups: count
  *   ptrace: request, pid, addr;  bpf: cmd, size
- *   init_module: len;  finit_module: fd, flags
  */
 struct loom_ev_args {
 	struct loom_hdr hdr;
@@ -125,8 +124,10 @@ struct loom_ev_args {
 
 /*
  * Events with one path: open/creat (args: dirfd, flags, mode), unlink/rmdir
- * (dirfd, flags), umount2 (flags), delete_module (flags; path = name),
- * init_module/finit_module are in loom_ev_args.
+ * (dirfd, flags), umount2 (flags), init_module (-1, len; path = parameters),
+ * finit_module (fd, flags; path = parameters), delete_module (-1, flags;
+ * path = module name). Relative open/unlink paths are made absolute by the
+ * kernel side when it can resolve the directory.
  */
 struct loom_ev_path {
 	struct loom_hdr hdr;
