@@ -227,6 +227,24 @@ impl Drop for GroupGuard {
     }
 }
 
+/// A state directory inside the workspace must not be committed (its spool changes every
+/// iteration, which would also blind the no-change breaker): list it in `.git/info/exclude`.
+fn exclude_state_dir(workspace: &Path, state_dir: &Path) {
+    let (Ok(ws), Ok(st)) = (workspace.canonicalize(), state_dir.canonicalize()) else { return };
+    let Ok(rel) = st.strip_prefix(&ws) else { return };
+    let line = format!("/{}/", rel.display());
+    let exclude = ws.join(".git/info/exclude");
+    let current = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if current.lines().any(|l| l == line) {
+        return;
+    }
+    let _ = std::fs::create_dir_all(ws.join(".git/info"));
+    let sep = if current.is_empty() || current.ends_with('\n') { "" } else { "\n" };
+    if let Err(e) = std::fs::write(&exclude, format!("{current}{sep}{line}\n")) {
+        tracing::warn!(error = %e, "cannot exclude the state directory from git");
+    }
+}
+
 /// Resolves when a shutdown is requested; never, if nobody can request one any more.
 async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|s| *s).await.is_err() {
@@ -620,6 +638,7 @@ pub async fn run_loop(cfg: LoopConfig, shutdown: watch::Receiver<bool>) -> Resul
     };
     sh.git = sh.git(&["rev-parse", "--is-inside-work-tree"]).await.is_some_and(|r| r.passed());
     if sh.git {
+        exclude_state_dir(&sh.cfg.workspace, &sh.cfg.state_dir);
         sh.git_identity = sh.git(&["config", "user.email"]).await.is_some_and(|r| r.passed());
         sh.last_head = sh.head().await;
     }

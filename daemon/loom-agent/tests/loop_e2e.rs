@@ -457,3 +457,17 @@ async fn unacknowledged_events_are_resent_after_a_restart() {
     let seqs: Vec<u64> = t.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "dense, no duplicates");
 }
+
+#[tokio::test]
+async fn a_state_dir_inside_the_workspace_is_never_committed() {
+    let mut e = env();
+    e.state = e.ws.join(".loom");
+    let fake = FakeModelApi::scripted(vec![], turn("Looked; nothing to change.", &[])).await;
+    let mut cfg = config(&e, agent_body("anthropic/m", &fake.base_url));
+    cfg.limits.no_change_limit = 2;
+    let out = run(cfg).await;
+    assert_eq!(out.stop, StopReason::NoProgress { iterations: 2 }, "the spool's changes are no progress");
+    assert_eq!(out.commits, 0);
+    assert!(e.state.join("spool.jsonl").exists());
+    assert_eq!(git(&e.ws, &["status", "--porcelain"]), "");
+}
