@@ -56,7 +56,7 @@ impl ModelClient {
 
     /// Sends `req` and streams the reply; `on_text` sees text as it arrives.
     pub async fn call(&self, req: &ModelRequest, mut on_text: impl FnMut(&str)) -> Result<ModelReply, ModelError> {
-        let body = request_body(self.spec.protocol, &self.wire_model, req).to_string();
+        let body = request_body(&self.spec, &self.wire_model, req).to_string();
         let bearer = format!("Bearer {}", self.api_key);
         let headers: Vec<(&str, &str)> = match self.spec.protocol {
             Protocol::Anthropic => vec![

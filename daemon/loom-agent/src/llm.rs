@@ -105,11 +105,22 @@ pub struct ModelRequest {
     pub max_tokens: u32,
 }
 
-/// The request body for `protocol`.
-pub fn request_body(protocol: Protocol, model: &str, req: &ModelRequest) -> Value {
-    match protocol {
-        Protocol::Anthropic => anthropic_body(model, req),
-        Protocol::OpenAi => openai_body(model, req),
+/// The request body for `spec`'s protocol, naming the model `wire_model`.
+pub fn request_body(spec: &ModelSpec, wire_model: &str, req: &ModelRequest) -> Value {
+    match spec.protocol {
+        Protocol::Anthropic => anthropic_body(wire_model, req),
+        Protocol::OpenAi => {
+            let mut b = openai_body(wire_model, req);
+            // OpenAI's own newer models refuse `max_tokens`; OpenAI-compatible servers of other
+            // providers often know only `max_tokens`.
+            if !spec.provider.eq_ignore_ascii_case("openai")
+                && let Some(o) = b.as_object_mut()
+                && let Some(v) = o.remove("max_completion_tokens")
+            {
+                o.insert("max_tokens".into(), v);
+            }
+            b
+        }
     }
 }
 
@@ -560,13 +571,18 @@ mod tests {
             tools: vec![ToolSpec { name: "bash", description: "d", input_schema: json!({"type": "object"}) }],
             max_tokens: 100,
         };
-        let a = request_body(Protocol::Anthropic, "anthropic/m", &req);
+        let spec = |s: &str| ModelSpec::parse(s).unwrap();
+        let a = request_body(&spec("anthropic/m"), "anthropic/m", &req);
         assert_eq!(a["system"], "sys");
         assert_eq!(a["stream"], true);
         assert_eq!(a["messages"][1]["content"][0]["type"], "tool_use");
         assert_eq!(a["messages"][2]["content"][0]["tool_use_id"], "c1");
         assert_eq!(a["tools"][0]["input_schema"]["type"], "object");
-        let o = request_body(Protocol::OpenAi, "openai/m", &req);
+        let o = request_body(&spec("openai/m"), "openai/m", &req);
+        assert_eq!(o["max_completion_tokens"], 100);
+        let g = request_body(&spec("groq/llama"), "groq/llama", &req);
+        assert_eq!(g["max_tokens"], 100);
+        assert!(g.get("max_completion_tokens").is_none());
         assert_eq!(o["messages"][0]["role"], "system");
         assert_eq!(o["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"command\":\"ls\"}");
         assert_eq!(o["messages"][3]["role"], "tool");

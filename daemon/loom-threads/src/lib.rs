@@ -15,7 +15,7 @@ pub mod store;
 pub mod text;
 pub mod wire;
 
-pub use render::{format_time, render_markdown};
+pub use render::{format_time, render_context, render_markdown};
 pub use store::{
     SCHEMA_VERSION, SearchHit, SearchQuery, StoredEvent, ThreadDetail, ThreadSummary, ThreadsError, append_events,
     configure_connection, delete_thread, get_thread, list_threads, migrate, parse_batch, search, validate_batch,

@@ -111,6 +111,43 @@ pub fn render_markdown(t: &ThreadDetail) -> String {
     out
 }
 
+/// A thread condensed as context for another agent (`--context-thread`): the prompt's title,
+/// what the model said, the tools it called and the start of what they returned, commits,
+/// checks and the stop reason, cut to at most `max_bytes` (keeping the end, where the
+/// conclusions are).
+pub fn render_context(t: &ThreadDetail, max_bytes: usize) -> String {
+    let s = &t.summary;
+    let mut out = format!("Thread {} (weaver {}): {}\n", s.id, s.weaver_id, s.title);
+    if let Some(r) = &s.stop_reason {
+        let _ = writeln!(out, "Stopped: {r}");
+    }
+    for e in &t.events {
+        let line = match e.kind {
+            EventKind::ModelReply if !e.text.trim().is_empty() => {
+                format!("[it {}] model: {}", e.iteration, e.text.trim())
+            }
+            EventKind::ToolCall => format!("[it {}] tool: {}", e.iteration, crate::text::truncate_str(&e.text, 300)),
+            EventKind::ToolResult => {
+                format!("[it {}] result: {}", e.iteration, crate::text::truncate_str(e.text.trim(), 300))
+            }
+            EventKind::Commit | EventKind::CheckResult | EventKind::Error | EventKind::Output => {
+                format!("[it {}] {}: {}", e.iteration, e.kind.as_str(), crate::text::truncate_str(e.text.trim(), 500))
+            }
+            _ => continue,
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if out.len() <= max_bytes {
+        return out;
+    }
+    let mut start = out.len() - max_bytes.saturating_sub(40);
+    while !out.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[earlier steps cut]\n{}", &out[start..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,6 +215,16 @@ fn list_show_and_delete() {
     assert!(md.contains("## Iteration 1"), "{md}");
     assert!(md.contains("```\nerror[E0308]: mismatched types"), "{md}");
     assert!(md.contains("- stop reason: --until command passed"), "{md}");
+    let ctx = render_context(&t, 10_000);
+    assert!(
+        ctx.starts_with("Thread t1 (weaver w1): Fix the failing config test\nStopped: --until command passed\n"),
+        "{ctx}"
+    );
+    assert!(ctx.contains("[it 1] model: I fixed parse_config."), "{ctx}");
+    assert!(ctx.contains("[it 1] tool: read_file src/lib.rs"), "{ctx}");
+    let small = render_context(&t, 120);
+    assert!(small.len() <= 140 && small.starts_with("[earlier steps cut]"), "{small}");
+    assert!(small.ends_with("The tests pass now.\n"), "{small}");
     let json = serde_json::to_value(&t).unwrap();
     assert_eq!(json["id"], "t1");
     assert_eq!(json["events"][1]["kind"], "tool_call");
