@@ -13,12 +13,9 @@ use hyper_util::rt::TokioIo;
 pub enum HttpError {
     #[error("URL {0:?} is not http://host[:port]/path; the loom agent speaks plain http to the weaver's proxy")]
     BadUrl(String),
-    #[error("connecting to {addr} failed: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Nothing listens there, or the network refused; the message is the OS's reason.
+    #[error("connecting to {addr} failed: {message}")]
+    Connect { addr: String, message: String },
     #[error("HTTP exchange with {url} failed: {message}")]
     Exchange { url: String, message: String },
     #[error("{url} sent nothing for {secs}s")]
@@ -98,7 +95,7 @@ pub async fn post_json(
     let stream = tokio::time::timeout(idle, tokio::net::TcpStream::connect(&host_port))
         .await
         .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
-        .map_err(|source| HttpError::Connect { addr: host_port.clone(), source })?;
+        .map_err(|e| HttpError::Connect { addr: host_port.clone(), message: e.to_string() })?;
     let _ = stream.set_nodelay(true);
     let ex = |e: hyper::Error| HttpError::Exchange { url: url.into(), message: e.to_string() };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ex)?;

@@ -77,7 +77,7 @@ pub struct LoopOutcome {
 pub enum LoopError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("workspace {path} is unusable: {source}")]
+    #[error("workspace {path} is unusable; give an existing directory with --workspace")]
     Workspace {
         path: PathBuf,
         #[source]
@@ -86,7 +86,7 @@ pub enum LoopError {
     /// The driver asked the agent state machine for a transition it refuses.
     #[error("loom agent bug: {0}")]
     Bug(String),
-    #[error("writing the status file {path} failed: {source}")]
+    #[error("writing the status file {path} failed; check that --state-dir is writable")]
     Status {
         path: PathBuf,
         #[source]
@@ -227,6 +227,18 @@ impl Drop for GroupGuard {
     }
 }
 
+/// An error and all its sources, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// A state directory inside the workspace must not be committed (its spool changes every
 /// iteration, which would also blind the no-change breaker): list it in `.git/info/exclude`.
 fn exclude_state_dir(workspace: &Path, state_dir: &Path) {
@@ -283,7 +295,7 @@ impl Shell {
     /// At iteration boundaries: make the spool durable and deliver it.
     async fn flush(&mut self) {
         if let Err(e) = self.spool.sync() {
-            tracing::warn!(error = %e, "syncing the thread spool failed");
+            tracing::warn!(error = %error_chain(&e), "syncing the thread spool failed");
         }
         self.deliver(Duration::from_secs(5)).await;
     }
@@ -302,7 +314,7 @@ impl Shell {
             Ok(_) => self.last_send_failure = None,
             Err(e) => {
                 self.last_send_failure = Some(Instant::now());
-                tracing::warn!(error = %e, "thread events not delivered yet");
+                tracing::warn!(error = %error_chain(&e), "thread events not delivered yet");
             }
         }
     }
