@@ -227,6 +227,33 @@ impl Drop for GroupGuard {
     }
 }
 
+/// HEAD's commit, read from the repository's files (`None` when anything is unusual: a
+/// worktree, an unborn branch; then `git rev-parse` answers).
+fn read_head(workspace: &Path) -> Option<String> {
+    let git = workspace.join(".git");
+    if !git.is_dir() {
+        return None;
+    }
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    let is_hash = |s: &str| s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let Some(r) = head.strip_prefix("ref: ") else {
+        return is_hash(head).then(|| head.to_owned());
+    };
+    if r.contains("..") || !r.starts_with("refs/") {
+        return None;
+    }
+    if let Ok(h) = std::fs::read_to_string(git.join(r)) {
+        let h = h.trim();
+        return is_hash(h).then(|| h.to_owned());
+    }
+    let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+    packed.lines().find_map(|l| {
+        let (h, name) = l.split_once(' ')?;
+        (name == r && is_hash(h)).then(|| h.to_owned())
+    })
+}
+
 /// An error and all its sources, for logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -346,6 +373,10 @@ impl Shell {
         if !self.git {
             return None;
         }
+        // Reading the ref is a file read; a `git` process costs milliseconds per iteration.
+        if let Some(h) = read_head(&self.cfg.workspace) {
+            return Some(h);
+        }
         self.git(&["rev-parse", "-q", "--verify", "HEAD"])
             .await
             .filter(|r| r.passed())
@@ -354,25 +385,19 @@ impl Shell {
 
     /// Commits all changes, if any. Returns the commit hash and message.
     async fn commit(&mut self, summary: &str) -> Result<Option<(String, String)>, String> {
-        let st = self.git(&["status", "--porcelain", "-uall"]).await.ok_or("git status failed")?;
-        if !st.passed() {
-            return Err(format!("git status failed: {}", st.output.trim()));
-        }
-        if st.output.trim().is_empty() {
-            return Ok(None);
-        }
+        // Three `git`s per iteration with changes (two without): add, what is staged, commit.
         let add = self.git(&["add", "-A"]).await.ok_or("git add failed")?;
         if !add.passed() {
             return Err(format!("git add failed: {}", add.output.trim()));
         }
-        // `XY path` or `XY old -> new`; the status lists what `add -A` stages.
-        let files: Vec<&str> = st
-            .output
-            .lines()
-            .filter_map(|l| l.get(3..))
-            .map(|p| p.rsplit(" -> ").next().unwrap_or(p))
-            .filter(|p| !p.is_empty())
-            .collect();
+        let staged = self.git(&["diff", "--cached", "--name-only"]).await.ok_or("git diff failed")?;
+        if !staged.passed() {
+            return Err(format!("git diff --cached failed: {}", staged.output.trim()));
+        }
+        let files: Vec<&str> = staged.output.lines().filter(|l| !l.is_empty()).collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
         let mut subject = summary
             .lines()
             .map(|l| l.replace(&self.cfg.completion_marker, "").trim().to_owned())

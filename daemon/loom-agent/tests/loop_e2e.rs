@@ -125,6 +125,13 @@ async fn fixes_the_repo(model: &str) {
     let body = git(&e.ws, &["log", "-1", "--format=%b"]);
     assert!(body.contains("- calc.sh") && body.contains(&format!("Loom-Thread: {}", out.thread_id)), "{body}");
     assert_eq!(git(&e.ws, &["status", "--porcelain"]), "");
+    let commit_event = std::fs::read_to_string(e.state.join("spool.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<loom_threads::ThreadEvent>(l).unwrap())
+        .find(|ev| ev.kind == EventKind::Commit)
+        .unwrap();
+    assert_eq!(commit_event.payload["hash"], git(&e.ws, &["rev-parse", "HEAD"]).trim());
 
     // The model saw each tool's output in the next request, in its protocol's shape.
     let reqs = fake.requests();
@@ -470,4 +477,17 @@ async fn a_state_dir_inside_the_workspace_is_never_committed() {
     assert_eq!(out.commits, 0);
     assert!(e.state.join("spool.jsonl").exists());
     assert_eq!(git(&e.ws, &["status", "--porcelain"]), "");
+}
+
+#[tokio::test]
+async fn an_agent_that_commits_by_itself_counts_as_progress() {
+    let e = env();
+    let script = "date +%s%N > stamp.txt && git add -A && git -c user.name=a -c user.email=a@a commit -q -m self";
+    let mut cfg = config(&e, Body::Command(vec!["sh".into(), "-c".into(), script.into()]));
+    cfg.limits.max_iterations = Some(2);
+    cfg.limits.no_change_limit = 1;
+    let out = run(cfg).await;
+    assert_eq!(out.stop, StopReason::MaxIterations { iterations: 2 }, "HEAD moved, so the tree changed");
+    assert_eq!(out.commits, 0, "nothing was left for the loop to commit");
+    assert_eq!(git(&e.ws, &["log", "--format=%s", "-n", "2"]), "self\nself\n");
 }
