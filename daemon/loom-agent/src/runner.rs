@@ -319,12 +319,16 @@ impl Shell {
             .map_err(|source| LoopError::Status { path, source })
     }
 
-    /// At iteration boundaries: make the spool durable and deliver it.
+    /// At iteration boundaries: deliver the spool; what loomd did not acknowledge is made
+    /// durable on disk (what it acknowledged is durable in its store already, and an fsync
+    /// costs milliseconds).
     async fn flush(&mut self) {
-        if let Err(e) = self.spool.sync() {
+        self.deliver(Duration::from_secs(5)).await;
+        if (self.spool.unacked() > 0 || self.cfg.events_api.is_none())
+            && let Err(e) = self.spool.sync()
+        {
             tracing::warn!(error = %error_chain(&e), "syncing the thread spool failed");
         }
-        self.deliver(Duration::from_secs(5)).await;
     }
 
     /// Within an iteration (after each tool round), so threads show progress live; skipped
