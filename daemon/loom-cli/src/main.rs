@@ -36,6 +36,11 @@ enum Command {
     /// Create and manage weavers.
     #[command(subcommand)]
     Weaver(WeaverCmd),
+    /// Tokens and cost per weaver, from the LLM proxy.
+    Usage {
+        #[arg(long)]
+        weaver: Option<String>,
+    },
     /// Provider keys from the SOPS file.
     #[command(subcommand)]
     Secrets(SecretsCmd),
@@ -195,6 +200,10 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     };
     match cli.command {
         Command::Status => print(&client.json(Method::GET, "/v1/status", None).await?, &render::status),
+        Command::Usage { weaver } => {
+            let q = weaver.map(|w| format!("?weaver={}", path_key(&w))).unwrap_or_default();
+            print(&client.json(Method::GET, &format!("/v1/usage{q}"), None).await?, &render::usage)
+        }
         Command::Secrets(SecretsCmd::Check) => {
             print(&client.json(Method::GET, "/v1/secrets/check", None).await?, &render::secrets)
         }

@@ -94,3 +94,23 @@ pub fn secrets(v: &Value) -> String {
     }
     out
 }
+
+pub fn usage(v: &Value) -> String {
+    let mut out = format!(
+        "{:<14} {:>8} {:>7} {:>12} {:>12} {:>12} {:>10}\n",
+        "WEAVER", "REQUESTS", "FAILED", "INPUT", "OUTPUT", "CACHE R/W", "USD"
+    );
+    for u in v.as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<14} {:>8} {:>7} {:>12} {:>12} {:>12} {:>10.4}\n",
+            s(&u["weaver"]),
+            s(&u["requests"]),
+            s(&u["failed"]),
+            s(&u["input_tokens"]),
+            s(&u["output_tokens"]),
+            format!("{}/{}", s(&u["cache_read_tokens"]), s(&u["cache_write_tokens"])),
+            u["cost_usd"].as_f64().unwrap_or(0.0)
+        );
+    }
+    out
+}

@@ -31,6 +31,10 @@ pub enum Request {
     },
     /// Which configured secrets decrypt; admins only, and never their values.
     SecretsCheck,
+    /// Token and cost totals per weaver (operators: their own).
+    Usage {
+        weaver: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -40,6 +44,7 @@ pub enum Response {
     Weavers(Vec<WeaverInfo>),
     Removed { id: WeaverId },
     Secrets(Box<crate::secrets::SecretsReport>),
+    Usage(Vec<crate::llm::UsageSummary>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +105,7 @@ pub struct Daemon {
     locks: Mutex<HashMap<WeaverId, Arc<tokio::sync::Mutex<()>>>>,
     binds_ro: Vec<(PathBuf, String)>,
     secrets: Arc<crate::secrets::Secrets>,
+    llm: Option<Arc<crate::llm::Llm>>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
 }
@@ -130,6 +136,7 @@ impl Daemon {
         hooks: Vec<Arc<dyn WeaverHooks>>,
         binds_ro: Vec<(PathBuf, String)>,
         secrets: Arc<crate::secrets::Secrets>,
+        llm: Option<Arc<crate::llm::Llm>>,
     ) -> Arc<Daemon> {
         let weavers_dir = config.state_dir.join("weavers");
         Arc::new(Daemon {
@@ -144,6 +151,7 @@ impl Daemon {
             binds_ro,
             pending_restarts: Mutex::new(Default::default()),
             secrets,
+            llm,
         })
     }
 
@@ -215,6 +223,26 @@ impl Daemon {
                     return Err(ApiError::new(ErrorCode::Forbidden, "only root and the admin group may check secrets"));
                 }
                 Ok(Response::Secrets(Box::new(self.secrets.check(&self.config()))))
+            }
+            Request::Usage { weaver } => {
+                let Some(llm) = &self.llm else { return Ok(Response::Usage(vec![])) };
+                let internal = |e: rusqlite::Error| ApiError::new(ErrorCode::Internal, format!("reading usage: {e}"));
+                if let Some(key) = weaver {
+                    let id = self.lookup(caller, role, &key)?.info.id.to_string();
+                    return Ok(Response::Usage(llm.usage(Some(&id)).map_err(internal)?));
+                }
+                let all = llm.usage(None).map_err(internal)?;
+                if role == Role::Admin {
+                    // Admins also see the usage of weavers removed since.
+                    return Ok(Response::Usage(all));
+                }
+                let mine: Vec<String> = self
+                    .with_store(|s| s.list())?
+                    .into_iter()
+                    .filter(|r| may_touch(role, caller, r.info.owner_uid))
+                    .map(|r| r.info.id.to_string())
+                    .collect();
+                Ok(Response::Usage(all.into_iter().filter(|u| mine.contains(&u.weaver)).collect()))
             }
             Request::RemoveWeaver { key, force } => {
                 let rec = self.lookup(caller, role, &key)?;

@@ -134,6 +134,10 @@ fn query_flag(req: &HttpRequest<Incoming>, name: &str) -> bool {
         .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
 }
 
+fn query_value(req: &HttpRequest<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_string)
+}
+
 async fn route(daemon: Arc<Daemon>, caller: Caller, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     match route_inner(daemon, caller, req).await {
         Ok(resp) => resp,
@@ -154,6 +158,7 @@ async fn route_inner(
         (&Method::GET, ["v1", "status"]) => (Request::Status, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers"]) => (Request::ListWeavers, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "secrets", "check"]) => (Request::SecretsCheck, REQUEST_TIMEOUT),
+        (&Method::GET, ["v1", "usage"]) => (Request::Usage { weaver: query_value(&req, "weaver") }, REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers"]) => {
             daemon.authorize(&caller, &"create")?;
             let (body, _) = read_json::<CreateWeaver>(req).await?;
@@ -186,6 +191,7 @@ async fn route_inner(
         Response::Weaver(w) => json_response(StatusCode::OK, &w),
         Response::Weavers(ws) => json_response(StatusCode::OK, &ws),
         Response::Secrets(r) => json_response(StatusCode::OK, &r),
+        Response::Usage(u) => json_response(StatusCode::OK, &u),
         Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
 }

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod daemon;
 pub mod exec;
 pub mod http;
+pub mod llm;
 pub mod notify;
 pub mod procfs;
 pub mod rootfs;

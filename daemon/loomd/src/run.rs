@@ -183,7 +183,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let groups = resolve_groups(&config);
     let listener = bind_socket(&config.socket, groups.operator)?;
     let secrets = Arc::new(crate::secrets::Secrets::load(&config));
-    let daemon = Daemon::new(config.clone(), groups, store, backend, vec![], vec![], secrets);
+    let llm = crate::llm::Llm::start(&config, secrets.clone(), &config.state_dir.join("loom.db"))?;
+    let hooks: Vec<Arc<dyn crate::daemon::WeaverHooks>> = vec![llm.clone()];
+    let daemon = Daemon::new(config.clone(), groups, store, backend, hooks, vec![], secrets, Some(llm));
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

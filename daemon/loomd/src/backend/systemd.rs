@@ -1,55 +1,769 @@
-//! The `systemd` backend: each weaver run is a transient unit running systemd-nspawn,
-//! registered with systemd-machined. (Being built; until then it refuses to start.)
+//! The `systemd` backend: each run of a weaver is the transient unit
+//! `loom-weaver-<id>.service` in `loom.slice`, running systemd-nspawn (`--keep-unit
+//! --register=yes`), so systemd owns the process tree, applies the limits, collects the output
+//! in the journal and registers the container with systemd-machined (`machinectl list`).
+//!
+//! Every call to systemd goes through [`SystemdManager`] (D-Bus in production, a recording fake
+//! in tests). loomd is a unit of the same systemd, so it sees the same pid namespace and cgroup
+//! tree: the unit's `ControlGroup` is a path below loomd's cgroup mounts, and its `MainPID`
+//! (systemd-nspawn) can be waited on with a pidfd.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::BackendError;
+use loom_core::config::BackendKind;
+use loom_core::weaver::WeaverId;
+use loom_systemd::unit::{LOOM_SLICE, WEAVER_FIELD, unit_name};
+use loom_systemd::{DbusSystemd, Phase, SystemdError, SystemdManager, TransientServiceSpec, UnitStatus};
+use tokio::io::unix::AsyncFd;
 
-#[derive(Debug)]
-pub struct SystemdBackend;
+use super::nspawn_args::{Register, START_MARKER, nspawn_argv};
+use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
+use crate::cgroups::pids_in_tree;
+use crate::procfs;
+
+/// The cgroup hierarchies loomd sees, parsed once from `/proc/self/mounts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// The v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+    pub unified: Option<PathBuf>,
+    /// v1 hierarchies a process joins besides the v2 one so that it is tracked and limited like
+    /// the rest of the weaver: `name=systemd`, memory, pids, cpu, cpuacct.
+    pub v1: Vec<PathBuf>,
+}
+
+/// v1 controllers whose hierarchy an exec'd process joins (others, like cpuset, need set-up
+/// a unit's cgroup does not have and limit nothing loom asks for).
+const JOINED_V1: [&str; 5] = ["name=systemd", "memory", "pids", "cpu", "cpuacct"];
+
+impl CgroupLayout {
+    /// Reads the layout of the calling process's mount namespace.
+    pub fn detect() -> CgroupLayout {
+        CgroupLayout::parse(&fs::read_to_string("/proc/self/mounts").unwrap_or_default())
+    }
+
+    /// Parses `/proc/self/mounts`.
+    pub fn parse(mounts: &str) -> CgroupLayout {
+        let mut layout = CgroupLayout::default();
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let target = PathBuf::from(f[1]);
+            match f[2] {
+                "cgroup2" if layout.unified.is_none() => layout.unified = Some(target),
+                "cgroup" if f[3].split(',').any(|o| JOINED_V1.contains(&o)) && !layout.v1.contains(&target) => {
+                    layout.v1.push(target)
+                }
+                _ => {}
+            }
+        }
+        layout
+    }
+
+    /// The unit's v2 cgroup directory.
+    pub fn unified_dir(&self, control_group: &str) -> Option<PathBuf> {
+        self.unified.as_ref().map(|root| below(root, control_group))
+    }
+
+    /// The `cgroup.procs` files a process joins to become part of the unit: in each hierarchy,
+    /// the `payload` cgroup systemd-nspawn makes below its delegated unit cgroup when there is
+    /// one (a v2 cgroup with children may hold no processes), else the unit's own; hierarchies
+    /// where the unit has no cgroup are left alone.
+    pub fn join_files(&self, control_group: &str) -> Vec<PathBuf> {
+        self.unified
+            .iter()
+            .chain(&self.v1)
+            .filter_map(|root| {
+                let dir = below(root, control_group);
+                let payload = dir.join("payload");
+                let leaf = if payload.is_dir() { payload } else { dir };
+                leaf.is_dir().then(|| leaf.join("cgroup.procs"))
+            })
+            .collect()
+    }
+}
+
+fn below(root: &Path, control_group: &str) -> PathBuf {
+    root.join(control_group.trim_start_matches('/'))
+}
+
+/// Where systemd puts a weaver's unit when it has not told us yet.
+fn default_control_group(unit: &str) -> String {
+    format!("/{LOOM_SLICE}/{unit}")
+}
+
+/// The first of `candidates` that exists as a file, else `fallback`.
+fn find_program(name: &str, fallback: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from(fallback))
+}
+
+pub struct SystemdBackend {
+    sd: Arc<dyn SystemdManager>,
+    start_timeout: Duration,
+    nix_store: bool,
+    /// Absolute, because systemd runs `ExecStart=` without a search path.
+    nspawn: PathBuf,
+    nsenter: PathBuf,
+    journalctl: PathBuf,
+    cgroups: CgroupLayout,
+    /// Each weaver's unit cgroup as systemd reported it, for the sync calls (exec, cgroup id).
+    control_groups: Mutex<std::collections::HashMap<WeaverId, String>>,
+}
+
+impl std::fmt::Debug for SystemdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdBackend")
+            .field("nspawn", &self.nspawn)
+            .field("cgroups", &self.cgroups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The lines of a failed run's journal that say why, minus nspawn's harmless noise.
+fn journal_tail(text: &str) -> String {
+    let lines: Vec<&str> =
+        text.lines().filter(|l| !l.contains("/run/systemd/nspawn/propagate") && !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+fn systemd_err(e: &SystemdError) -> BackendError {
+    BackendError::Systemd(crate::error_chain(e))
+}
+
+enum PidWait {
+    /// The process is gone (or was already).
+    Exited,
+    /// No pidfd for it (old kernel, or not in our pid namespace): poll instead.
+    Unavailable,
+}
+
+async fn wait_pid(pid: u32) -> PidWait {
+    let Ok(pid) = i32::try_from(pid) else {
+        return PidWait::Unavailable;
+    };
+    match procfs::pidfd_open(pid) {
+        Ok(fd) => {
+            // SAFETY: the pidfd is owned by the AsyncFd for as long as it is registered and is
+            // closed only when the AsyncFd drops.
+            match unsafe { AsyncFd::register(fd) } {
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                    PidWait::Exited
+                }
+                Err(_) => PidWait::Unavailable,
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => PidWait::Exited,
+        Err(_) => PidWait::Unavailable,
+    }
+}
+
+/// Whether `pid` is a systemd-nspawn process in our pid namespace (and so the unit's main
+/// process as systemd reports it, not a stranger with the same number).
+fn is_nspawn(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "systemd-nspawn")
+}
+
+fn running(phase: Phase) -> bool {
+    matches!(phase, Phase::Running | Phase::Starting | Phase::Stopping)
+}
 
 impl SystemdBackend {
-    pub async fn connect(_weavers_dir: PathBuf, _start_timeout: Duration) -> Result<SystemdBackend, BackendError> {
-        Err(BackendError::Unsupported("systemd"))
+    /// Connects to the system bus of the systemd loomd runs under.
+    pub async fn connect(_weavers_dir: PathBuf, start_timeout: Duration) -> Result<SystemdBackend, BackendError> {
+        let sd = DbusSystemd::connect_system().await.map_err(|e| systemd_err(&e))?;
+        Ok(SystemdBackend::new(Arc::new(sd), start_timeout))
+    }
+
+    /// A backend over any [`SystemdManager`] (the recording fake in tests).
+    pub fn new(sd: Arc<dyn SystemdManager>, start_timeout: Duration) -> SystemdBackend {
+        SystemdBackend {
+            sd,
+            start_timeout,
+            nix_store: Path::new("/nix/store").is_dir(),
+            nspawn: find_program("systemd-nspawn", "/usr/bin/systemd-nspawn"),
+            nsenter: find_program("nsenter", "/usr/bin/nsenter"),
+            journalctl: find_program("journalctl", "/usr/bin/journalctl"),
+            cgroups: CgroupLayout::detect(),
+            control_groups: Mutex::default(),
+        }
+    }
+
+    /// Replaces the cgroup layout (tests point it at a fake tree).
+    pub fn with_cgroups(mut self, cgroups: CgroupLayout) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    fn unit_of(id: &WeaverId) -> Result<String, BackendError> {
+        unit_name(id.as_str()).map_err(|e| BackendError::Systemd(e.to_string()))
+    }
+
+    fn control_group(&self, id: &WeaverId) -> String {
+        let known = self.control_groups.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        known.unwrap_or_else(|| default_control_group(&format!("loom-weaver-{}.service", id.as_str())))
+    }
+
+    fn remember_cgroup(&self, id: &WeaverId, control_group: &str) {
+        if !control_group.is_empty() {
+            self.control_groups.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), control_group.into());
+        }
+    }
+
+    /// The transient service for one run: nspawn's command line, the limits from the spec.
+    pub fn unit_spec(&self, launch: &Launch) -> TransientServiceSpec {
+        let mut argv = nspawn_argv(launch, Register::Yes, self.nix_store);
+        argv[0] = self.nspawn.display().to_string();
+        // systemd expands `$VAR`, `${VAR}` and `$$` in ExecStart= when it runs it; `$$` is a
+        // literal `$`, so the weaver's command and environment reach nspawn as given.
+        let argv = argv.into_iter().map(|a| a.replace('$', "$$")).collect();
+        let spec = &launch.spec;
+        let mut unit = TransientServiceSpec::new(launch.id.as_str(), spec.name.as_str(), argv);
+        // The environment of systemd-nspawn itself; the payload's comes through --setenv.
+        unit.environment = vec![format!("{WEAVER_FIELD}={}", launch.id)];
+        unit.memory_max = Some(spec.memory.0).filter(|&m| m > 0);
+        unit.cpu_quota_per_sec_usec = Some(spec.cpus.quota_us(1_000_000)).filter(|&q| q > 0);
+        unit.tasks_max = Some(spec.tasks).filter(|&t| t > 0);
+        unit
+    }
+
+    /// The container's first process: the pid-2 process of the payload's pid namespace
+    /// (nspawn runs with --as-pid2), found in the unit's cgroup, else below the leader
+    /// systemd-machined knows for the machine.
+    async fn find_leader(&self, id: &WeaverId, machine: Option<&str>) -> Option<i32> {
+        if let Some(dir) = self.cgroups.unified_dir(&self.control_group(id)) {
+            let found = pids_in_tree(&dir)
+                .into_iter()
+                .find(|&pid| matches!(procfs::inner_pid(pid), Some((2, depth)) if depth >= 2));
+            if found.is_some() {
+                return found;
+            }
+        }
+        let pid1 = self.sd.machine_leader(machine?).await.ok()??;
+        let children = fs::read_to_string(format!("/proc/{pid1}/task/{pid1}/children")).ok()?;
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .find(|&pid| procfs::inner_pid(pid).is_some_and(|(p, _)| p == 2))
+    }
+
+    async fn status(&self, unit: &str) -> Result<Option<UnitStatus>, BackendError> {
+        self.sd.unit_status(unit).await.map_err(|e| systemd_err(&e))
+    }
+
+    /// Takes a unit that is still loaded out of the way: stops it if it runs and clears a
+    /// failed one, so that its name can be used again.
+    async fn clear_unit(&self, unit: &str) -> Result<(), BackendError> {
+        let Some(st) = self.status(unit).await? else {
+            return Ok(());
+        };
+        let after = if st.active_state == "failed" {
+            Some(st)
+        } else {
+            match self.sd.stop_unit(unit).await {
+                Ok(after) => after,
+                Err(SystemdError::NoSuchUnit(_)) => None,
+                Err(e) => return Err(systemd_err(&e)),
+            }
+        };
+        if after.is_some() {
+            match self.sd.reset_failed(unit).await {
+                Ok(()) | Err(SystemdError::NoSuchUnit(_)) => {}
+                Err(e) => return Err(systemd_err(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// What the journal says about the unit's last lines, for an error message.
+    async fn why(&self, unit: &str) -> String {
+        // journald may take a moment to have the last lines of a process that just ended.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = tokio::process::Command::new(&self.journalctl)
+            .args(["-o", "cat", "--no-pager", "-n", "20", "-u", unit])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        match out {
+            Ok(o) => journal_tail(&String::from_utf8_lossy(&o.stdout)),
+            Err(_) => format!("see `journalctl -u {unit}`"),
+        }
+    }
+
+    fn observed(&self, id: &WeaverId, unit: &str, st: Option<UnitStatus>) -> Result<Observed, Option<i32>> {
+        let Some(st) = st else {
+            return Ok(Observed::Lost {
+                reason: format!("its unit {unit} is gone (stopped and collected outside loom, or the host rebooted)"),
+            });
+        };
+        self.remember_cgroup(id, &st.control_group);
+        match st.phase() {
+            p if running(p) => Err(None),
+            Phase::Exited(Some(exit)) | Phase::Failed(Some(exit)) => Ok(Observed::Exited { code: exit.shell_code() }),
+            _ => Ok(Observed::Lost {
+                reason: format!(
+                    "systemd reports {unit} {}/{} ({}) with no exit status",
+                    st.active_state, st.sub_state, st.result
+                ),
+            }),
+        }
+    }
+
+    /// Kills what is left in the unit's cgroup when a stop job takes too long.
+    fn kill_cgroup(&self, id: &WeaverId) {
+        let cg = self.control_group(id);
+        if let Some(dir) = self.cgroups.unified_dir(&cg)
+            && fs::write(dir.join("cgroup.kill"), "1").is_ok()
+        {
+            return;
+        }
+        for procs in self.cgroups.join_files(&cg) {
+            for pid in pids_in_tree(procs.parent().unwrap_or(Path::new("/nonexistent"))) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
-impl super::Backend for SystemdBackend {
-    fn kind(&self) -> loom_core::config::BackendKind {
-        loom_core::config::BackendKind::Systemd
+impl Backend for SystemdBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Systemd
     }
-    async fn start(&self, _launch: &super::Launch) -> Result<super::Started, BackendError> {
-        Err(BackendError::Unsupported("systemd"))
+
+    async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
+        let id = &launch.id;
+        let unit = Self::unit_of(id)?;
+        let deadline = Instant::now() + self.start_timeout;
+        let marker = launch.root().join(START_MARKER);
+        let _ = fs::remove_file(&marker);
+        // A previous run stays loaded (RemainAfterExit=yes) until it is cleared.
+        self.clear_unit(&unit).await?;
+        let spec = self.unit_spec(launch);
+        // Type=notify: the job is done once systemd-nspawn says READY, i.e. the container is
+        // set up and its init runs; the marker then says the command itself was reached.
+        let started = match tokio::time::timeout(self.start_timeout, self.sd.start_transient_service(&spec)).await {
+            Err(_) => {
+                let _ = self.clear_unit(&unit).await;
+                return Err(BackendError::StartTimeout(self.start_timeout));
+            }
+            Ok(Err(SystemdError::JobFailed { result, .. })) => {
+                return Err(BackendError::StartFailed(format!(
+                    "systemd-nspawn did not start ({result}): {}",
+                    self.why(&unit).await
+                )));
+            }
+            Ok(Err(e)) => return Err(systemd_err(&e)),
+            Ok(Ok(s)) => s,
+        };
+        self.remember_cgroup(id, &started.control_group);
+        let cgroup_id =
+            self.cgroups.unified_dir(&self.control_group(id)).and_then(|d| fs::metadata(d).ok()).map(|m| m.ino());
+        let wanted_cmdline: Vec<u8> = launch.spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        let handle = RunHandle::Unit { name: unit.clone() };
+        let mut pause = Duration::from_millis(1);
+        let mut marked_at: Option<Instant> = None;
+        let mut last_check = Instant::now();
+        loop {
+            if marked_at.is_none() && marker.exists() {
+                marked_at = Some(Instant::now());
+            }
+            if let Some(marked) = marked_at {
+                // The marker is written just before exec: wait for the exec itself, briefly,
+                // and accept a command that rewrites its own argv or has already ended.
+                let leader = self.find_leader(id, Some(&launch.spec.name)).await;
+                let execd = leader
+                    .is_some_and(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted_cmdline));
+                if execd || marked.elapsed() > Duration::from_millis(100) {
+                    return Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id });
+                }
+            } else if last_check.elapsed() >= Duration::from_millis(20) {
+                last_check = Instant::now();
+                let st = self.status(&unit).await?;
+                let ended = st.as_ref().is_none_or(|s| !running(s.phase()));
+                if ended && !marker.exists() {
+                    let how = st.and_then(|s| s.exit).map_or("ended".to_string(), |e| e.to_string());
+                    return Err(BackendError::StartFailed(format!(
+                        "the container {how} before the command ran: {}",
+                        self.why(&unit).await
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop(id, &handle, Duration::from_secs(1)).await;
+                return Err(BackendError::StartTimeout(self.start_timeout));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
     }
-    async fn observe(&self, _id: &loom_core::weaver::WeaverId, _h: &super::RunHandle) -> super::Observed {
-        super::Observed::Lost { reason: "the systemd backend is not built yet".into() }
+
+    async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
+        let RunHandle::Unit { name } = handle else {
+            return Observed::Lost { reason: "not a run of the systemd backend".into() };
+        };
+        match self.sd.unit_status(name).await {
+            Ok(st) => match self.observed(id, name, st) {
+                Ok(o) => o,
+                Err(_) => Observed::Running { leader_pid: self.find_leader(id, None).await },
+            },
+            // Not knowing is not an end: the caller keeps watching and asks again.
+            Err(e) => {
+                tracing::warn!(weaver = %id, unit = %name, error = %crate::error_chain(&e), "cannot read the unit's status");
+                Observed::Running { leader_pid: None }
+            }
+        }
     }
-    async fn wait(&self, id: &loom_core::weaver::WeaverId, h: &super::RunHandle) -> super::Observed {
-        self.observe(id, h).await
+
+    async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
+        let RunHandle::Unit { name } = handle else {
+            return Observed::Lost { reason: "not a run of the systemd backend".into() };
+        };
+        // The run being waited for is the one whose systemd-nspawn runs now.
+        let mut main_pid = None;
+        let mut pid_usable = true;
+        loop {
+            let st = match self.sd.unit_status(name).await {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::warn!(weaver = %id, unit = %name, error = %crate::error_chain(&e), "cannot read the unit's status; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let pid = st.as_ref().map_or(0, |s| s.main_pid);
+            match self.observed(id, name, st) {
+                Ok(done) => return done,
+                Err(_) if main_pid.is_some_and(|m| m != pid && pid != 0) => {
+                    // A newer run of this weaver replaced the one this watcher was for; that
+                    // run has its own watcher, and this one must not report its end.
+                    tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
+                    return std::future::pending().await;
+                }
+                Err(_) => {}
+            }
+            if main_pid.is_none() && pid != 0 {
+                main_pid = Some(pid);
+            }
+            match main_pid {
+                Some(m) if pid_usable && pid == m && is_nspawn(m) => {
+                    if let PidWait::Unavailable = wait_pid(m).await {
+                        pid_usable = false;
+                    }
+                    // systemd needs a moment to reap its main process and update the unit.
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_secs(2) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        match self.sd.unit_status(name).await {
+                            Ok(Some(s)) if running(s.phase()) && s.main_pid == m => {}
+                            _ => break,
+                        }
+                    }
+                }
+                _ => {
+                    pid_usable = false;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
-    async fn stop(
-        &self,
-        _id: &loom_core::weaver::WeaverId,
-        _h: &super::RunHandle,
-        _g: Duration,
-    ) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported("systemd"))
-    }
-    async fn cleanup(&self, _id: &loom_core::weaver::WeaverId) -> Result<(), BackendError> {
+
+    async fn stop(&self, id: &WeaverId, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
+        let RunHandle::Unit { name } = handle else {
+            return Ok(());
+        };
+        // KillMode=mixed: SIGTERM to systemd-nspawn, which tears the container down; systemd
+        // itself SIGKILLs the rest after TimeoutStopSec. Past our grace, the cgroup is killed.
+        let after = match tokio::time::timeout(grace + Duration::from_secs(5), self.sd.stop_unit(name)).await {
+            Ok(Ok(after)) => after,
+            Ok(Err(SystemdError::NoSuchUnit(_))) => return Ok(()),
+            Ok(Err(e)) => return Err(systemd_err(&e)),
+            Err(_) => {
+                tracing::warn!(weaver = %id, unit = %name, ?grace, "stop job too slow; killing the unit's cgroup");
+                self.kill_cgroup(id);
+                let t = Instant::now();
+                let mut st = self.status(name).await?;
+                while st.as_ref().is_some_and(|s| running(s.phase())) && t.elapsed() < Duration::from_secs(10) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    st = self.status(name).await?;
+                }
+                st
+            }
+        };
+        if after.is_some() {
+            match self.sd.reset_failed(name).await {
+                Ok(()) | Err(SystemdError::NoSuchUnit(_)) => {}
+                Err(e) => return Err(systemd_err(&e)),
+            }
+        }
         Ok(())
     }
-    fn exec_plan(
-        &self,
-        _id: &loom_core::weaver::WeaverId,
-        _pid: i32,
-        command: &[String],
-        _tty: bool,
-    ) -> super::ExecPlan {
-        super::ExecPlan { argv: command.to_vec(), join_cgroups: vec![] }
+
+    async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError> {
+        let unit = Self::unit_of(id)?;
+        self.clear_unit(&unit).await?;
+        self.control_groups.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Ok(())
     }
-    fn cgroup_id(&self, _id: &loom_core::weaver::WeaverId) -> Option<u64> {
-        None
+
+    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
+        let mut argv = vec![
+            self.nsenter.display().to_string(),
+            format!("--target={leader_pid}"),
+            "--all".into(),
+            "--root".into(),
+            "--wd".into(),
+            "--".into(),
+        ];
+        argv.extend(command.iter().cloned());
+        ExecPlan { argv, join_cgroups: self.cgroups.join_files(&self.control_group(id)) }
+    }
+
+    fn cgroup_id(&self, id: &WeaverId) -> Option<u64> {
+        let dir = self.cgroups.unified_dir(&self.control_group(id))?;
+        fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
+    fn log_command(&self, id: &WeaverId, follow: bool) -> Option<Vec<String>> {
+        let mut argv = vec![self.journalctl.display().to_string(), "-o".into(), "cat".into(), "--no-pager".into()];
+        if follow {
+            argv.push("-f".into());
+        }
+        argv.push(format!("{WEAVER_FIELD}={}", id.as_str()));
+        Some(argv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loom_core::api::CreateWeaver;
+    use loom_core::config::WeaverDefaults;
+    use loom_core::weaver::resolve_spec;
+    use loom_systemd::unit::StartedUnit;
+    use loom_systemd::{Call, ExitStatus, LoomUnit, RecordingSystemd};
+
+    /// The recording fake, plus what systemd-nspawn's payload does on a start: the start
+    /// wrapper drops the marker in the weaver's root.
+    struct Fake {
+        rec: RecordingSystemd,
+        marker: Option<PathBuf>,
+    }
+
+    #[async_trait::async_trait]
+    impl SystemdManager for Fake {
+        async fn start_transient_service(&self, spec: &TransientServiceSpec) -> Result<StartedUnit, SystemdError> {
+            let started = self.rec.start_transient_service(spec).await?;
+            if let Some(m) = &self.marker {
+                fs::create_dir_all(m.parent().unwrap()).unwrap();
+                fs::write(m, "").unwrap();
+            }
+            Ok(started)
+        }
+        async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+            self.rec.unit_status(unit).await
+        }
+        async fn stop_unit(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
+            self.rec.stop_unit(unit).await
+        }
+        async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+            self.rec.reset_failed(unit).await
+        }
+        async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
+            self.rec.list_loom_units().await
+        }
+        async fn machine_leader(&self, _machine: &str) -> Result<Option<u32>, SystemdError> {
+            // No real container behind the fake.
+            Ok(None)
+        }
+    }
+
+    fn launch(dir: &Path, f: impl FnOnce(&mut CreateWeaver)) -> Launch {
+        let mut req = CreateWeaver { command: vec!["/bin/sleep".into(), "300".into()], ..Default::default() };
+        f(&mut req);
+        Launch {
+            id: WeaverId::from_random([0xab, 2, 3, 4, 5, 6]),
+            spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
+            dir: dir.to_path_buf(),
+            env: vec![],
+            binds_ro: vec![],
+        }
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn cgroup_layouts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n\
+                      cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0\n\
+                      cgroup /sys/fs/cgroup/memory cgroup ro,relatime,memory 0 0\n\
+                      cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        let l = CgroupLayout::parse(hybrid);
+        assert_eq!(l.unified, Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(
+            l.v1,
+            [PathBuf::from("/sys/fs/cgroup/cpu"), "/sys/fs/cgroup/memory".into(), "/sys/fs/cgroup/systemd".into()]
+        );
+        assert_eq!(
+            l.unified_dir("/loom.slice/loom-weaver-x.service"),
+            Some("/sys/fs/cgroup/unified/loom.slice/loom-weaver-x.service".into())
+        );
+        let v2 = CgroupLayout::parse("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n");
+        assert_eq!(v2, CgroupLayout { unified: Some("/sys/fs/cgroup".into()), v1: vec![] });
+        assert_eq!(CgroupLayout::parse("garbage\n\n"), CgroupLayout::default());
+    }
+
+    #[test]
+    fn exec_joins_the_payload_cgroup_where_nspawn_made_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (v2, mem, pids) = (tmp.path().join("unified"), tmp.path().join("memory"), tmp.path().join("pids"));
+        let id = WeaverId::from_random([1, 2, 3, 4, 5, 6]);
+        let cg = format!("loom.slice/loom-weaver-{id}.service");
+        fs::create_dir_all(v2.join(&cg).join("payload")).unwrap();
+        fs::create_dir_all(mem.join(&cg)).unwrap();
+        let b = SystemdBackend::new(Arc::new(RecordingSystemd::new()), Duration::from_secs(5))
+            .with_cgroups(CgroupLayout { unified: Some(v2.clone()), v1: vec![mem.clone(), pids] });
+        let plan = b.exec_plan(&id, 4242, &["/bin/echo".into(), "hi".into()], false);
+        assert!(plan.argv[0].starts_with('/') && plan.argv[0].ends_with("nsenter"), "{:?}", plan.argv);
+        assert_eq!(plan.argv[1..], ["--target=4242", "--all", "--root", "--wd", "--", "/bin/echo", "hi"]);
+        assert_eq!(
+            plan.join_cgroups,
+            [v2.join(&cg).join("payload/cgroup.procs"), mem.join(&cg).join("cgroup.procs")],
+            "the payload leaf in v2, the unit in v1, nothing where the unit has no cgroup"
+        );
+        assert_eq!(b.cgroup_id(&id), Some(fs::metadata(v2.join(&cg)).unwrap().ino()));
+        let logs = b.log_command(&id, true).unwrap();
+        assert!(logs[0].ends_with("journalctl"));
+        assert_eq!(logs[1..], ["-o", "cat", "--no-pager", "-f", &format!("LOOM_WEAVER={id}")]);
+    }
+
+    #[test]
+    fn the_unit_carries_nspawn_registered_and_the_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = launch(tmp.path(), |r| {
+            r.memory = Some("256M".into());
+            r.cpus = Some(1.5);
+            r.tasks = Some(99);
+        });
+        let b = SystemdBackend::new(Arc::new(RecordingSystemd::new()), Duration::from_secs(5));
+        let u = b.unit_spec(&l);
+        assert!(u.argv[0].starts_with('/') && u.argv[0].ends_with("systemd-nspawn"), "{:?}", u.argv);
+        assert!(u.argv.iter().any(|a| a == "--register=yes"));
+        assert!(u.argv.iter().any(|a| a == "--keep-unit"));
+        assert!(u.argv.iter().any(|a| a == "--private-users=pick"));
+        assert_eq!(u.argv[u.argv.len() - 2..], ["/bin/sleep", "300"]);
+        assert_eq!(u.weaver_id, l.id.as_str());
+        assert_eq!(u.weaver_name, "w1");
+        assert_eq!(u.memory_max, Some(256 << 20));
+        assert_eq!(u.cpu_quota_per_sec_usec, Some(1_500_000));
+        assert_eq!(u.tasks_max, Some(99));
+        assert_eq!(u.environment, [format!("LOOM_WEAVER={}", l.id)]);
+        let l = launch(tmp.path(), |r| {
+            r.command = vec!["/bin/sh".into(), "-c".into(), "echo $$ ${HOME} $X".into()];
+            r.env.insert("A".into(), "$B".into());
+        });
+        let u = b.unit_spec(&l);
+        assert_eq!(u.argv.last().unwrap(), "echo $$$$ $${HOME} $$X", "systemd must not expand the command");
+        assert!(u.argv.iter().any(|a| a == "--setenv=A=$$B"));
+    }
+
+    #[test]
+    fn a_run_is_started_observed_waited_for_stopped_and_cleaned_up() {
+        block(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let l = launch(tmp.path(), |_| {});
+            let v2 = tmp.path().join("cg");
+            let unit = format!("loom-weaver-{}.service", l.id);
+            fs::create_dir_all(v2.join("loom.slice").join(&unit)).unwrap();
+            let fake = Arc::new(Fake { rec: RecordingSystemd::new(), marker: Some(l.root().join(START_MARKER)) });
+            let b = SystemdBackend::new(fake.clone(), Duration::from_secs(5))
+                .with_cgroups(CgroupLayout { unified: Some(v2.clone()), v1: vec![] });
+            let started = b.start(&l).await.unwrap();
+            assert_eq!(started.handle, RunHandle::Unit { name: unit.clone() });
+            assert_eq!(started.cgroup_id, Some(fs::metadata(v2.join("loom.slice").join(&unit)).unwrap().ino()));
+            let Some(Call::StartTransientService(spec)) =
+                fake.rec.calls().into_iter().find(|c| matches!(c, Call::StartTransientService(_)))
+            else {
+                panic!("no start: {:?}", fake.rec.calls());
+            };
+            assert_eq!(spec, b.unit_spec(&l));
+            assert!(matches!(b.observe(&l.id, &started.handle).await, Observed::Running { .. }));
+
+            // The run ends: wait (polling, the fake's main pid is not a real nspawn) sees it.
+            let waiter = b.wait(&l.id, &started.handle);
+            let ender = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                fake.rec.exit_unit(&unit, ExitStatus::Code(3)).unwrap();
+            };
+            let (observed, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(waiter, ender) })
+                .await
+                .expect("wait must notice the end");
+            assert_eq!(observed, Observed::Exited { code: 3 });
+            assert_eq!(b.observe(&l.id, &started.handle).await, Observed::Exited { code: 3 });
+
+            // A second start clears the failed unit of the first run before starting again.
+            let again = b.start(&l).await.unwrap();
+            assert_eq!(again.handle, started.handle);
+            let calls = fake.rec.calls();
+            assert!(calls.contains(&Call::ResetFailed(unit.clone())), "{calls:?}");
+            fake.rec.exit_unit(&unit, ExitStatus::Signal { signal: 9, core_dumped: false }).unwrap();
+            assert_eq!(b.observe(&l.id, &again.handle).await, Observed::Exited { code: 137 });
+
+            b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();
+            assert!(fake.rec.unit_status(&unit).await.unwrap().is_none(), "stop resets the failed unit");
+            assert!(matches!(b.observe(&l.id, &again.handle).await, Observed::Lost { .. }));
+            // Stopping or cleaning up what is not there is fine.
+            b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();
+            b.cleanup(&l.id).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn failed_starts_say_why() {
+        block(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let l = launch(tmp.path(), |_| {});
+            // The container comes up but the command never runs (no marker), then it ends.
+            let fake = Arc::new(Fake { rec: RecordingSystemd::new(), marker: None });
+            let b = SystemdBackend::new(fake.clone(), Duration::from_secs(5));
+            let unit = format!("loom-weaver-{}.service", l.id);
+            let ending = async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                fake.rec.exit_unit(&unit, ExitStatus::Code(127)).unwrap();
+            };
+            let (r, ()) = tokio::join!(b.start(&l), ending);
+            match r {
+                Err(BackendError::StartFailed(m)) => assert!(m.contains("exited with code 127"), "{m}"),
+                other => panic!("expected a failed start: {other:?}"),
+            }
+            b.cleanup(&l.id).await.unwrap();
+            assert!(fake.rec.unit_status(&unit).await.unwrap().is_none(), "cleanup clears the failed unit");
+
+            // systemd-nspawn itself fails: the start job fails.
+            fake.rec.fail_next_start("failed");
+            match b.start(&l).await {
+                Err(BackendError::StartFailed(m)) => assert!(m.contains("did not start (failed)"), "{m}"),
+                other => panic!("expected a failed start: {other:?}"),
+            }
+
+            // Nothing ever happens: the start times out and the unit is stopped.
+            b.cleanup(&l.id).await.unwrap();
+            let slow = SystemdBackend::new(fake.clone(), Duration::from_millis(300));
+            assert!(matches!(slow.start(&l).await, Err(BackendError::StartTimeout(_))));
+            assert!(fake.rec.unit_status(&unit).await.unwrap().is_none());
+        });
     }
 }

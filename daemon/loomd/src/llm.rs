@@ -1,0 +1,309 @@
+//! The LLM proxy as loomd runs it: one listener per weaver inside that weaver's network
+//! namespace (so a connection there *is* that weaver), tokens in the weaver's environment
+//! instead of keys, usage persisted to the store for `loom usage`.
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use loom_core::weaver::{NetworkMode, WeaverId};
+use loom_proxy::{KeySource, Proxy, UsageRecord, UsageSink, WeaverToken, WeaverTotals};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::daemon::WeaverHooks;
+use crate::secrets::Secrets;
+use crate::store::{WeaverRecord, migrate};
+
+/// The port the proxy listens on inside every weaver's own network namespace.
+pub const WEAVER_PROXY_PORT: u16 = 4141;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the [providers]/[proxy] config is invalid")]
+    Config(#[source] loom_proxy::ConfigError),
+    #[error("the LLM proxy could not start")]
+    Proxy(#[source] loom_proxy::ProxyError),
+    #[error("the usage store could not be opened")]
+    Store(#[source] rusqlite::Error),
+    #[error("binding the proxy's host listener")]
+    Bind(#[source] std::io::Error),
+}
+
+impl KeySource for Secrets {
+    fn key(&self, secret_path: &str) -> Option<Zeroizing<String>> {
+        self.get(secret_path).map(|s| Zeroizing::new(s.expose().to_string()))
+    }
+}
+
+const USAGE_MIGRATIONS: &[&str] = &["CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        weaver TEXT NOT NULL,
+        thread TEXT,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        status TEXT NOT NULL,
+        http_status INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ttfb_ms REAL NOT NULL,
+        latency_ms REAL NOT NULL
+    );
+    CREATE INDEX usage_weaver ON usage(weaver);"];
+
+/// Usage records, persisted as they finish (on the request's task: one short insert).
+#[derive(Debug)]
+pub struct UsageStore {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageSummary {
+    pub weaver: String,
+    pub requests: u64,
+    pub failed: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl UsageStore {
+    pub fn open(db: &Path) -> Result<UsageStore, rusqlite::Error> {
+        let mut conn = Connection::open(db)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
+        migrate(&mut conn, "usage", USAGE_MIGRATIONS)?;
+        Ok(UsageStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, r: &UsageRecord) -> Result<(), rusqlite::Error> {
+        let started = r.started_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.conn().execute(
+            "INSERT INTO usage (weaver, thread, provider, model, endpoint, input_tokens, output_tokens,
+                cache_read_tokens, cache_write_tokens, cost_usd, status, http_status, attempts, started_at,
+                ttfb_ms, latency_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+            params![
+                r.weaver,
+                r.thread,
+                r.provider,
+                r.model,
+                r.endpoint,
+                r.usage.input_tokens as i64,
+                r.usage.output_tokens as i64,
+                r.usage.cache_read_tokens as i64,
+                r.usage.cache_write_tokens as i64,
+                r.cost_usd,
+                r.status.as_str(),
+                r.http_status,
+                r.attempts,
+                started,
+                r.time_to_first_byte.as_secs_f64() * 1000.0,
+                r.latency.as_secs_f64() * 1000.0
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Totals per weaver, for `loom usage`.
+    pub fn summaries(&self, weaver: Option<&str>) -> Result<Vec<UsageSummary>, rusqlite::Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT weaver, COUNT(*), SUM(status != 'ok'), SUM(input_tokens), SUM(output_tokens),
+                SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(cost_usd)
+             FROM usage WHERE ?1 IS NULL OR weaver = ?1 GROUP BY weaver ORDER BY weaver",
+        )?;
+        let rows = stmt.query_map([weaver], |r| {
+            Ok(UsageSummary {
+                weaver: r.get(0)?,
+                requests: r.get::<_, i64>(1)? as u64,
+                failed: r.get::<_, i64>(2)? as u64,
+                input_tokens: r.get::<_, i64>(3)? as u64,
+                output_tokens: r.get::<_, i64>(4)? as u64,
+                cache_read_tokens: r.get::<_, i64>(5)? as u64,
+                cache_write_tokens: r.get::<_, i64>(6)? as u64,
+                cost_usd: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn totals(&self, weaver: &str) -> WeaverTotals {
+        let s = self.summaries(Some(weaver)).ok().and_then(|v| v.into_iter().next()).unwrap_or_default();
+        WeaverTotals {
+            requests: s.requests,
+            failed: s.failed,
+            refused: 0,
+            input_tokens: s.input_tokens,
+            output_tokens: s.output_tokens,
+            cache_read_tokens: s.cache_read_tokens,
+            cache_write_tokens: s.cache_write_tokens,
+            tokens: s.input_tokens + s.output_tokens + s.cache_read_tokens + s.cache_write_tokens,
+            cost_usd: s.cost_usd,
+        }
+    }
+}
+
+impl UsageSink for UsageStore {
+    fn record(&self, record: UsageRecord) {
+        if let Err(e) = self.insert(&record) {
+            tracing::error!(weaver = %record.weaver, error = %e, "a usage record could not be stored");
+        }
+    }
+}
+
+/// The proxy and what loomd keeps around it.
+#[derive(Debug)]
+pub struct Llm {
+    proxy: Arc<Proxy>,
+    usage: Arc<UsageStore>,
+    /// The host-side listener's port, for weavers on the host network.
+    host_port: u16,
+    networks: Mutex<HashMap<WeaverId, NetworkMode>>,
+}
+
+impl Llm {
+    pub fn start(config: &loom_core::config::Config, secrets: Arc<Secrets>, db: &Path) -> Result<Arc<Llm>, LlmError> {
+        let pc = loom_proxy::ProxyConfig::from_toml(&config.providers, &config.proxy).map_err(LlmError::Config)?;
+        let usage = Arc::new(UsageStore::open(db).map_err(LlmError::Store)?);
+        let proxy = Arc::new(Proxy::builder(pc, secrets).usage_sink(usage.clone()).build().map_err(LlmError::Proxy)?);
+        let host = StdListener::bind(("127.0.0.1", 0)).map_err(LlmError::Bind)?;
+        host.set_nonblocking(true).map_err(LlmError::Bind)?;
+        let host_port = host.local_addr().map_err(LlmError::Bind)?.port();
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpListener::from_std(host) {
+                Ok(l) => {
+                    if let Err(e) = p.serve(l, None).await {
+                        tracing::error!(error = %e, "the proxy's host listener stopped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the proxy's host listener could not start"),
+            }
+        });
+        Ok(Arc::new(Llm { proxy, usage, host_port, networks: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn usage(&self, weaver: Option<&str>) -> Result<Vec<UsageSummary>, rusqlite::Error> {
+        self.usage.summaries(weaver)
+    }
+
+    fn env_for(&self, network: NetworkMode, token: &WeaverToken) -> Vec<(String, String)> {
+        let port = if network == NetworkMode::Host { self.host_port } else { WEAVER_PROXY_PORT };
+        let base = format!("http://127.0.0.1:{port}");
+        vec![
+            ("ANTHROPIC_BASE_URL".into(), base.clone()),
+            ("ANTHROPIC_API_KEY".into(), token.expose().to_string()),
+            ("OPENAI_BASE_URL".into(), format!("{base}/v1")),
+            ("OPENAI_API_KEY".into(), token.expose().to_string()),
+            ("LOOM_PROXY_TOKEN".into(), token.expose().to_string()),
+            ("LOOM_API_URL".into(), base),
+        ]
+    }
+
+    /// Opens the weaver's own listener inside its network namespace and serves it.
+    fn serve_in_netns(&self, id: &WeaverId, leader_pid: i32) -> std::io::Result<()> {
+        let ns = std::fs::File::open(format!("/proc/{leader_pid}/ns/net"))?;
+        // A thread of its own enters the namespace, binds and ends, so no other work ever
+        // runs in the weaver's namespace; the socket stays in the namespace it was made in.
+        let listener = std::thread::spawn(move || -> std::io::Result<StdListener> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let l = StdListener::bind(("127.0.0.1", WEAVER_PROXY_PORT))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let proxy = self.proxy.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = proxy.serve(listener, Some(id.clone())).await {
+                tracing::warn!(weaver = %id, error = %e, "the weaver's proxy listener stopped");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A new token in the proxy's format, so that the weaver's usage so far carries over.
+fn fresh_token() -> WeaverToken {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    WeaverToken::parse(&format!("loom-wv-{hex}")).unwrap_or_else(|| unreachable!("the format is the proxy's own"))
+}
+
+fn token_from_environ(pid: i32) -> Option<WeaverToken> {
+    let raw = Zeroizing::new(std::fs::read(format!("/proc/{pid}/environ")).ok()?);
+    raw.split(|b| *b == 0)
+        .find_map(|kv| WeaverToken::parse(std::str::from_utf8(kv.strip_prefix(b"LOOM_PROXY_TOKEN=")?).ok()?))
+}
+
+#[async_trait::async_trait]
+impl WeaverHooks for Llm {
+    async fn before_start(&self, id: &WeaverId, rec: &WeaverRecord) -> Result<Vec<(String, String)>, String> {
+        let network = rec.info.spec.network;
+        self.networks.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), network);
+        // A new run gets a new token; the old run's listener ends with its registration.
+        self.proxy.unregister_weaver(id.as_str());
+        let totals = self.usage.totals(id.as_str());
+        let token = self
+            .proxy
+            .restore_weaver(id.as_str(), fresh_token(), self.proxy.default_limits(), totals)
+            .map_err(|e| format!("registering with the LLM proxy: {e}"))?;
+        Ok(self.env_for(network, &token))
+    }
+
+    async fn after_start(&self, id: &WeaverId, leader_pid: i32, _cgroup_id: Option<u64>) {
+        if leader_pid <= 0 {
+            return;
+        }
+        if self.proxy.usage(id.as_str()).is_none() {
+            // Adopted after a loomd restart: the weaver keeps the token it was started with.
+            let Some(token) = token_from_environ(leader_pid) else { return };
+            let totals = self.usage.totals(id.as_str());
+            if let Err(e) = self.proxy.restore_weaver(id.as_str(), token, self.proxy.default_limits(), totals) {
+                tracing::warn!(weaver = %id, error = %e, "re-registering an adopted weaver with the proxy failed");
+                return;
+            }
+        }
+        let network = self.networks.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied();
+        let private = match network {
+            Some(n) => n != NetworkMode::Host,
+            // Adopted: a weaver in its own namespace has a different one from loomd's.
+            None => {
+                std::fs::read_link(format!("/proc/{leader_pid}/ns/net")).ok()
+                    != std::fs::read_link("/proc/self/ns/net").ok()
+            }
+        };
+        if private && let Err(e) = self.serve_in_netns(id, leader_pid) {
+            tracing::warn!(weaver = %id, error = %e, "the weaver's proxy listener could not be opened");
+        }
+    }
+
+    async fn on_remove(&self, id: &WeaverId) {
+        self.proxy.unregister_weaver(id.as_str());
+        self.networks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    fn status(&self) -> Option<(String, serde_json::Value)> {
+        let all = self.proxy.usage_all();
+        let requests: u64 = all.values().map(|u| u.totals.requests).sum();
+        Some((
+            "proxy".into(),
+            serde_json::json!({ "weavers": all.len(), "requests": requests, "host_port": self.host_port }),
+        ))
+    }
+}

@@ -1,0 +1,228 @@
+//! Test support for the `systemd` backend: a systemd booted in a container (the harness of
+//! loom-systemd) with loomd running inside it as a unit of that systemd, its socket bound to a
+//! host directory so the host test drives it with raw HTTP and the real `loom` CLI.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use loom_systemd::harness::{self, BootedSystemd};
+
+/// Where the test binaries' directory is bound inside the container.
+pub const BIN_DIR: &str = "/opt/loom";
+pub const SOCKET_INSIDE: &str = "/run/loomd/loomd.sock";
+
+/// True when systemd can be booted in a container here; else skips loudly (or fails under
+/// LOOM_REQUIRE_PRIVILEGED=1).
+pub fn bootable(what: &str) -> bool {
+    let Some(reason) = harness::unavailable_reason() else {
+        return true;
+    };
+    if std::env::var("LOOM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("LOOM_REQUIRE_PRIVILEGED=1 but {what} cannot boot systemd in a container: {reason}");
+    }
+    eprintln!(
+        "!!! SKIPPED {what}: cannot boot systemd in a container: {reason} (LOOM_REQUIRE_PRIVILEGED=1 fails instead)"
+    );
+    false
+}
+
+pub fn loomd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loomd"))
+}
+
+/// The `loom` CLI from the same target directory (`cargo test --workspace` builds it).
+pub fn loom_bin() -> PathBuf {
+    let p = loomd_bin().with_file_name("loom");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p loom-cli` first)",
+        p.display()
+    );
+    p
+}
+
+/// A booted systemd with loomd (`--backend systemd`) running in it as the unit `loomd.service`.
+pub struct LoomdInSystemd {
+    pub c: BootedSystemd,
+    /// The host directory bound at /run/loomd inside.
+    pub sockdir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl LoomdInSystemd {
+    pub fn boot(prefix: &str) -> LoomdInSystemd {
+        let bindir = loomd_bin().parent().expect("loomd's directory").to_path_buf();
+        let _ = loom_bin();
+        let sockdir = tempfile::Builder::new().prefix("loomd-sd-sock").tempdir_in("/var/tmp").unwrap();
+        let c = BootedSystemd::builder(harness::unique_name(prefix))
+            .bind_ro(&bindir, BIN_DIR)
+            .bind(sockdir.path(), "/run/loomd")
+            .timeout(Duration::from_secs(120))
+            .boot()
+            .unwrap_or_else(|e| panic!("booting systemd in a container: {e}"));
+        let socket = sockdir.path().join("loomd.sock");
+        let d = LoomdInSystemd { c, sockdir, socket };
+        d.start_loomd();
+        d
+    }
+
+    /// Starts loomd as `loomd.service` (Type=notify: systemd-run returns once loomd is ready).
+    pub fn start_loomd(&self) {
+        let exe = format!("{BIN_DIR}/loomd");
+        let out = self
+            .c
+            .exec(&[
+                "systemd-run",
+                "--unit=loomd",
+                "--collect",
+                "-p",
+                "Type=notify",
+                "--setenv=LOOMD_LOG=info,loomd=debug",
+                &exe,
+                "--backend",
+                "systemd",
+                "--socket",
+                SOCKET_INSIDE,
+                "--state-dir",
+                "/var/lib/loom",
+            ])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "starting loomd in the container failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.loomd_journal()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.try_request("GET", "/v1/status", None).is_ok_and(|(s, _)| s == 200) {
+            assert!(
+                Instant::now() < deadline,
+                "loomd does not answer on {}: {}",
+                self.socket.display(),
+                self.loomd_journal()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// loomd's main pid inside the container.
+    pub fn loomd_pid(&self) -> u32 {
+        let out = self.c.exec_ok(&["systemctl", "show", "-p", "MainPID", "--value", "loomd.service"]).unwrap();
+        out.trim().parse().unwrap_or(0)
+    }
+
+    /// SIGKILLs loomd's main process and waits until systemd has noticed.
+    pub fn kill9_loomd(&self) {
+        let pid = self.loomd_pid();
+        assert!(pid > 0, "loomd is not running");
+        self.c.exec_ok(&["kill", "-KILL", &pid.to_string()]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = self.c.exec(&["systemctl", "is-active", "loomd.service"]).unwrap();
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+            if state != "active" && state != "deactivating" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "loomd.service is still {state} after SIGKILL");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.c.exec(&["systemctl", "reset-failed", "loomd.service"]);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub fn loomd_journal(&self) -> String {
+        let out = self.c.exec(&["journalctl", "--no-pager", "-o", "cat", "-n", "60", "-u", "loomd.service"]);
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    /// `journalctl -o cat --no-pager ARGS` inside the container.
+    pub fn journal(&self, args: &[&str]) -> String {
+        let mut argv = vec!["journalctl", "-o", "cat", "--no-pager"];
+        argv.extend_from_slice(args);
+        self.c.exec(&argv).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        crate::common::read_response(&mut s)
+    }
+
+    pub fn inspect(&self, key: &str) -> serde_json::Value {
+        let (status, body) = self
+            .try_request("GET", &format!("/v1/weavers/{key}"), None)
+            .unwrap_or_else(|e| panic!("inspect {key}: {e}"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        assert_eq!(status, 200, "inspect {key}: {v}");
+        v
+    }
+
+    pub fn wait_for(
+        &self,
+        key: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.inspect(key);
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{key} never became {what}: {v}\n{}", self.loomd_journal());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the real CLI against this loomd.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(loom_bin()).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(
+            out.status.success(),
+            "loom {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.loomd_journal()
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("loom {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn create(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["weaver", "create"];
+        full.extend_from_slice(args);
+        self.cli_json(&full)
+    }
+
+    /// A file inside the container, read from the host.
+    pub fn read_inside(&self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.c.host_path(path)).ok()
+    }
+
+    pub fn exists_inside(&self, path: &str) -> bool {
+        Path::new(&self.c.host_path(path)).exists()
+    }
+}
+
+impl Drop for LoomdInSystemd {
+    fn drop(&mut self) {
+        // Powering the container off stops loomd and every weaver unit in it.
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

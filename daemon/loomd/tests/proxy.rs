@@ -1,0 +1,220 @@
+//! The LLM proxy from inside real weavers: streaming requests of both APIs go through with the
+//! real key (from a sops-nix test file) injected, and the key is nowhere a weaver, a log, the
+//! store or a response could show it. The upstream is a fake of the Anthropic and OpenAI APIs
+//! on 127.0.0.1 speaking their real streaming wire formats.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Loomd, privileged};
+
+/// A fake Anthropic + OpenAI upstream: answers every request with the real SSE sequence of
+/// the API its path belongs to, and records each request's auth header.
+struct FakeUpstream {
+    port: u16,
+    seen_auth: Arc<Mutex<Vec<String>>>,
+}
+
+const ANTHROPIC_SSE: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello from anthropic\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+const OPENAI_SSE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hello from openai\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5,\"total_tokens\":14}}\n\n\
+data: [DONE]\n\n";
+
+impl FakeUpstream {
+    fn start() -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen_auth = Arc::new(Mutex::new(vec![]));
+        let seen = seen_auth.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || serve_one(stream, seen));
+            }
+        });
+        FakeUpstream { port, seen_auth }
+    }
+}
+
+fn serve_one(stream: std::net::TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("x-api-key:") || lower.starts_with("authorization:") {
+                seen.lock().unwrap().push(l.to_string());
+            }
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let sse = if path.contains("/messages") { ANTHROPIC_SSE } else { OPENAI_SSE };
+        let mut out = stream.try_clone().unwrap();
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n", sse.len());
+        out.write_all(head.as_bytes()).unwrap();
+        out.write_all(sse.as_bytes()).unwrap();
+    }
+}
+
+fn testdata() -> std::path::PathBuf {
+    std::env::var_os("LOOM_TESTDATA")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+}
+
+const CALLS: &str = r#"
+curl -sS -N --retry 20 --retry-connrefused --retry-delay 0 "$ANTHROPIC_BASE_URL/v1/messages" \
+  -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+  -d '{"model":"claude-test","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+echo; echo ---
+curl -sS -N --retry 20 --retry-connrefused --retry-delay 0 "$OPENAI_BASE_URL/chat/completions" \
+  -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' \
+  -d '{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+echo; echo ---ENV; env; echo ---FILES; grep -rl 'test_valu[e]' /workspace /etc /tmp /root 2>/dev/null; echo ---END
+"#;
+
+#[test]
+fn weavers_reach_models_only_through_the_proxy_and_never_see_the_key() {
+    if !privileged("weavers_reach_models_only_through_the_proxy") {
+        return;
+    }
+    let up = FakeUpstream::start();
+    let data = testdata();
+    let config = format!(
+        "[secrets]\nfile = \"{}\"\nage_key_file = \"{}\"\n\
+         [providers.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\nsecret = \"test_key\"\n\
+         [providers.openai]\nbase_url = \"http://127.0.0.1:{port}\"\nsecret = \"nested.test.file\"\n",
+        data.join("sops-nix/secrets.yaml").display(),
+        data.join("sops-nix/age-keys.txt").display(),
+        port = up.port
+    );
+    let d = Loomd::start_with_config(Some(&config));
+    let w = d.cli_json(&["weaver", "create", "--name", "caller", "--", "/bin/sh", "-c", CALLS]);
+    d.wait_for("caller", "exited", Duration::from_secs(60), |v| v["state"] == "exited");
+    let log = d.logs("caller");
+    assert!(log.contains("hello from anthropic") && log.contains("event: message_stop"), "{log}");
+    assert!(log.contains("hello from openai") && log.contains("data: [DONE]"), "{log}");
+    let seen = up.seen_auth.lock().unwrap().clone();
+    assert!(seen.iter().any(|h| h.eq_ignore_ascii_case("x-api-key: test_value")), "upstream saw {seen:?}");
+    assert!(
+        seen.iter().any(|h| h == "authorization: Bearer another value" || h == "Authorization: Bearer another value"),
+        "upstream saw {seen:?}"
+    );
+    // The weaver's environment holds only its token.
+    let env = log.split("---ENV").nth(1).unwrap();
+    assert!(env.contains("ANTHROPIC_API_KEY=loom-wv-"), "{env}");
+    let files = log.split("---FILES").nth(1).unwrap().split("---END").next().unwrap();
+    assert_eq!(files.trim(), "", "a file in the weaver holds the key");
+    // Usage was metered from the streams.
+    let usage = d.cli_json(&["usage", "--weaver", "caller"]);
+    assert_eq!(usage[0]["requests"], 2, "{usage}");
+    assert_eq!(usage[0]["input_tokens"], 12 + 9, "{usage}");
+    assert_eq!(usage[0]["output_tokens"], 7 + 5, "{usage}");
+    // Nowhere on the host side either: loomd's log, the store, the weaver's directory.
+    let mut haystack = std::fs::read(d.log_path()).unwrap();
+    for entry in walk(&d.state_dir()) {
+        haystack.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    for secret in ["test_value", "another value"] {
+        assert!(!haystack.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked to disk or logs");
+        assert!(!log.contains(secret), "{secret} leaked into a response");
+    }
+    let _ = w;
+}
+
+#[test]
+fn a_weaver_cannot_pass_as_another_and_outsiders_are_refused() {
+    if !privileged("a_weaver_cannot_pass_as_another") {
+        return;
+    }
+    let up = FakeUpstream::start();
+    let data = testdata();
+    let config = format!(
+        "[secrets]\nfile = \"{}\"\nage_key_file = \"{}\"\n[providers.anthropic]\nbase_url = \"http://127.0.0.1:{}\"\nsecret = \"test_key\"\n",
+        data.join("sops-nix/secrets.yaml").display(),
+        data.join("sops-nix/age-keys.txt").display(),
+        up.port
+    );
+    let d = Loomd::start_with_config(Some(&config));
+    let a = d.cli_json(&["weaver", "create", "--name", "alice", "--", "/bin/sleep", "300"]);
+    let a_pid = a["pid"].as_i64().unwrap();
+    let environ = std::fs::read(format!("/proc/{a_pid}/environ")).unwrap();
+    let a_token = environ
+        .split(|b| *b == 0)
+        .find_map(|kv| std::str::from_utf8(kv.strip_prefix(b"LOOM_PROXY_TOKEN=")?).ok())
+        .unwrap()
+        .to_string();
+    d.cli_json(&["weaver", "create", "--name", "bob", "--", "/bin/sleep", "300"]);
+    let call = |token: &str| {
+        format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --retry 20 --retry-connrefused --retry-delay 0 \"$ANTHROPIC_BASE_URL/v1/messages\" \
+             -H \"x-api-key: {token}\" -H 'content-type: application/json' \
+             -d '{{\"model\":\"claude-test\",\"max_tokens\":10,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+        )
+    };
+    let out = d.cli(&["weaver", "exec", "bob", "--", "/bin/sh", "-c", &call(&a_token)]);
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code == "401" || code == "403", "bob passed as alice: {code}");
+    let out = d.cli(&["weaver", "exec", "bob", "--", "/bin/sh", "-c", &call("$ANTHROPIC_API_KEY")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "bob's own token must work");
+    // From outside any weaver, on the host listener, with no valid token.
+    let status = d.cli_json(&["status"]);
+    let port = status["sections"]["proxy"]["host_port"].as_u64().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/v1/messages")])
+        .args(["-H", "x-api-key: loom-wv-0000000000000000000000000000000000000000000000000000000000000000"])
+        .args(["-d", "{}"])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code == "401" || code == "403", "an outsider got {code}");
+    // The token dies with its weaver.
+    d.cli_json(&["weaver", "rm", "--force", "alice"]);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/v1/messages")])
+        .args(["-H", &format!("x-api-key: {a_token}"), "-d", "{}"])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code == "401" || code == "403", "a removed weaver's token still works: {code}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && !p.ends_with("usr") => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
