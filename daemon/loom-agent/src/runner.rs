@@ -16,7 +16,7 @@ use crate::llm::{ModelError, ModelReply, ModelRequest, Msg, ToolResult};
 use crate::machine::{Agent, AgentConfig, Step};
 use crate::policy::{Decision, IterationReport, Limits, Policy};
 use crate::spool::{EventsApi, Spool, SpoolError, now_ms};
-use crate::tools::{ToolConfig, Workspace, kill_group, read_capped, tool_specs, truncate_middle};
+use crate::tools::{GroupGuard, ToolConfig, Workspace, kill_group, read_capped, tool_specs, truncate_middle};
 
 /// What runs as the body of each iteration.
 #[derive(Debug, Clone)]
@@ -149,12 +149,13 @@ async fn run_command(
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env_remove(crate::spool::TOKEN_ENV)
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32);
     // If this future is dropped (shutdown, wall clock), the whole group goes with it.
-    let _guard = GroupGuard(pgid);
+    let mut guard = GroupGuard(pgid);
     if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
         let input = input.to_owned();
         tokio::spawn(async move {
@@ -178,6 +179,7 @@ async fn run_command(
     if timed_out && let Some(pg) = pgid {
         kill_group(pg);
     }
+    guard.0 = None;
     let status = match status {
         Ok(s) => s.ok(),
         Err(_) => child.wait().await.ok(),
@@ -215,15 +217,6 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tee<R> {
             }
         }
         r
-    }
-}
-
-struct GroupGuard(Option<i32>);
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pg) = self.0 {
-            kill_group(pg);
-        }
     }
 }
 

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use crate::http::{join_url, post_json};
 
+/// The environment variable holding the bearer token for loomd's event intake.
+pub const TOKEN_ENV: &str = "LOOM_PROXY_TOKEN";
+
 /// loomd's event intake: `${LOOM_API_URL}/loom/v1/threads/events` with a bearer token.
 #[derive(Clone)]
 pub struct EventsApi {

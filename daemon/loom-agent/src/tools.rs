@@ -374,6 +374,8 @@ impl Workspace {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // The token for loomd's event intake is the loop's, not the model's commands'.
+            .env_remove(crate::spool::TOKEN_ENV)
             .process_group(0)
             .kill_on_drop(true);
         let mut child = match cmd.spawn() {
@@ -381,6 +383,7 @@ impl Workspace {
             Err(e) => return ToolOutput::err(format!("cannot start {shell}: {e}")),
         };
         let pgid = child.id().map(|p| p as i32);
+        let mut guard = GroupGuard(pgid);
         let cap = self.cfg.output_cap * 4;
         let out = tokio::spawn(read_capped(child.stdout.take(), cap));
         let err = tokio::spawn(read_capped(child.stderr.take(), cap));
@@ -389,6 +392,8 @@ impl Workspace {
         if timed_out && let Some(pg) = pgid {
             kill_group(pg);
         }
+        // Finished by itself: what it started in the background may go on (a server to test).
+        guard.0 = None;
         let status = match status {
             Ok(s) => s.ok(),
             Err(_) => child.wait().await.ok(),
@@ -426,6 +431,19 @@ impl Workspace {
 
 fn which(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Kills a process group when dropped: a command cut short (shutdown, wall clock) takes its
+/// whole group with it, not just its first process. Disarmed (`.0 = None`) once it finished.
+#[derive(Debug)]
+pub struct GroupGuard(pub Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pg) = self.0 {
+            kill_group(pg);
+        }
+    }
 }
 
 /// Kills process group `pg` with SIGKILL.

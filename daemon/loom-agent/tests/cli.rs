@@ -86,14 +86,22 @@ async fn binary_runs_your_own_agent_and_streams_its_output() {
         .arg(&ws)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
-        .args(["--", "sh", "-c", "read line; echo \"byo saw: $line\"; echo oops >&2"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "read line; echo \"byo saw: $line\"; echo \"token=[$LOOM_PROXY_TOKEN]\"; echo oops >&2",
+        ])
         .current_dir(dir.path())
+        .env("LOOM_API_URL", "http://127.0.0.1:9")
+        .env("LOOM_PROXY_TOKEN", "event-intake-token")
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "stopped by --max-iterations, not done");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("byo saw: do the thing"), "{stdout}");
+    assert!(stdout.contains("token=[]"), "the event intake token is not handed to the agent's commands: {stdout}");
     assert!(stdout.contains("reached --max-iterations (1)"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
 }
