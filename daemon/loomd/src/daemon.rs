@@ -93,6 +93,20 @@ pub trait WeaverHooks: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What a daemon is made of; `run` assembles it, tests assemble their own.
+#[allow(missing_debug_implementations)]
+pub struct DaemonParts {
+    pub config: Config,
+    pub groups: AccessGroups,
+    pub store: Store,
+    pub backend: Arc<dyn Backend>,
+    pub hooks: Vec<Arc<dyn WeaverHooks>>,
+    /// Extra read-only binds into every weaver (host path, path inside).
+    pub binds_ro: Vec<(PathBuf, String)>,
+    pub secrets: Arc<crate::secrets::Secrets>,
+    pub llm: Option<Arc<crate::llm::Llm>>,
+}
+
 pub struct Daemon {
     config: RwLock<Config>,
     groups: RwLock<AccessGroups>,
@@ -128,16 +142,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    pub fn new(
-        config: Config,
-        groups: AccessGroups,
-        store: Store,
-        backend: Arc<dyn Backend>,
-        hooks: Vec<Arc<dyn WeaverHooks>>,
-        binds_ro: Vec<(PathBuf, String)>,
-        secrets: Arc<crate::secrets::Secrets>,
-        llm: Option<Arc<crate::llm::Llm>>,
-    ) -> Arc<Daemon> {
+    pub fn new(parts: DaemonParts) -> Arc<Daemon> {
+        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm } = parts;
         let weavers_dir = config.state_dir.join("weavers");
         Arc::new(Daemon {
             config: RwLock::new(config),

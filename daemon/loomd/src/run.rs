@@ -185,7 +185,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let secrets = Arc::new(crate::secrets::Secrets::load(&config));
     let llm = crate::llm::Llm::start(&config, secrets.clone(), &config.state_dir.join("loom.db"))?;
     let hooks: Vec<Arc<dyn crate::daemon::WeaverHooks>> = vec![llm.clone()];
-    let daemon = Daemon::new(config.clone(), groups, store, backend, hooks, vec![], secrets, Some(llm));
+    let daemon = Daemon::new(crate::daemon::DaemonParts {
+        config: config.clone(),
+        groups,
+        store,
+        backend,
+        hooks,
+        binds_ro: vec![],
+        secrets,
+        llm: Some(llm),
+    });
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
