@@ -67,7 +67,9 @@ struct Args {
     /// Text of earlier threads to give as context (loomd writes it for --context-thread).
     #[arg(long, env = "LOOM_CONTEXT_FILE")]
     context_file: Option<PathBuf>,
-    #[arg(long, env = "LOOM_WEAVER_ID", default_value = "local")]
+    /// The weaver's id (loomd sets LOOM_WEAVER); thread events carry it, and loomd accepts
+    /// them only under the identity of the token that sent them.
+    #[arg(long = "weaver", env = "LOOM_WEAVER", default_value = "local")]
     weaver_id: String,
     #[arg(long, default_value_t = 8192)]
     max_tokens: u32,

@@ -33,7 +33,7 @@ async fn binary_runs_a_loop_from_env_and_flags_and_exits_0_when_done() {
         .env("ANTHROPIC_API_KEY", "weaver-key")
         .env("LOOM_API_URL", &loomd.base_url)
         .env("LOOM_PROXY_TOKEN", "proxy-token")
-        .env("LOOM_WEAVER_ID", "w7")
+        .env("LOOM_WEAVER", "w7")
         .env("LOOM_CONTEXT_FILE", dir.path().join("context.md"))
         .output()
         .await
