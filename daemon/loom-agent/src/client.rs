@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::http::{join_url, post_json};
+use crate::http::{Tls, join_url, post_json_tls};
 use crate::llm::{
     ModelError, ModelReply, ModelRequest, ModelSpec, Protocol, StreamAccumulator, classify_http_error, request_body,
 };
@@ -19,6 +19,8 @@ pub struct ModelClient {
     pub wire_model: String,
     /// Longest silence of the stream before it counts as cut.
     pub idle_timeout: Duration,
+    /// For `https://` base URLs (feature `tls`).
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for ModelClient {
@@ -51,6 +53,7 @@ impl ModelClient {
             spec,
             api_key,
             idle_timeout: Duration::from_secs(300),
+            tls: None,
         }
     }
 
@@ -66,7 +69,7 @@ impl ModelClient {
             ],
             Protocol::OpenAi => vec![("authorization", bearer.as_str()), ("accept", "text/event-stream")],
         };
-        let mut resp = post_json(&self.url, &headers, body.into_bytes(), self.idle_timeout)
+        let mut resp = post_json_tls(&self.url, &headers, body.into_bytes(), self.idle_timeout, self.tls.as_ref())
             .await
             .map_err(|e| ModelError::Transport(e.to_string()))?;
         if resp.status != 200 {

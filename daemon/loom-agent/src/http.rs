@@ -11,8 +11,13 @@ use hyper_util::rt::TokioIo;
 /// Errors of one HTTP exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("URL {0:?} is not http://host[:port]/path; the loom agent speaks plain http to the weaver's proxy")]
+    #[error(
+        "URL {0:?} is not http://host[:port]/path; the loom agent speaks plain http to the weaver's proxy (https needs a build with --features tls)"
+    )]
     BadUrl(String),
+    /// The extra CA file for TLS could not be used.
+    #[error("CA file {path} is unusable ({message}); give a PEM file of certificates")]
+    BadCa { path: String, message: String },
     /// Nothing listens there, or the network refused; the message is the OS's reason.
     #[error("connecting to {addr} failed: {message}")]
     Connect { addr: String, message: String },
@@ -74,6 +79,57 @@ pub fn join_url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
 }
 
+/// TLS settings for `https://` endpoints (laptop use, straight to a provider). Inside a
+/// weaver every endpoint is plain http on loopback and this is never built.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub struct Tls(std::sync::Arc<tokio_rustls::rustls::ClientConfig>);
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Tls {
+    /// The Mozilla roots (webpki-roots), plus the PEM certificates in `extra_ca` if given (a
+    /// company proxy's CA, or a test CA).
+    pub fn new(extra_ca: Option<&std::path::Path>) -> Result<Tls, HttpError> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = extra_ca {
+            let bad = |m: String| HttpError::BadCa { path: path.display().to_string(), message: m };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let mut n = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad(e.to_string()))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HttpError::BadCa { path: "(built-in roots)".into(), message: e.to_string() })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls(std::sync::Arc::new(cfg)))
+    }
+}
+
+/// TLS is not built in: `https://` URLs are refused with a clear error.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone, Debug)]
+pub struct Tls(());
+
 /// POSTs `body` as JSON to an `http://` URL and returns the response once its head arrived.
 pub async fn post_json(
     url: &str,
@@ -81,12 +137,25 @@ pub async fn post_json(
     body: Vec<u8>,
     idle: Duration,
 ) -> Result<Response, HttpError> {
+    post_json_tls(url, headers, body, idle, None).await
+}
+
+/// Like [`post_json`], also for `https://` URLs when built with the `tls` feature.
+pub async fn post_json_tls(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    idle: Duration,
+    tls: Option<&Tls>,
+) -> Result<Response, HttpError> {
     let uri: hyper::Uri = url.parse().map_err(|_| HttpError::BadUrl(url.into()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(HttpError::BadUrl(url.into()));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") if cfg!(feature = "tls") => true,
+        _ => return Err(HttpError::BadUrl(url.into())),
+    };
     let host = uri.host().ok_or_else(|| HttpError::BadUrl(url.into()))?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host_port = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -97,28 +166,66 @@ pub async fn post_json(
         .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
         .map_err(|e| HttpError::Connect { addr: host_port.clone(), message: e.to_string() })?;
     let _ = stream.set_nodelay(true);
-    let ex = |e: hyper::Error| HttpError::Exchange { url: url.into(), message: e.to_string() };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ex)?;
-    tokio::spawn(async move {
-        // The connection ends with the response body; its error, if any, reaches the reader.
-        let _ = conn.await;
-    });
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    let mut req = Request::post(path)
-        .header(hyper::header::HOST, host_port.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    let ex = Exchange { url, host_port: &host_port, path, headers, body, idle };
+    if https {
+        #[cfg(feature = "tls")]
+        {
+            let tls = match tls {
+                Some(t) => t.clone(),
+                None => Tls::new(None)?,
+            };
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| HttpError::BadUrl(url.into()))?;
+            let conn = tokio_rustls::TlsConnector::from(tls.0);
+            let tls_stream = tokio::time::timeout(idle, conn.connect(name, stream))
+                .await
+                .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
+                .map_err(|e| HttpError::Connect { addr: host_port.clone(), message: format!("TLS: {e}") })?;
+            return ex.run(tls_stream).await;
+        }
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| HttpError::Exchange { url: url.into(), message: e.to_string() })?;
-    let resp = tokio::time::timeout(idle, sender.send_request(req))
-        .await
-        .map_err(|_| HttpError::Timeout { url: url.into(), secs: idle.as_secs() })?
-        .map_err(ex)?;
-    let (parts, body) = resp.into_parts();
-    Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body, url: url.into(), idle })
+    let _ = tls;
+    ex.run(stream).await
+}
+
+struct Exchange<'a> {
+    url: &'a str,
+    host_port: &'a str,
+    path: String,
+    headers: &'a [(&'a str, &'a str)],
+    body: Vec<u8>,
+    idle: Duration,
+}
+
+impl Exchange<'_> {
+    async fn run<IO>(self, io: IO) -> Result<Response, HttpError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let url = self.url;
+        let ex = |e: hyper::Error| HttpError::Exchange { url: url.into(), message: e.to_string() };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(ex)?;
+        tokio::spawn(async move {
+            // The connection ends with the response body; its error, if any, reaches the reader.
+            let _ = conn.await;
+        });
+        let mut req = Request::post(self.path)
+            .header(hyper::header::HOST, self.host_port)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (k, v) in self.headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(self.body)))
+            .map_err(|e| HttpError::Exchange { url: url.into(), message: e.to_string() })?;
+        let resp = tokio::time::timeout(self.idle, sender.send_request(req))
+            .await
+            .map_err(|_| HttpError::Timeout { url: url.into(), secs: self.idle.as_secs() })?
+            .map_err(ex)?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body, url: url.into(), idle: self.idle })
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +238,7 @@ mod tests {
         assert_eq!(join_url("http://a:1/v1", "chat/completions"), "http://a:1/v1/chat/completions");
     }
 
+    #[cfg(not(feature = "tls"))]
     #[tokio::test]
     async fn https_is_refused_with_a_clear_error() {
         let e = post_json("https://api.example.com/v1", &[], vec![], Duration::from_secs(1)).await.unwrap_err();

@@ -82,6 +82,9 @@ struct Args {
     /// Send the bare model name instead of provider/model (talking to a provider directly).
     #[arg(long)]
     bare_model: bool,
+    /// Extra CA certificates (PEM) to trust for https:// base URLs (builds with `--features tls`).
+    #[arg(long, env = "LOOM_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print only the stop reason.
     #[arg(long, short)]
     quiet: bool,
@@ -144,8 +147,18 @@ async fn run() -> anyhow::Result<StopReason> {
         let base = env(base_var)
             .with_context(|| format!("{base_var} is not set; inside a weaver loomd sets it to the proxy"))?;
         let key = env(key_var).with_context(|| format!("{key_var} is not set"))?;
+        #[allow(unused_mut)]
+        let mut client = ModelClient::new(spec, &base, key, a.bare_model);
+        #[cfg(feature = "tls")]
+        if base.starts_with("https://") {
+            client.tls = Some(loom_agent::http::Tls::new(a.ca_file.as_deref())?);
+        }
+        #[cfg(not(feature = "tls"))]
+        if a.ca_file.is_some() || base.starts_with("https://") {
+            bail!("{base_var} is https://, but this loom-agent has no TLS; build it with --features tls");
+        }
         Body::Agent(AgentSettings {
-            client: ModelClient::new(spec, &base, key, a.bare_model),
+            client,
             max_tokens: a.max_tokens,
             context_tokens: a.context_tokens,
             max_turns: a.max_turns,
