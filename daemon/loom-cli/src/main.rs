@@ -36,6 +36,22 @@ enum Command {
     /// Create and manage weavers.
     #[command(subcommand)]
     Weaver(WeaverCmd),
+    /// What weavers executed, opened, connected to and tried, from the eBPF audit.
+    Audit {
+        #[arg(long)]
+        weaver: Option<String>,
+        /// exec, exit, open, unlink, rename, connect, bind, listen, setuid, ptrace, mount, ...
+        #[arg(long)]
+        kind: Option<String>,
+        /// 10m, 2h, @UNIX_SECONDS or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Tokens and cost per weaver, from the LLM proxy.
     Usage {
         #[arg(long)]
@@ -200,6 +216,42 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     };
     match cli.command {
         Command::Status => print(&client.json(Method::GET, "/v1/status", None).await?, &render::status),
+        Command::Audit { weaver, kind, since, follow, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(w) = weaver {
+                q.push(format!("weaver={}", path_key(&w)));
+            }
+            if let Some(k) = kind {
+                q.push(format!("kind={}", path_key(&k)));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={}", path_key(&s)));
+            }
+            let mut after: Option<i64> = None;
+            loop {
+                let mut query = q.clone();
+                if let Some(a) = after {
+                    query.push(format!("after={a}"));
+                }
+                let rows = client.json(Method::GET, &format!("/v1/audit?{}", query.join("&")), None).await?;
+                if let Some(last) = rows.as_array().and_then(|a| a.last()) {
+                    after = last["id"].as_i64();
+                }
+                if json && !follow {
+                    println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                } else if json {
+                    for r in rows.as_array().into_iter().flatten() {
+                        println!("{r}");
+                    }
+                } else {
+                    print!("{}", render::audit(&rows));
+                }
+                if !follow {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
         Command::Usage { weaver } => {
             let q = weaver.map(|w| format!("?weaver={}", path_key(&w))).unwrap_or_default();
             print(&client.json(Method::GET, &format!("/v1/usage{q}"), None).await?, &render::usage)

@@ -114,3 +114,43 @@ pub fn usage(v: &Value) -> String {
     }
     out
 }
+
+pub fn audit(v: &Value) -> String {
+    let mut out = String::new();
+    for r in v.as_array().into_iter().flatten() {
+        let secs = r["time_unix_ns"].as_u64().unwrap_or(0) / 1_000_000_000;
+        let mut detail = r.clone();
+        if let Some(m) = detail.as_object_mut() {
+            for k in [
+                "id",
+                "seq",
+                "ts_boot_ns",
+                "time_unix_ns",
+                "weaver",
+                "cgroup_id",
+                "syscall",
+                "pid",
+                "tid",
+                "ppid",
+                "uid",
+                "gid",
+                "euid",
+                "comm",
+                "kind",
+            ] {
+                m.remove(k);
+            }
+        }
+        out += &format!(
+            "{secs} {} {:<8} pid={} ppid={} uid={} {:<16} {}\n",
+            s(&r["weaver"]),
+            s(&r["kind"]),
+            s(&r["pid"]),
+            s(&r["ppid"]),
+            s(&r["uid"]),
+            s(&r["comm"]),
+            detail
+        );
+    }
+    out
+}

@@ -35,6 +35,14 @@ pub enum Request {
     Usage {
         weaver: Option<String>,
     },
+    /// Audit events from the index (operators: of their own weavers).
+    Audit {
+        weaver: Option<String>,
+        kind: Option<String>,
+        since: Option<String>,
+        after_id: Option<i64>,
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Debug)]
@@ -45,6 +53,7 @@ pub enum Response {
     Removed { id: WeaverId },
     Secrets(Box<crate::secrets::SecretsReport>),
     Usage(Vec<crate::llm::UsageSummary>),
+    Audit(Vec<crate::auditing::AuditRow>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +93,8 @@ pub trait WeaverHooks: Send + Sync + std::fmt::Debug {
     async fn before_start(&self, _id: &WeaverId, _rec: &WeaverRecord) -> Result<Vec<(String, String)>, String> {
         Ok(vec![])
     }
+    /// The weaver's cgroup exists and its first process has not run yet.
+    async fn on_cgroup(&self, _id: &WeaverId, _cgroup_id: u64) {}
     async fn after_start(&self, _id: &WeaverId, _leader_pid: i32, _cgroup_id: Option<u64>) {}
     async fn after_stop(&self, _id: &WeaverId) {}
     async fn on_remove(&self, _id: &WeaverId) {}
@@ -105,6 +116,8 @@ pub struct DaemonParts {
     pub binds_ro: Vec<(PathBuf, String)>,
     pub secrets: Arc<crate::secrets::Secrets>,
     pub llm: Option<Arc<crate::llm::Llm>>,
+    pub auditor: Option<Arc<crate::auditing::Auditor>>,
+    pub warnings: Vec<String>,
 }
 
 pub struct Daemon {
@@ -120,6 +133,9 @@ pub struct Daemon {
     binds_ro: Vec<(PathBuf, String)>,
     secrets: Arc<crate::secrets::Secrets>,
     llm: Option<Arc<crate::llm::Llm>>,
+    auditor: Option<Arc<crate::auditing::Auditor>>,
+    /// What runs degraded (a subsystem that could not start), for `loom status`.
+    warnings: Vec<String>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
 }
@@ -143,7 +159,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Daemon {
     pub fn new(parts: DaemonParts) -> Arc<Daemon> {
-        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm } = parts;
+        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm, auditor, warnings } = parts;
         let weavers_dir = config.state_dir.join("weavers");
         Arc::new(Daemon {
             config: RwLock::new(config),
@@ -158,6 +174,8 @@ impl Daemon {
             pending_restarts: Mutex::new(Default::default()),
             secrets,
             llm,
+            auditor,
+            warnings,
         })
     }
 
@@ -230,6 +248,28 @@ impl Daemon {
                 }
                 Ok(Response::Secrets(Box::new(self.secrets.check(&self.config()))))
             }
+            Request::Audit { weaver, kind, since, after_id, limit } => {
+                let Some(auditor) = &self.auditor else {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "audit is not running: see `loom status` for why",
+                    ));
+                };
+                let weaver = match weaver {
+                    Some(key) => Some(self.lookup(caller, role, &key)?.info.id.to_string()),
+                    None if role == Role::Admin => None,
+                    None => {
+                        return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            "operators see the audit of one weaver at a time: give --weaver ID",
+                        ));
+                    }
+                };
+                let rows = auditor
+                    .query(weaver, kind.as_deref(), since.as_deref(), after_id, limit)
+                    .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+                Ok(Response::Audit(rows))
+            }
             Request::Usage { weaver } => {
                 let Some(llm) = &self.llm else { return Ok(Response::Usage(vec![])) };
                 let internal = |e: rusqlite::Error| ApiError::new(ErrorCode::Internal, format!("reading usage: {e}"));
@@ -301,7 +341,7 @@ impl Daemon {
             state_dir: cfg.state_dir.display().to_string(),
             weavers,
             uptime_secs: self.started.elapsed().as_secs(),
-            warnings: self.secrets.warning().into_iter().collect(),
+            warnings: self.warnings.iter().cloned().chain(self.secrets.warning()).collect(),
             sections: self.hooks.iter().filter_map(|h| h.status()).collect(),
         }
     }
@@ -381,6 +421,15 @@ impl Daemon {
             env,
             binds_ro: self.binds_ro.clone(),
         };
+        match self.backend.prepare(&launch).await {
+            Ok(Some(cgroup_id)) => {
+                for h in &self.hooks {
+                    h.on_cgroup(&id, cgroup_id).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return self.fail(rec, e.to_string()),
+        }
         match self.backend.start(&launch).await {
             Ok(started) => {
                 rec.info.state = WeaverState::Running;

@@ -138,6 +138,26 @@ fn query_value(req: &HttpRequest<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_string)
 }
 
+/// Decodes `%XX` escapes (query values the CLI escapes, like RFC 3339 times with `:`/`+`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 async fn route(daemon: Arc<Daemon>, caller: Caller, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     match route_inner(daemon, caller, req).await {
         Ok(resp) => resp,
@@ -158,6 +178,16 @@ async fn route_inner(
         (&Method::GET, ["v1", "status"]) => (Request::Status, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers"]) => (Request::ListWeavers, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "secrets", "check"]) => (Request::SecretsCheck, REQUEST_TIMEOUT),
+        (&Method::GET, ["v1", "audit"]) => (
+            Request::Audit {
+                weaver: query_value(&req, "weaver"),
+                kind: query_value(&req, "kind"),
+                since: query_value(&req, "since").map(|s| percent_decode(&s)),
+                after_id: query_value(&req, "after").and_then(|v| v.parse().ok()),
+                limit: query_value(&req, "limit").and_then(|v| v.parse().ok()),
+            },
+            REQUEST_TIMEOUT,
+        ),
         (&Method::GET, ["v1", "usage"]) => (Request::Usage { weaver: query_value(&req, "weaver") }, REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers"]) => {
             daemon.authorize(&caller, &"create")?;
@@ -192,6 +222,7 @@ async fn route_inner(
         Response::Weavers(ws) => json_response(StatusCode::OK, &ws),
         Response::Secrets(r) => json_response(StatusCode::OK, &r),
         Response::Usage(u) => json_response(StatusCode::OK, &u),
+        Response::Audit(rows) => json_response(StatusCode::OK, &rows),
         Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
 }

@@ -2,6 +2,7 @@
 //! [`daemon::Request`], served over HTTP by [`http`], and every kernel or systemd call goes
 //! through [`backend`], [`cgroups`] or [`procfs`].
 
+pub mod auditing;
 pub mod backend;
 pub mod cgroups;
 pub mod daemon;

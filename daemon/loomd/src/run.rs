@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::backend::Backend;
 use crate::backend::nspawn::NspawnBackend;
 use crate::cgroups::CgroupHost;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, WeaverHooks};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
@@ -184,7 +184,30 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = bind_socket(&config.socket, groups.operator)?;
     let secrets = Arc::new(crate::secrets::Secrets::load(&config));
     let llm = crate::llm::Llm::start(&config, secrets.clone(), &config.state_dir.join("loom.db"))?;
-    let hooks: Vec<Arc<dyn crate::daemon::WeaverHooks>> = vec![llm.clone()];
+    let mut hooks: Vec<Arc<dyn crate::daemon::WeaverHooks>> = vec![llm.clone()];
+    let mut warnings = vec![];
+    let required = config.audit.get("required").and_then(|v| v.as_bool()).unwrap_or(false);
+    let auditor =
+        match crate::auditing::Auditor::start(&config.audit, &config.state_dir, &config.state_dir.join("loom.db")) {
+            Ok(a) => a,
+            Err(e) if !required => {
+                let why = format!("audit is off: {}", crate::error_chain(&e));
+                tracing::warn!(warning = %why, "running without audit ([audit] required = true makes this fatal)");
+                warnings.push(why);
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+    if let Some(a) = &auditor {
+        hooks.push(a.clone());
+        warnings.extend(
+            a.status()
+                .and_then(|(_, v)| serde_json::from_value::<Vec<String>>(v["warnings"].clone()).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| format!("audit: {w}")),
+        );
+    }
     let daemon = Daemon::new(crate::daemon::DaemonParts {
         config: config.clone(),
         groups,
@@ -194,6 +217,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         binds_ro: vec![],
         secrets,
         llm: Some(llm),
+        auditor,
+        warnings,
     });
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");

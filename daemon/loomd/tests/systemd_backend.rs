@@ -68,7 +68,10 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
     let uidmap: Vec<u64> = field(&log, "UIDMAP").split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert_eq!(uidmap[0], 0);
     assert_ne!(uidmap[1], 0, "root inside must not be root outside: {log}");
-    assert!(field(&log, "PID").parse::<u32>().unwrap_or_else(|_| panic!("{log}")) <= 3, "the pid namespace must be private: {log}");
+    assert!(
+        field(&log, "PID").parse::<u32>().unwrap_or_else(|_| panic!("{log}")) <= 3,
+        "the pid namespace must be private: {log}"
+    );
     assert_eq!(field(&log, "HOST"), "iso");
     assert_eq!(field(&log, "LITERAL"), "%n %% $HOME dflt", "systemd must pass the command through unexpanded: {log}");
     assert_eq!(field(&log, "RUNLOOMD"), "absent");
@@ -86,8 +89,15 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
         b"/bin/sleep\x00300\x00",
         "create must return once the command itself runs"
     );
-    let out =
-        d.cli(&["weaver", "exec", "sleeper", "--", "/bin/sh", "-c", "echo $GREETING from $(hostname); echo oops >&2; exit 7"]);
+    let out = d.cli(&[
+        "weaver",
+        "exec",
+        "sleeper",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $GREETING from $(hostname); echo oops >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there from sleeper\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
@@ -98,7 +108,8 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
         .spawn()
         .unwrap();
     let in_unit = eventually("the exec'd sleep in the weaver's unit", Duration::from_secs(10), || {
-        let ps = d.c.exec_ok(&["systemd-cgls", "--no-pager", "-u", &format!("loom-weaver-{sleeper_id}.service")]).ok()?;
+        let ps =
+            d.c.exec_ok(&["systemd-cgls", "--no-pager", "-u", &format!("loom-weaver-{sleeper_id}.service")]).ok()?;
         ps.contains("sleep 7").then_some(ps)
     });
     assert!(in_unit.contains("sleep 300"), "{in_unit}");
@@ -109,7 +120,16 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
     d.create(&["--name", "mem", "--memory", "64M", "--", "/bin/sh", "-c", "head -c 200M /dev/zero | tail > /dev/null"]);
     let v = d.wait_for("mem", "exited", Duration::from_secs(60), |v| v["state"] == "exited");
     assert_eq!(v["exit_code"], 137, "the probe must be OOM-killed (SIGKILL): {v}");
-    d.create(&["--name", "mem-ok", "--memory", "512M", "--", "/bin/sh", "-c", "head -c 200M /dev/zero | tail > /dev/null"]);
+    d.create(&[
+        "--name",
+        "mem-ok",
+        "--memory",
+        "512M",
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 200M /dev/zero | tail > /dev/null",
+    ]);
     let v = d.wait_for("mem-ok", "exited", Duration::from_secs(60), |v| v["state"] == "exited");
     assert_eq!(v["exit_code"], 0, "{v}");
 
@@ -158,6 +178,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
         pids.push(w["pid"].clone());
     }
     d.create(&["--name", "ends-while-away", "--", "/bin/sh", "-c", "sleep 2; exit 4"]);
+    d.create(&["--name", "ok-while-away", "--", "/bin/sh", "-c", "sleep 2; exit 0"]);
     let old = d.loomd_pid();
     d.kill9_loomd();
     std::thread::sleep(Duration::from_secs(3));
@@ -170,7 +191,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     assert_ne!(d.loomd_pid(), old, "a new loomd");
     let ps = d.cli_json(&["weaver", "ps"]);
     let ws = ps.as_array().unwrap();
-    assert_eq!(ws.len(), 4, "no weaver lost or duplicated: {ps}");
+    assert_eq!(ws.len(), 5, "no weaver lost or duplicated: {ps}");
     for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(&pids) {
         let v = d.inspect(name);
         assert_eq!(v["state"], "running", "{v}");
@@ -179,16 +200,18 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     let away = d.inspect("ends-while-away");
     assert_eq!(away["state"], "exited", "{away}");
     assert_eq!(away["exit_code"], 4, "{away}");
+    // A clean exit unloads the unit at once; the journal still says how it ended.
+    let ok = d.inspect("ok-while-away");
+    assert_eq!((&ok["state"], &ok["exit_code"]), (&"exited".into(), &0.into()), "{ok}");
     // Adopted weavers are supervised again: stop works and their end is noticed.
     let v = d.cli_json(&["weaver", "stop", "keep-a"]);
     assert_eq!(v["state"], "stopped");
     let pid = pids[1].as_i64().unwrap();
     d.c.exec_ok(&["kill", "-KILL", &pid.to_string()]).unwrap();
-    let v = d.wait_for("keep-b", "exited after its process was killed", Duration::from_secs(20), |v| {
-        v["state"] == "exited"
-    });
+    let v = d
+        .wait_for("keep-b", "exited after its process was killed", Duration::from_secs(20), |v| v["state"] == "exited");
     assert_ne!(v["exit_code"], 0, "{v}");
     let out = d.cli(&["weaver", "exec", "keep-c", "--", "/bin/hostname"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "keep-c\n", "exec into an adopted weaver");
-    assert_eq!(d.cli_json(&["weaver", "ps"]).as_array().unwrap().len(), 4);
+    assert_eq!(d.cli_json(&["weaver", "ps"]).as_array().unwrap().len(), 5);
 }

@@ -109,6 +109,13 @@ pub struct ExecPlan {
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
 
+    /// Makes what must exist before the first process runs (the weaver's cgroup) and returns
+    /// the cgroup id, so that audit watches it from the first exec on; `None` where the
+    /// backend cannot know it yet (systemd makes a unit's cgroup at start).
+    async fn prepare(&self, _launch: &Launch) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
     /// Starts a run and returns once its first process runs (or with why it could not).
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError>;
 

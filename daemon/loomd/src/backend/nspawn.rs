@@ -79,6 +79,12 @@ impl Backend for NspawnBackend {
         BackendKind::Nspawn
     }
 
+    async fn prepare(&self, launch: &Launch) -> Result<Option<u64>, BackendError> {
+        let spec = &launch.spec;
+        let cg = self.cgroups.create(&launch.id, Limits { memory: spec.memory, cpus: spec.cpus, tasks: spec.tasks })?;
+        Ok(cg.id().ok())
+    }
+
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
         let spec = &launch.spec;
         let cg = self.cgroups.create(&launch.id, Limits { memory: spec.memory, cpus: spec.cpus, tasks: spec.tasks })?;

@@ -135,6 +135,45 @@ fn journal_tail(text: &str) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
+/// How a unit's last run ended, by systemd's (PID 1's) lifecycle entries in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    /// "Deactivated successfully": the main process exited 0 and nothing stopped it.
+    Success,
+    /// "Stopped": a stop job ended it.
+    Stopped,
+    /// "Failed with result": the unit failed (and was reset since).
+    Failed,
+    /// The last entry is its start, or there is none.
+    Unknown,
+}
+
+const MSG_UNIT_STARTED: &str = "39f53479d3a045ac8e11786248231fbf";
+const MSG_UNIT_SUCCESS: &str = "7ad2d189f7e94e70a38c781354912448";
+const MSG_UNIT_STOPPED: &str = "9d1aaa27d60140bd96365438aad20286";
+const MSG_UNIT_FAILED: &str = "d9b373ed55a64feb8242e02dbe79a49c";
+
+/// Reads `journalctl -o json` lines, oldest first; only PID 1's entries count (a weaver's
+/// output cannot carry fields, but be strict anyway).
+fn last_run_end(json_lines: &str) -> RunEnd {
+    for line in json_lines.lines().rev() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["_PID"].as_str() != Some("1") {
+            continue;
+        }
+        match v["MESSAGE_ID"].as_str() {
+            Some(MSG_UNIT_SUCCESS) => return RunEnd::Success,
+            Some(MSG_UNIT_STOPPED) => return RunEnd::Stopped,
+            Some(MSG_UNIT_FAILED) => return RunEnd::Failed,
+            Some(MSG_UNIT_STARTED) => return RunEnd::Unknown,
+            _ => {}
+        }
+    }
+    RunEnd::Unknown
+}
+
 fn systemd_err(e: &SystemdError) -> BackendError {
     BackendError::Systemd(crate::error_chain(e))
 }
@@ -299,15 +338,16 @@ impl SystemdBackend {
         }
     }
 
-    fn observed(&self, id: &WeaverId, unit: &str, st: Option<UnitStatus>) -> Result<Observed, Option<i32>> {
+    /// How a run ended, or `Err` while it still runs.
+    async fn observed(&self, id: &WeaverId, unit: &str, st: Option<UnitStatus>) -> Result<Observed, ()> {
         let Some(st) = st else {
-            return Ok(Observed::Lost {
-                reason: format!("its unit {unit} is gone (stopped and collected outside loom, or the host rebooted)"),
-            });
+            // systemd-nspawn says STOPPING=1 as its container ends, so a unit whose command
+            // exited 0 is deactivated and unloaded at once; only the journal still knows.
+            return Ok(self.ended_per_journal(unit).await);
         };
         self.remember_cgroup(id, &st.control_group);
         match st.phase() {
-            p if running(p) => Err(None),
+            p if running(p) => Err(()),
             Phase::Exited(Some(exit)) | Phase::Failed(Some(exit)) => Ok(Observed::Exited { code: exit.shell_code() }),
             _ => Ok(Observed::Lost {
                 reason: format!(
@@ -315,6 +355,34 @@ impl SystemdBackend {
                     st.active_state, st.sub_state, st.result
                 ),
             }),
+        }
+    }
+
+    /// How the unit's last run ended, from systemd's own journal entries about it.
+    async fn ended_per_journal(&self, unit: &str) -> Observed {
+        for attempt in 0..10 {
+            let out = tokio::process::Command::new(&self.journalctl)
+                .args(["-u", unit, "-o", "json", "--no-pager", "-n", "50", "--output-fields=MESSAGE_ID,_PID"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await;
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            match last_run_end(&text) {
+                RunEnd::Unknown if attempt < 9 => {
+                    // journald may not have the entry systemd just sent yet.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                RunEnd::Success => return Observed::Exited { code: 0 },
+                RunEnd::Stopped => {
+                    return Observed::Lost { reason: format!("its unit {unit} was stopped outside loom") };
+                }
+                RunEnd::Unknown | RunEnd::Failed => break,
+            }
+        }
+        Observed::Lost {
+            reason: format!(
+                "its unit {unit} is gone and the journal does not say how it ended (reset outside loom, or the host rebooted)"
+            ),
         }
     }
 
@@ -412,7 +480,7 @@ impl Backend for SystemdBackend {
             return Observed::Lost { reason: "not a run of the systemd backend".into() };
         };
         match self.sd.unit_status(name).await {
-            Ok(st) => match self.observed(id, name, st) {
+            Ok(st) => match self.observed(id, name, st).await {
                 Ok(o) => o,
                 Err(_) => Observed::Running { leader_pid: self.find_leader(id, None).await },
             },
@@ -441,7 +509,7 @@ impl Backend for SystemdBackend {
                 }
             };
             let pid = st.as_ref().map_or(0, |s| s.main_pid);
-            match self.observed(id, name, st) {
+            match self.observed(id, name, st).await {
                 Ok(done) => return done,
                 Err(_) if main_pid.is_some_and(|m| m != pid && pid != 0) => {
                     // A newer run of this weaver replaced the one this watcher was for; that
@@ -601,6 +669,18 @@ mod tests {
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn the_journal_tells_how_a_collected_unit_ended() {
+        let e = |id: &str, pid: &str| format!(r#"{{"MESSAGE_ID":"{id}","_PID":"{pid}"}}"#);
+        let check = |lines: &[String], want: RunEnd| assert_eq!(last_run_end(&lines.join("\n")), want, "{lines:?}");
+        check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_SUCCESS, "1")], RunEnd::Success);
+        check(&[e(MSG_UNIT_SUCCESS, "1"), e(MSG_UNIT_STARTED, "1")], RunEnd::Unknown);
+        check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_FAILED, "1"), e(MSG_UNIT_STOPPED, "1")], RunEnd::Stopped);
+        check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_SUCCESS, "4242")], RunEnd::Unknown);
+        check(&[e(MSG_UNIT_STARTED, "1"), "not json".into(), r#"{"_PID":"1"}"#.into()], RunEnd::Unknown);
+        check(&[], RunEnd::Unknown);
     }
 
     #[test]

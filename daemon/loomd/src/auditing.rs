@@ -1,0 +1,151 @@
+//! The eBPF audit as loomd runs it: each weaver's cgroup is watched from before its first
+//! process runs until it is removed; events go to journald (or NDJSON) and to the store's
+//! index behind `loom audit`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use loom_audit::{Audit, AuditConfig, AuditEvent, AuditIndex, AuditQuery, EventKind, open_sink, parse_since, pump};
+use loom_core::weaver::WeaverId;
+use rusqlite::Connection;
+
+use crate::daemon::WeaverHooks;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditingError {
+    #[error("the [audit] config is invalid")]
+    Config(#[source] loom_audit::ConfigError),
+    #[error("the audit programs could not start")]
+    Start(#[source] loom_audit::AuditError),
+    #[error("the audit sink could not be opened")]
+    Sink(#[source] loom_audit::SinkError),
+    #[error("the audit index could not be opened")]
+    Index(#[source] rusqlite::Error),
+    #[error("invalid audit query: {0}")]
+    Query(String),
+}
+
+#[derive(Debug)]
+pub struct Auditor {
+    audit: Audit,
+    conn: Arc<Mutex<Connection>>,
+    watched: Mutex<HashMap<WeaverId, u64>>,
+}
+
+/// One row of `loom audit`: its index id (for following) and the event.
+#[derive(Debug, serde::Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+impl Auditor {
+    /// Starts the audit per `[audit]`; `Ok(None)` when it is switched off.
+    pub fn start(table: &toml::Table, state_dir: &Path, db: &Path) -> Result<Option<Arc<Auditor>>, AuditingError> {
+        let config = AuditConfig::from_toml(table).map_err(AuditingError::Config)?;
+        if !config.enabled {
+            return Ok(None);
+        }
+        let mut audit = Audit::start(&config).map_err(AuditingError::Start)?;
+        let mut sink = open_sink(&config, state_dir).map_err(AuditingError::Sink)?;
+        let conn = Connection::open(db).map_err(AuditingError::Index)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .map_err(AuditingError::Index)?;
+        let conn = Arc::new(Mutex::new(conn));
+        if let Some(events) = audit.take_events() {
+            let index_conn = conn.clone();
+            let index = config.index;
+            tokio::spawn(async move {
+                pump(events, sink.as_mut(), |batch| {
+                    if !index {
+                        return;
+                    }
+                    let conn = index_conn.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = AuditIndex::new(&conn).and_then(|i| i.insert(batch)) {
+                        tracing::error!(error = %e, "audit index insert failed");
+                    }
+                })
+                .await;
+            });
+        }
+        for w in audit.stats().warnings {
+            tracing::warn!(warning = %w, "audit");
+        }
+        Ok(Some(Arc::new(Auditor { audit, conn, watched: Mutex::new(HashMap::new()) })))
+    }
+
+    fn watch(&self, id: &WeaverId, cgroup_id: u64) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.get(id) == Some(&cgroup_id) {
+            return;
+        }
+        match self.audit.watch(cgroup_id, id.as_str()) {
+            Ok(()) => {
+                watched.insert(id.clone(), cgroup_id);
+            }
+            Err(e) => tracing::error!(weaver = %id, error = %crate::error_chain(&e), "the weaver runs unaudited"),
+        }
+    }
+
+    pub fn query(
+        &self,
+        weaver: Option<String>,
+        kind: Option<&str>,
+        since: Option<&str>,
+        after_id: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditRow>, AuditingError> {
+        let kind = kind
+            .map(|k| serde_json::from_value::<EventKind>(serde_json::Value::String(k.to_string())))
+            .transpose()
+            .map_err(|_| AuditingError::Query(format!("unknown event kind {:?}: use exec, exit, open, unlink, rename, connect, bind, listen, setuid, ptrace, mount, umount, unshare, setns, bpf or module", kind.unwrap_or(""))))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let since_unix_ns =
+            since.map(|s| parse_since(s, now)).transpose().map_err(|e| AuditingError::Query(e.to_string()))?;
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let index = AuditIndex::new(&conn).map_err(|e| AuditingError::Query(e.to_string()))?;
+        let rows = index
+            .query(&AuditQuery {
+                weaver,
+                kind,
+                since_unix_ns,
+                after_id,
+                limit: Some(limit.unwrap_or(1000).min(10_000)),
+            })
+            .map_err(|e| AuditingError::Query(e.to_string()))?;
+        Ok(rows.into_iter().map(|(id, event)| AuditRow { id, event }).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl WeaverHooks for Auditor {
+    async fn on_cgroup(&self, id: &WeaverId, cgroup_id: u64) {
+        self.watch(id, cgroup_id);
+    }
+
+    async fn after_start(&self, id: &WeaverId, _leader_pid: i32, cgroup_id: Option<u64>) {
+        // Backends that cannot name the cgroup before the first process (systemd units)
+        // and weavers adopted after a restart are watched from here.
+        if let Some(cg) = cgroup_id {
+            self.watch(id, cg);
+        }
+    }
+
+    async fn on_remove(&self, id: &WeaverId) {
+        let cg = self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        if let Some(cg) = cg
+            && let Err(e) = self.audit.unwatch(cg)
+        {
+            tracing::warn!(weaver = %id, error = %e, "unwatching the weaver's cgroup failed");
+        }
+    }
+
+    fn status(&self) -> Option<(String, serde_json::Value)> {
+        Some(("audit".into(), serde_json::to_value(self.audit.stats()).unwrap_or_default()))
+    }
+}
