@@ -36,6 +36,9 @@ enum Command {
     /// Create and manage weavers.
     #[command(subcommand)]
     Weaver(WeaverCmd),
+    /// Every turn of every agent loop, searchable.
+    #[command(subcommand)]
+    Thread(ThreadCmd),
     /// What weavers executed, opened, connected to and tried, from the eBPF audit.
     Audit {
         #[arg(long)]
@@ -60,6 +63,28 @@ enum Command {
     /// Provider keys from the SOPS file.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ThreadCmd {
+    /// Threads, newest first.
+    List {
+        #[arg(long)]
+        weaver: Option<String>,
+    },
+    /// One thread as Markdown (or JSON with --json).
+    Show { id: String },
+    /// Ranked full-text search over every event (identifiers and paths stay whole).
+    Search {
+        query: String,
+        #[arg(long)]
+        weaver: Option<String>,
+        /// Only events newer than this, e.g. 2h or 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +276,25 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
+        }
+        Command::Thread(ThreadCmd::List { weaver }) => {
+            let q = weaver.map(|w| format!("?weaver={}", path_key(&w))).unwrap_or_default();
+            print(&client.json(Method::GET, &format!("/v1/threads{q}"), None).await?, &render::threads)
+        }
+        Command::Thread(ThreadCmd::Show { id }) => {
+            print(&client.json(Method::GET, &format!("/v1/threads/{}", path_key(&id)), None).await?, &|v| {
+                v["markdown"].as_str().unwrap_or("").to_string()
+            })
+        }
+        Command::Thread(ThreadCmd::Search { query, weaver, since, limit }) => {
+            let mut q = vec![format!("q={}", path_key(&query)), format!("limit={limit}")];
+            if let Some(w) = weaver {
+                q.push(format!("weaver={}", path_key(&w)));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={}", path_key(&s)));
+            }
+            print(&client.json(Method::GET, &format!("/v1/threads/search?{}", q.join("&")), None).await?, &render::hits)
         }
         Command::Usage { weaver } => {
             let q = weaver.map(|w| format!("?weaver={}", path_key(&w))).unwrap_or_default();

@@ -154,3 +154,27 @@ pub fn audit(v: &Value) -> String {
     }
     out
 }
+
+pub fn threads(v: &Value) -> String {
+    let mut out = String::new();
+    for t in v.as_array().into_iter().flatten() {
+        out +=
+            &format!("{}\t{}\t{} events\t{}\n", s(&t["id"]), s(&t["weaver_id"]), s(&t["event_count"]), s(&t["title"]));
+    }
+    out
+}
+
+pub fn hits(v: &Value) -> String {
+    let mut out = String::new();
+    for h in v.as_array().into_iter().flatten() {
+        out += &format!(
+            "{} #{} {} (iteration {})\n    {}\n",
+            s(&h["thread_id"]),
+            s(&h["seq"]),
+            s(&h["kind"]),
+            s(&h["iteration"]),
+            s(&h["snippet"])
+        );
+    }
+    out
+}

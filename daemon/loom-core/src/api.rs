@@ -106,6 +106,9 @@ pub struct WeaverInfo {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub spec: WeaverSpec,
+    /// The agent loop's progress (iteration, tokens, stop reason), for weavers that run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_status: Option<serde_json::Value>,
 }
 
 /// `POST /v1/weavers/{id}/exec`, answered with an upgrade to the exec stream.

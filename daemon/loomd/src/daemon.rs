@@ -16,6 +16,23 @@ use crate::backend::{Backend, ExecPlan, Launch, Observed, RunHandle};
 use crate::rootfs;
 use crate::store::{Lookup, Store, StoreError, WeaverRecord};
 
+/// The loop's command line inside the weaver; a command given with it is the loop body.
+fn agent_command(agent: &loom_core::weaver::AgentSpec, body: &[String]) -> Vec<String> {
+    let mut argv =
+        vec![AGENT_PATH.to_string(), "--prompt".into(), AGENT_PROMPT.into(), "--model".into(), agent.model.clone()];
+    if let Some(n) = agent.max_iterations {
+        argv.extend(["--max-iterations".into(), n.to_string()]);
+    }
+    if let Some(until) = &agent.until {
+        argv.extend(["--until".into(), until.clone()]);
+    }
+    if !body.is_empty() {
+        argv.push("--".into());
+        argv.extend(body.iter().cloned());
+    }
+    argv
+}
+
 /// Every request loomd serves over its socket, apart from the two streams (logs, exec).
 #[derive(Debug)]
 pub enum Request {
@@ -34,6 +51,18 @@ pub enum Request {
     /// Token and cost totals per weaver (operators: their own).
     Usage {
         weaver: Option<String>,
+    },
+    ThreadList {
+        weaver: Option<String>,
+    },
+    ThreadShow {
+        id: String,
+    },
+    ThreadSearch {
+        query: String,
+        weaver: Option<String>,
+        since: Option<String>,
+        limit: Option<usize>,
     },
     /// Audit events from the index (operators: of their own weavers).
     Audit {
@@ -54,6 +83,9 @@ pub enum Response {
     Secrets(Box<crate::secrets::SecretsReport>),
     Usage(Vec<crate::llm::UsageSummary>),
     Audit(Vec<crate::auditing::AuditRow>),
+    Threads(Vec<loom_threads::ThreadSummary>),
+    Thread { detail: Box<loom_threads::ThreadDetail>, markdown: String },
+    ThreadHits(Vec<loom_threads::SearchHit>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +149,14 @@ pub struct DaemonParts {
     pub secrets: Arc<crate::secrets::Secrets>,
     pub llm: Option<Arc<crate::llm::Llm>>,
     pub auditor: Option<Arc<crate::auditing::Auditor>>,
+    pub threads: Option<Arc<crate::threads::Threads>>,
     pub warnings: Vec<String>,
 }
+
+/// Where the agent binary and its files are inside a weaver.
+pub const AGENT_PATH: &str = "/.loom/bin/loom-agent";
+const AGENT_PROMPT: &str = "/.loom/PROMPT.md";
+const AGENT_STATE: &str = "/.loom/agent";
 
 pub struct Daemon {
     config: RwLock<Config>,
@@ -134,6 +172,7 @@ pub struct Daemon {
     secrets: Arc<crate::secrets::Secrets>,
     llm: Option<Arc<crate::llm::Llm>>,
     auditor: Option<Arc<crate::auditing::Auditor>>,
+    threads: Option<Arc<crate::threads::Threads>>,
     /// What runs degraded (a subsystem that could not start), for `loom status`.
     warnings: Vec<String>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
@@ -159,7 +198,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Daemon {
     pub fn new(parts: DaemonParts) -> Arc<Daemon> {
-        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm, auditor, warnings } = parts;
+        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm, auditor, threads, warnings } =
+            parts;
         let weavers_dir = config.state_dir.join("weavers");
         Arc::new(Daemon {
             config: RwLock::new(config),
@@ -175,6 +215,7 @@ impl Daemon {
             secrets,
             llm,
             auditor,
+            threads,
             warnings,
         })
     }
@@ -228,10 +269,72 @@ impl Daemon {
             Request::ListWeavers => {
                 let all = self.with_store(|s| s.list())?;
                 Ok(Response::Weavers(
-                    all.into_iter().filter(|r| may_touch(role, caller, r.info.owner_uid)).map(|r| r.info).collect(),
+                    all.into_iter()
+                        .filter(|r| may_touch(role, caller, r.info.owner_uid))
+                        .map(|r| self.with_agent_status(r.info))
+                        .collect(),
                 ))
             }
-            Request::InspectWeaver(key) => Ok(Response::Weaver(Box::new(self.lookup(caller, role, &key)?.info))),
+            Request::InspectWeaver(key) => {
+                Ok(Response::Weaver(Box::new(self.with_agent_status(self.lookup(caller, role, &key)?.info))))
+            }
+            Request::ThreadList { weaver } => {
+                let threads = self.threads()?;
+                let weaver =
+                    weaver.map(|k| self.lookup(caller, role, &k).map(|r| r.info.id.to_string())).transpose()?;
+                let visible = self.visible_weavers(caller, role)?;
+                let list = threads
+                    .with(|c| loom_threads::list_threads(c, weaver.as_deref(), 1000))
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                Ok(Response::Threads(
+                    list.into_iter().filter(|t| visible.as_ref().is_none_or(|v| v.contains(&t.weaver_id))).collect(),
+                ))
+            }
+            Request::ThreadShow { id } => {
+                let threads = self.threads()?;
+                let not_found = || {
+                    ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no thread {id:?}: `loom thread list` shows the ones you can see"),
+                    )
+                };
+                let detail = threads.with(|c| loom_threads::get_thread(c, &id)).map_err(|e| match e {
+                    loom_threads::ThreadsError::NotFound(_) | loom_threads::ThreadsError::Invalid(_) => not_found(),
+                    other => ApiError::new(ErrorCode::Internal, other.to_string()),
+                })?;
+                if self.visible_weavers(caller, role)?.is_some_and(|v| !v.contains(&detail.summary.weaver_id)) {
+                    return Err(not_found());
+                }
+                let markdown = loom_threads::render_markdown(&detail);
+                Ok(Response::Thread { detail: Box::new(detail), markdown })
+            }
+            Request::ThreadSearch { query, weaver, since, limit } => {
+                let threads = self.threads()?;
+                let weaver =
+                    weaver.map(|k| self.lookup(caller, role, &k).map(|r| r.info.id.to_string())).transpose()?;
+                let since_ms = since
+                    .map(|s| {
+                        s.parse::<loom_core::units::Span>()
+                            .map(|span| (now_secs().saturating_sub(span.0) * 1000) as i64)
+                            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("--since: {e}")))
+                    })
+                    .transpose()?;
+                let q = loom_threads::SearchQuery {
+                    text: query,
+                    weaver,
+                    since_ms,
+                    until_ms: None,
+                    limit: limit.unwrap_or(20),
+                };
+                let hits = threads.with(|c| loom_threads::search(c, &q)).map_err(|e| match e {
+                    loom_threads::ThreadsError::EmptyQuery(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+                    other => ApiError::new(ErrorCode::Internal, other.to_string()),
+                })?;
+                let visible = self.visible_weavers(caller, role)?;
+                Ok(Response::ThreadHits(
+                    hits.into_iter().filter(|h| visible.as_ref().is_none_or(|v| v.contains(&h.weaver_id))).collect(),
+                ))
+            }
             Request::StopWeaver(key) => {
                 let rec = self.lookup(caller, role, &key)?;
                 self.stop(&rec.info.id, format!("stopped by uid {}", caller.uid))
@@ -295,6 +398,34 @@ impl Daemon {
                 self.remove(&rec.info.id, force).await.map(|id| Response::Removed { id })
             }
         }
+    }
+
+    fn threads(&self) -> Result<&Arc<crate::threads::Threads>, ApiError> {
+        self.threads.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the thread store is not running"))
+    }
+
+    /// The weaver ids an operator may see; `None` for admins, who see everything (also the
+    /// threads of weavers removed since).
+    fn visible_weavers(&self, caller: &Caller, role: Role) -> Result<Option<Vec<String>>, ApiError> {
+        if role == Role::Admin {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.with_store(|s| s.list())?
+                .into_iter()
+                .filter(|r| may_touch(role, caller, r.info.owner_uid))
+                .map(|r| r.info.id.to_string())
+                .collect(),
+        ))
+    }
+
+    /// Adds the agent loop's progress from its status file, for weavers that run it.
+    fn with_agent_status(&self, mut info: WeaverInfo) -> WeaverInfo {
+        if info.spec.agent.is_some() {
+            let path = self.dir_of(&info.id).join("root").join(AGENT_STATE.trim_start_matches('/')).join("status.json");
+            info.agent_status = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        }
+        info
     }
 
     /// Refuses callers with no role, with a line in loomd's log an operator can audit.
@@ -373,6 +504,7 @@ impl Daemon {
                 pid: None,
                 restarts: 0,
                 spec,
+                agent_status: None,
             },
             handle: None,
             tracker: RestartTracker::default(),
@@ -382,6 +514,7 @@ impl Daemon {
         self.with_store(|s| s.insert(&rec))?;
         let dir = self.dir_of(&id);
         let (repo, branch) = (rec.info.spec.repo.clone(), rec.info.spec.branch.clone());
+        let prompt = rec.info.spec.agent.as_ref().map(|a| a.prompt.clone());
         let prepared = tokio::task::spawn_blocking(move || -> Result<(), rootfs::RootfsError> {
             let root = dir.join("root");
             rootfs::create_skeleton(&root)?;
@@ -389,6 +522,16 @@ impl Daemon {
                 .map_err(|e| rootfs::RootfsError::Io { path: dir.join("run"), source: e })?;
             if let Some(repo) = repo {
                 rootfs::populate_workspace(&root.join("workspace"), &repo, branch.as_deref())?;
+            }
+            if let Some(prompt) = prompt {
+                let p = root.join(AGENT_PROMPT.trim_start_matches('/'));
+                std::fs::write(&p, prompt).map_err(|e| rootfs::RootfsError::Io { path: p, source: e })?;
+                let bin = root.join(AGENT_PATH.trim_start_matches('/'));
+                if let Some(parent) = bin.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| rootfs::RootfsError::Io { path: parent.to_path_buf(), source: e })?;
+                }
+                std::fs::write(&bin, b"").map_err(|e| rootfs::RootfsError::Io { path: bin, source: e })?;
             }
             Ok(())
         })
@@ -414,13 +557,18 @@ impl Daemon {
                 Err(reason) => return self.fail(rec, reason),
             }
         }
-        let launch = Launch {
-            id: id.clone(),
-            spec: rec.info.spec.clone(),
-            dir: self.dir_of(&id),
-            env,
-            binds_ro: self.binds_ro.clone(),
-        };
+        let mut spec = rec.info.spec.clone();
+        if let Some(agent) = &spec.agent {
+            if !self.binds_ro.iter().any(|(_, inside)| inside == AGENT_PATH) {
+                return self.fail(
+                    rec,
+                    "the loom-agent binary is not installed next to loomd, so the agent loop cannot run".into(),
+                );
+            }
+            spec.command = agent_command(agent, &spec.command);
+            env.push(("LOOM_STATE_DIR".into(), AGENT_STATE.into()));
+        }
+        let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), env, binds_ro: self.binds_ro.clone() };
         match self.backend.prepare(&launch).await {
             Ok(Some(cgroup_id)) => {
                 for h in &self.hooks {

@@ -188,6 +188,19 @@ async fn route_inner(
             },
             REQUEST_TIMEOUT,
         ),
+        (&Method::GET, ["v1", "threads"]) => {
+            (Request::ThreadList { weaver: query_value(&req, "weaver") }, REQUEST_TIMEOUT)
+        }
+        (&Method::GET, ["v1", "threads", "search"]) => (
+            Request::ThreadSearch {
+                query: query_value(&req, "q").map(|q| percent_decode(&q)).unwrap_or_default(),
+                weaver: query_value(&req, "weaver"),
+                since: query_value(&req, "since"),
+                limit: query_value(&req, "limit").and_then(|v| v.parse().ok()),
+            },
+            REQUEST_TIMEOUT,
+        ),
+        (&Method::GET, ["v1", "threads", id]) => (Request::ThreadShow { id: percent_decode(id) }, REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "usage"]) => (Request::Usage { weaver: query_value(&req, "weaver") }, REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers"]) => {
             daemon.authorize(&caller, &"create")?;
@@ -223,6 +236,15 @@ async fn route_inner(
         Response::Secrets(r) => json_response(StatusCode::OK, &r),
         Response::Usage(u) => json_response(StatusCode::OK, &u),
         Response::Audit(rows) => json_response(StatusCode::OK, &rows),
+        Response::Threads(t) => json_response(StatusCode::OK, &t),
+        Response::ThreadHits(h) => json_response(StatusCode::OK, &h),
+        Response::Thread { detail, markdown } => {
+            let mut v = serde_json::to_value(&detail).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("markdown".into(), serde_json::Value::String(markdown));
+            }
+            json_response(StatusCode::OK, &v)
+        }
         Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
 }

@@ -16,6 +16,7 @@ pub mod run;
 pub mod secrets;
 pub mod shim;
 pub mod store;
+pub mod threads;
 
 /// An error with all its sources, for a log line: `a: b: c`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

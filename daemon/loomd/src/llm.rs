@@ -175,10 +175,21 @@ pub struct Llm {
 }
 
 impl Llm {
-    pub fn start(config: &loom_core::config::Config, secrets: Arc<Secrets>, db: &Path) -> Result<Arc<Llm>, LlmError> {
+    pub fn start(
+        config: &loom_core::config::Config,
+        secrets: Arc<Secrets>,
+        db: &Path,
+        local: Arc<dyn loom_proxy::LocalRoutes>,
+    ) -> Result<Arc<Llm>, LlmError> {
         let pc = loom_proxy::ProxyConfig::from_toml(&config.providers, &config.proxy).map_err(LlmError::Config)?;
         let usage = Arc::new(UsageStore::open(db).map_err(LlmError::Store)?);
-        let proxy = Arc::new(Proxy::builder(pc, secrets).usage_sink(usage.clone()).build().map_err(LlmError::Proxy)?);
+        let proxy = Arc::new(
+            Proxy::builder(pc, secrets)
+                .usage_sink(usage.clone())
+                .local_routes(local)
+                .build()
+                .map_err(LlmError::Proxy)?,
+        );
         let host = StdListener::bind(("127.0.0.1", 0)).map_err(LlmError::Bind)?;
         host.set_nonblocking(true).map_err(LlmError::Bind)?;
         let host_port = host.local_addr().map_err(LlmError::Bind)?.port();

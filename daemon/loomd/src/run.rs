@@ -170,6 +170,18 @@ fn bind_socket(path: &Path, operator_gid: Option<u32>) -> anyhow::Result<UnixLis
     Ok(listener)
 }
 
+/// The in-weaver agent, bound read-only into every weaver when it sits next to loomd.
+fn agent_binds() -> Vec<(PathBuf, String)> {
+    let agent = std::env::current_exe().ok().map(|e| e.with_file_name("loom-agent"));
+    match agent {
+        Some(a) if a.is_file() => vec![(a, crate::daemon::AGENT_PATH.to_string())],
+        _ => {
+            tracing::warn!("loom-agent is not next to loomd: weavers with --prompt will not start until it is");
+            vec![]
+        }
+    }
+}
+
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = apply_flags(load_config(args.config.as_deref())?, &args);
     config.validate()?;
@@ -183,7 +195,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let groups = resolve_groups(&config);
     let listener = bind_socket(&config.socket, groups.operator)?;
     let secrets = Arc::new(crate::secrets::Secrets::load(&config));
-    let llm = crate::llm::Llm::start(&config, secrets.clone(), &config.state_dir.join("loom.db"))?;
+    let threads = Arc::new(crate::threads::Threads::open(&config.state_dir.join("loom.db"))?);
+    let llm = crate::llm::Llm::start(&config, secrets.clone(), &config.state_dir.join("loom.db"), threads.clone())?;
     let mut hooks: Vec<Arc<dyn crate::daemon::WeaverHooks>> = vec![llm.clone()];
     let mut warnings = vec![];
     let required = config.audit.get("required").and_then(|v| v.as_bool()).unwrap_or(false);
@@ -214,8 +227,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         store,
         backend,
         hooks,
-        binds_ro: vec![],
+        binds_ro: agent_binds(),
         secrets,
+        threads: Some(threads),
         llm: Some(llm),
         auditor,
         warnings,
