@@ -881,3 +881,7 @@ impl Daemon {
         Ok((self.backend.exec_plan(&rec.info.id, pid, &req.command, req.tty), env))
     }
 }
+
+#[cfg(test)]
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -178,3 +178,39 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     // nspawn's stub init reports a payload killed by a signal as a plain failure (255).
     assert_ne!(v["exit_code"], 0, "{v}");
 }
+
+#[test]
+fn sigterm_leaves_weavers_running_and_sighup_reloads_the_config() {
+    if !privileged("sigterm_leaves_weavers_running") {
+        return;
+    }
+    let mut d = Loomd::start_with_config(Some("[weaver]\nmemory = \"512M\"\n"));
+    let w = create(&d, &["--name", "stays", "--", "/bin/sleep", "300"]);
+    assert_eq!(w["spec"]["memory"], "512M");
+    std::fs::write(d.config.as_ref().unwrap(), "[weaver]\nmemory = \"768M\"\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = create(&d, &["--", "/bin/true"]);
+        let memory = probe["spec"]["memory"].clone();
+        d.cli_json(&["weaver", "rm", "-f", probe["id"].as_str().unwrap()]);
+        if memory == "768M" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the config");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken config on SIGHUP keeps the old one and loomd running.
+    std::fs::write(d.config.as_ref().unwrap(), "[weaver]\nmemory = \"lots\"\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.cli_json(&["status"])["backend"], "nspawn");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let pid = w["pid"].as_i64().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "SIGTERM to loomd must leave weavers running");
+    std::fs::write(d.config.as_ref().unwrap(), "").unwrap();
+    d.spawn();
+    let v = d.inspect("stays");
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["pid"], w["pid"]);
+}

@@ -28,7 +28,7 @@ impl RecordingBackend {
     /// Ends the run whose leader is `pid` with `code`, as if its command exited.
     pub fn finish(&self, pid: i32, code: i32) {
         if let Some(tx) = self.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&pid) {
-            let _ = tx.send(Some(code));
+            tx.send_replace(Some(code));
         }
     }
 

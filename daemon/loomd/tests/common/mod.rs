@@ -105,6 +105,16 @@ impl Loomd {
         );
     }
 
+    /// Sends a signal to loomd (SIGTERM: it should exit on its own, and is waited for).
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("loomd runs").id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+        if sig == nix::sys::signal::Signal::SIGTERM {
+            let status = self.child.take().unwrap().wait().unwrap();
+            assert!(status.success(), "loomd exited with {status} on SIGTERM");
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
