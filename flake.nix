@@ -1,0 +1,84 @@
+{
+  description = "loom: autonomous coding-agent loops in isolated systemd-nspawn weavers";
+
+  inputs = {
+    # The workspace needs rustc >= 1.88 (edition 2024, rust-version in Cargo.toml).
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+    sops-nix = {
+      url = "github:Mic92/sops-nix";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs = { self, nixpkgs, sops-nix }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # Only what cargo needs: the workspace and the committed eBPF objects (loom-audit
+      # include_bytes! ebpf/audit.bpf.o), so editing a module or a doc does not rebuild loom.
+      src = lib.fileset.toSource {
+        root = ./.;
+        fileset = lib.fileset.unions [
+          ./Cargo.toml
+          ./Cargo.lock
+          ./daemon
+          ./ebpf
+          ./README.md
+        ];
+      };
+
+      loomFor = pkgs: pkgs.rustPlatform.buildRustPackage {
+        pname = "loom";
+        version = (lib.importTOML ./Cargo.toml).workspace.package.version;
+        inherit src;
+        cargoLock.lockFile = ./Cargo.lock;
+        # The suite starts real containers and loads eBPF programs: it needs root, which the
+        # Nix build sandbox is not. Run it with `cargo test --workspace` or .ci/run instead.
+        doCheck = false;
+        postInstall = ''
+          install -Dm644 README.md $out/share/doc/loom/README.md
+        '';
+        meta = {
+          description = "Runs coding-agent loops in isolated systemd-nspawn weavers with an LLM key proxy and eBPF audit";
+          license = lib.licenses.asl20;
+          platforms = lib.platforms.linux;
+          mainProgram = "loom";
+        };
+      };
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        loom = loomFor pkgs;
+        default = loom;
+      });
+
+      overlays.default = final: _prev: { loom = loomFor final; };
+
+      nixosModules.loomd = { pkgs, lib, ... }: {
+        imports = [ ./modules/loomd.nix ];
+        services.loomd.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
+      };
+      nixosModules.default = self.nixosModules.loomd;
+
+      nixosConfigurations.example = nixpkgs.lib.nixosSystem {
+        system = "x86_64-linux";
+        modules = [
+          sops-nix.nixosModules.sops
+          self.nixosModules.loomd
+          ./hosts/example/configuration.nix
+        ];
+      };
+
+      checks = forAllSystems (pkgs: {
+        loom = self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
+      } // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+        # Evaluates and builds the whole example system, including `loomd --check-config` on
+        # the generated loomd.toml.
+        example-system = self.nixosConfigurations.example.config.system.build.toplevel;
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+    };
+}
