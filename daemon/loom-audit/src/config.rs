@@ -21,7 +21,7 @@ pub enum SinkChoice {
 /// journal_socket = "/run/systemd/journal/socket"
 /// ndjson_file = "/var/lib/loom/audit.ndjson"   # default: <state_dir>/audit.ndjson
 /// index = true                   # also index events in the store for `loom audit`
-/// ring_buffer_bytes = 16777216   # kernel ring buffer, a power of two >= 4096
+/// ring_buffer_bytes = 4194304    # kernel ring buffer, a power of two >= 4096 (the kernel maps it twice: it counts double in RSS)
 /// queue_capacity = 65536         # events between the ring buffer and the sinks
 /// max_weavers = 4096             # size of the watched-cgroup map
 /// ```
@@ -47,7 +47,7 @@ impl Default for AuditConfig {
             journal_socket: PathBuf::from("/run/systemd/journal/socket"),
             ndjson_file: None,
             index: true,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: 4 << 20,
             queue_capacity: 65536,
             max_weavers: 4096,
         }

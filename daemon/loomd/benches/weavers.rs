@@ -37,6 +37,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Proportional set size: shared pages (the loomd binary the shims also map) are split
+/// among the processes that share them, so summing it does not count them a hundred times.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
 fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&ms, 0.5), percentile(&ms, 0.99));
@@ -129,6 +138,7 @@ fn main() {
         })
         .collect();
     let shim_kib: u64 = shims.iter().map(|p| rss_kib(*p)).sum();
+    let shim_pss: u64 = shims.iter().map(|p| pss_kib(*p)).sum();
     println!("100 weavers alive (created in {:.1} s)", spent.as_secs_f64());
     println!(
         "  loomd RSS idle {:.1} MiB, with 100 weavers {:.1} MiB, per weaver {:.1} KiB",
