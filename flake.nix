@@ -18,15 +18,16 @@
 
       # Only what cargo needs: the workspace and the committed eBPF objects (loom-audit
       # include_bytes! ebpf/audit.bpf.o), so editing a module or a doc does not rebuild loom.
-      src = lib.fileset.toSource {
-        root = ./.;
-        fileset = lib.fileset.unions [
-          ./Cargo.toml
-          ./Cargo.lock
-          ./daemon
-          ./ebpf
-          ./README.md
-        ];
+      src = lib.cleanSourceWith {
+        name = "loom-source";
+        src = ./.;
+        filter = path: _type:
+          let
+            rel = lib.removePrefix (toString ./. + "/") (toString path);
+            top = builtins.head (lib.splitString "/" rel);
+          in
+          lib.elem rel [ "Cargo.toml" "Cargo.lock" "README.md" ]
+          || (lib.elem top [ "daemon" "ebpf" ] && builtins.match ".*/target(/.*)?" rel == null);
       };
 
       loomFor = pkgs: pkgs.rustPlatform.buildRustPackage {

@@ -14,16 +14,15 @@ let
   tools = pkgs.buildEnv {
     name = "loom-weaver-tools";
     paths = cfg.packages;
-    pathsToLink = [ "/bin" "/share/terminfo" ];
+    pathsToLink = [ "/bin" ];
   };
 
   # usr/bin and usr/sbin point into the store, which every weaver has read-only; the skeleton
   # loomd builds links /bin, /sbin, /lib and /lib64 to usr/.
   image = pkgs.runCommand "loom-weaver-image" { } ''
-    mkdir -p $out/usr/lib $out/usr/lib64 $out/usr/share
+    mkdir -p $out/usr/lib $out/usr/lib64
     ln -s ${tools}/bin $out/usr/bin
     ln -s bin $out/usr/sbin
-    ln -s ${tools}/share/terminfo $out/usr/share/terminfo
   '';
 in
 {
@@ -34,10 +33,10 @@ in
     packages = mkOption {
       type = types.listOf types.package;
       default = with pkgs; [
-        bashInteractive coreutils findutils gnugrep gnused gawk diffutils patch gnutar gzip xz
-        git openssh cacert curl less procps which file jq ripgrep gnumake
+        bashInteractive coreutils findutils gnugrep gnused gawk diffutils gnupatch gnutar gzip xz
+        git openssh curl less procps which file jq ripgrep gnumake
       ];
-      defaultText = literalExpression "[ bashInteractive coreutils findutils gnugrep gnused gawk diffutils patch gnutar gzip xz git openssh cacert curl less procps which file jq ripgrep gnumake ]";
+      defaultText = literalExpression "[ bashInteractive coreutils findutils gnugrep gnused gawk diffutils gnupatch gnutar gzip xz git openssh curl less procps which file jq ripgrep gnumake ]";
       example = literalExpression "options.services.loomd.weaverImage.packages.default ++ [ pkgs.cargo pkgs.rustc pkgs.gcc ]";
       description = "What is on PATH (/usr/bin) inside every weaver that uses the image.";
     };

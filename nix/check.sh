@@ -46,7 +46,7 @@ let
     else true;
 
   pkgs = lib.genAttrs [ "git" "util-linux" "coreutils" "bpftools" "bashInteractive" "findutils"
-    "gnugrep" "gnused" "gawk" "diffutils" "patch" "gnutar" "gzip" "xz" "openssh" "cacert" "curl"
+    "gnugrep" "gnused" "gawk" "diffutils" "gnupatch" "gnutar" "gzip" "xz" "openssh" "curl"
     "less" "procps" "which" "file" "jq" "ripgrep" "gnumake" ] drv // {
     formats.toml = _: {
       type = tomlValue;
@@ -271,6 +271,55 @@ for name, settings in out["settings"].items():
     with open(os.path.join(work, f"{name}.toml"), "w") as f:
         f.write("\n".join(toml(settings)) + "\n")
 PY
+
+# flake.nix against a stub nixpkgs (real lib, fake rustPlatform and nixosSystem): the outputs
+# exist, the package's source holds the workspace and the committed eBPF object but no target/,
+# and nixosModules.loomd supplies the package. --read-write-mode because cleanSourceWith copies
+# the filtered source (about 2 MB) into the store.
+cat >"$work/flake.nix" <<'NIX'
+{ libPath, root }:
+let
+  lib = import libPath;
+  flake = import (root + "/flake.nix");
+  stubPkgs = system: {
+    stdenv.hostPlatform.system = system;
+    rustPlatform.buildRustPackage = args: args // {
+      type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-loom";
+    };
+    nixpkgs-fmt = null;
+  };
+  nixpkgs = {
+    lib = lib // { nixosSystem = args: args; };
+    legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] stubPkgs;
+  };
+  self = flake.outputs { inherit self nixpkgs; sops-nix.nixosModules.sops = { }; };
+  pkg = self.packages.x86_64-linux.loom;
+  top = builtins.attrNames (builtins.readDir pkg.src);
+  check = name: cond: if cond then name else throw "check failed: ${name}";
+in
+[
+  (check "flake: packages.loom, default" (self.packages.x86_64-linux.default == pkg && pkg.pname == "loom"))
+  (check "flake: version from the workspace" (pkg.version == (lib.importTOML (root + "/Cargo.toml")).workspace.package.version))
+  (check "flake: tests off in the package build, Cargo.lock used"
+    (pkg.doCheck == false && baseNameOf (toString pkg.cargoLock.lockFile) == "Cargo.lock"))
+  (check "flake: source is the workspace only" (top == [ "Cargo.lock" "Cargo.toml" "README.md" "daemon" "ebpf" ]))
+  (check "flake: source has the committed eBPF object" (builtins.pathExists "${pkg.src}/ebpf/audit.bpf.o"))
+  (check "flake: source has no target/" (!(builtins.pathExists "${pkg.src}/target")))
+  (check "flake: nixosModules.loomd sets the package"
+    ((self.nixosModules.loomd { pkgs = stubPkgs "x86_64-linux"; inherit lib; }).services.loomd.package.content == pkg))
+  (check "flake: nixosConfigurations.example uses the module and the host"
+    (let m = self.nixosConfigurations.example.modules; in
+      builtins.length m == 3 && builtins.isFunction (builtins.elemAt m 1)
+      && builtins.elemAt m 2 == root + "/hosts/example/configuration.nix"))
+  (check "flake: checks" (builtins.attrNames self.checks.x86_64-linux == [ "example-system" "loom" ]))
+]
+NIX
+nix-instantiate --read-write-mode --eval --strict --json \
+  --arg libPath "$lib" --arg root "$root" "$work/flake.nix" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+for n in r: print(f"ok   {n}")
+print(f"{len(r)} flake checks passed")'
 
 loomd="${LOOMD:-}"
 if [ -z "$loomd" ]; then
