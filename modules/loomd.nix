@@ -7,7 +7,7 @@
 
 let
   inherit (lib)
-    mkOption mkEnableOption mkIf types literalExpression optional optionals
+    mkOption mkEnableOption mkIf types literalExpression optional
     filterAttrsRecursive attrNames concatStringsSep hasPrefix removePrefix;
 
   cfg = config.services.loomd;
@@ -293,7 +293,7 @@ in
           message = "services.loomd.secrets.file is set but no key can open it: set secrets.ageKeyFile, secrets.sshHostKeys or secrets.pgpKeyFile.";
         }
         {
-          assertion = cfg.secrets.file == null || !(hasPrefix "/run/secrets/" cfg.secrets.file && hasSopsNix
+          assertion = cfg.secrets.file == null || !(hasSopsNix
             && lib.any (sec: sec.path or "" == cfg.secrets.file) (lib.attrValues (config.sops.secrets or { })));
           message = "services.loomd.secrets.file (${toString cfg.secrets.file}) is a file sops-nix decrypts: loomd needs the encrypted file (it checks the SOPS MAC). Set services.loomd.secrets.sopsFile to the encrypted file instead.";
         }
