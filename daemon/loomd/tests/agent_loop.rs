@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 use common::{Loomd, privileged};
 use serde_json::{Value, json};
 
-/// One streamed assistant turn: text, then tool calls `(name, input)`.
-struct Turn {
-    text: String,
-    tools: Vec<(&'static str, Value)>,
+/// What the fake answers to one call.
+enum Reply {
+    /// One streamed assistant turn: text, then tool calls `(name, input)`.
+    Turn { text: String, tools: Vec<(&'static str, Value)> },
+    /// The provider's usage limit: 429 with `retry-after` (seconds) and its error body.
+    RateLimited { retry_after: &'static str },
 }
 
-fn turn(text: &str, tools: Vec<(&'static str, Value)>) -> Turn {
-    Turn { text: text.into(), tools }
+fn turn(text: &str, tools: Vec<(&'static str, Value)>) -> Reply {
+    Reply::Turn { text: text.into(), tools }
 }
 
 /// What the fake received: the auth header and the JSON body of each call.
@@ -33,10 +35,11 @@ struct Seen {
     body: Value,
 }
 
-type Script = dyn Fn(usize, &Value) -> Turn + Send + Sync;
+type Script = dyn Fn(usize, usize) -> Reply + Send + Sync;
 
 /// A scripted fake of the Anthropic Messages API (the real provider is off this machine).
-/// `script(turn_index, request)` picks the reply, where `turn_index` counts the assistant
+/// `script(call, turn_index)` picks the reply to the `call`-th request (0-based), where
+/// `turn_index` counts the assistant
 /// messages already in the request: the loop starts every iteration with a fresh context, so
 /// the script follows the conversation, not the number of calls, and a retried call gets the
 /// same answer.
@@ -46,7 +49,7 @@ struct FakeAnthropicApi {
 }
 
 impl FakeAnthropicApi {
-    fn start(script: impl Fn(usize, &Value) -> Turn + Send + Sync + 'static) -> FakeAnthropicApi {
+    fn start(script: impl Fn(usize, usize) -> Reply + Send + Sync + 'static) -> FakeAnthropicApi {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -111,7 +114,11 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> std::io
         r.read_exact(&mut body)?;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    seen.lock().unwrap().push(Seen { api_key, body: body.clone() });
+    let call = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(Seen { api_key, body: body.clone() });
+        seen.len() - 1
+    };
     let mut out = stream;
     if !path.ends_with("/v1/messages") {
         let msg =
@@ -123,11 +130,21 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> std::io
         );
     }
     let turn_index = body["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
-    let reply = script(turn_index, &body);
+    let (text, tools) = match script(call, turn_index) {
+        Reply::Turn { text, tools } => (text, tools),
+        Reply::RateLimited { retry_after } => {
+            let msg = r#"{"type":"error","error":{"type":"rate_limit_error","message":"usage limit reached for the fake org"}}"#;
+            return write!(
+                out,
+                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+        }
+    };
     out.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
     )?;
-    for ev in sse_events(&reply, seen.lock().unwrap().len()) {
+    for ev in sse_events(&text, &tools, call) {
         write!(out, "{:x}\r\n{ev}\r\n", ev.len())?;
         out.flush()?;
     }
@@ -136,7 +153,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script) -> std::io
 }
 
 /// The Messages API's streaming events for one turn, tool inputs split across deltas.
-fn sse_events(t: &Turn, n: usize) -> Vec<String> {
+fn sse_events(text: &str, tools: &[(&str, Value)], n: usize) -> Vec<String> {
     let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
     let mut out = vec![ev(
         "message_start",
@@ -146,12 +163,12 @@ fn sse_events(t: &Turn, n: usize) -> Vec<String> {
     )];
     out.push(ev("ping", json!({"type": "ping"})));
     let mut idx = 0;
-    if !t.text.is_empty() {
+    if !text.is_empty() {
         out.push(ev(
             "content_block_start",
             json!({"type": "content_block_start", "index": idx, "content_block": {"type": "text", "text": ""}}),
         ));
-        let (a, b) = t.text.split_at(t.text.char_indices().nth(t.text.chars().count() / 2).map_or(0, |(i, _)| i));
+        let (a, b) = text.split_at(text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i));
         for part in [a, b] {
             out.push(ev(
                 "content_block_delta",
@@ -161,7 +178,7 @@ fn sse_events(t: &Turn, n: usize) -> Vec<String> {
         out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": idx})));
         idx += 1;
     }
-    for (i, (name, input)) in t.tools.iter().enumerate() {
+    for (i, (name, input)) in tools.iter().enumerate() {
         out.push(ev(
             "content_block_start",
             json!({"type": "content_block_start", "index": idx,
@@ -178,7 +195,7 @@ fn sse_events(t: &Turn, n: usize) -> Vec<String> {
         out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": idx})));
         idx += 1;
     }
-    let stop = if t.tools.is_empty() { "end_turn" } else { "tool_use" };
+    let stop = if tools.is_empty() { "end_turn" } else { "tool_use" };
     out.push(ev(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 20}}),
@@ -288,7 +305,7 @@ fn a_loop_fixes_a_failing_test_and_stops_when_until_passes() {
     if !privileged("a_loop_fixes_a_failing_test_and_stops_when_until_passes") {
         return;
     }
-    let fake = FakeAnthropicApi::start(|t, _| match t {
+    let fake = FakeAnthropicApi::start(|_, t| match t {
         0 => turn("Let me read calc.sh first.", vec![("read_file", json!({"path": "calc.sh"}))]),
         1 => turn(
             "quokka_add subtracts; fixing it.",
@@ -361,7 +378,7 @@ fn a_loop_fixes_a_failing_test_and_stops_when_until_passes() {
 }
 
 /// Answers each iteration's first call with a read outside /workspace, then changes nothing.
-fn idle_reader(t: usize, _: &Value) -> Turn {
+fn idle_reader(_: usize, t: usize) -> Reply {
     if t == 0 {
         turn("Let me look at the system.", vec![("read_file", json!({"path": "/etc/passwd"}))])
     } else {
@@ -438,4 +455,75 @@ fn a_spent_token_budget_stops_the_loop_before_the_provider_is_called() {
     assert_eq!(fake.seen().len(), 0, "the proxy refused before calling the provider");
     let summary = the_thread(&d, "broke");
     assert!(summary["stop_reason"].as_str().unwrap().starts_with("budget exhausted: "), "{summary}");
+}
+
+#[test]
+fn a_provider_usage_limit_pauses_the_loop_and_a_twice_matching_edit_is_refused() {
+    if !privileged("a_provider_usage_limit_pauses_the_loop") {
+        return;
+    }
+    // The first call hits the provider's usage limit with a retry-after longer than the proxy
+    // waits out by itself, so the 429 reaches the agent, which pauses instead of failing.
+    let fake = FakeAnthropicApi::start(|call, t| match (call, t) {
+        (0, _) => Reply::RateLimited { retry_after: "2" },
+        (_, 0) => turn(
+            "Renaming the function in test.sh.",
+            vec![("edit_file", json!({"path": "test.sh", "old_str": "quokka_add", "new_str": "quokka_sub"}))],
+        ),
+        _ => turn("The edit was ambiguous; stopping here. <promise>COMPLETE</promise>", vec![]),
+    });
+    let d = Loomd::start_with_config(Some(&config(fake.port, "[proxy.retry]\nmax_retry_after_ms = 500\n")));
+    let dir = failing_repo();
+    let started = Instant::now();
+    let w = create_loop(&d, "paused", dir.path(), &["--max-iterations", "1"]);
+    let v = wait_exited(&d, "paused");
+    assert!(started.elapsed() >= Duration::from_secs(2), "the loop did not wait out retry-after");
+    assert_eq!(v["exit_code"], 0, "{v}\n{}", d.logs("paused"));
+    let st = &v["agent_status"];
+    assert_eq!(st["stop_reason"]["kind"], "completion_marker", "the pause did not use up the only iteration: {v}");
+    assert_eq!(st["iteration"], 1, "{v}");
+    assert_eq!(fake.seen().len(), 3, "the 429, the same request again, then the answer to the tool result");
+    assert_eq!(fake.seen()[0].body, fake.seen()[1].body, "after the pause the same request is sent again");
+
+    let summary = the_thread(&d, "paused");
+    let thread = d.cli_json(&["thread", "show", summary["id"].as_str().unwrap()]);
+    assert_eq!(events_of_kind(&thread, "pause").len(), 1, "{thread}");
+    let results = events_of_kind(&thread, "tool_result");
+    assert_eq!(results.len(), 1, "{thread}");
+    assert_eq!(results[0]["payload"]["is_error"], true, "{thread}");
+    assert!(results[0]["text"].as_str().unwrap().contains("old_str matches 2 times in test.sh"), "{thread}");
+    assert!(serde_json::to_string(&fake.seen()[2].body).unwrap().contains("old_str matches 2 times"));
+    // Nothing was edited, so nothing was committed.
+    let ws = d.state_dir().join("weavers").join(w["id"].as_str().unwrap()).join("root/workspace");
+    assert_eq!(git(&ws, &["status", "--porcelain"]), "");
+    assert_eq!(git(&ws, &["log", "--format=%s"]), "initial\n");
+}
+
+#[test]
+fn a_command_that_runs_forever_is_ended_by_the_wall_clock_limit() {
+    if !privileged("a_command_that_runs_forever_is_ended_by_the_wall_clock_limit") {
+        return;
+    }
+    let fake = FakeAnthropicApi::start(|_, t| match t {
+        0 => turn("", vec![("bash", json!({"command": "echo forever-started > forever.txt; sleep 100000"}))]),
+        _ => turn("never reached: the wall clock ends the iteration first", vec![]),
+    });
+    let d = Loomd::start_with_config(Some(&config(fake.port, "")));
+    let dir = failing_repo();
+    let started = Instant::now();
+    // The wall-clock limit reaches the agent through the weaver's environment.
+    let w = create_loop(&d, "forever", dir.path(), &["--max-iterations", "5", "--env", "LOOM_WALL_CLOCK=3s"]);
+    let v = wait_exited(&d, "forever");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "the endless command was not cut: {took:?}");
+    assert_eq!(v["exit_code"], 2, "{v}");
+    assert_eq!(v["agent_status"]["stop_reason"], json!({"kind": "wall_clock", "limit_secs": 3}), "{v}");
+    assert_eq!(fake.seen().len(), 1, "the iteration was cut inside the tool call");
+    // What the cut-short iteration changed is still committed.
+    let ws = d.state_dir().join("weavers").join(w["id"].as_str().unwrap()).join("root/workspace");
+    assert_eq!(git(&ws, &["show", "HEAD:forever.txt"]), "forever-started\n");
+    let summary = the_thread(&d, "forever");
+    assert_eq!(summary["stop_reason"], "wall-clock limit of 3s passed");
+    let thread = d.cli_json(&["thread", "show", summary["id"].as_str().unwrap()]);
+    assert!(events_of_kind(&thread, "tool_call").iter().any(|e| e["text"].as_str().unwrap().contains("sleep 100000")));
 }
