@@ -326,6 +326,15 @@ fn a_loop_fixes_a_failing_test_and_stops_when_until_passes() {
     assert_eq!(st["state"], "stopped", "{v}");
     assert_eq!(st["iteration"], 1, "{v}");
     assert_eq!(st["commits"], 1, "{v}");
+    let ps = d.cli_json(&["weaver", "ps"]);
+    let row = ps.as_array().unwrap().iter().find(|w| w["name"] == "fixer").unwrap().clone();
+    assert_eq!(row["agent_status"]["stop_reason"]["kind"], "until_passed", "ps carries the loop's progress: {row}");
+    assert_eq!(row["agent_status"]["input_tokens"], 4 * 50, "{row}");
+    // loomd's own metering of the same four streamed calls.
+    let usage = d.cli_json(&["usage", "--weaver", "fixer"]);
+    assert_eq!(usage[0]["requests"], 4, "{usage}");
+    assert_eq!(usage[0]["input_tokens"], 4 * 50, "{usage}");
+    assert_eq!(usage[0]["output_tokens"], 4 * 20, "{usage}");
 
     // The fix is in the weaver's workspace and committed by the loop (the weaver has exited,
     // so its workspace is read where loomd keeps it).
