@@ -146,11 +146,13 @@ fn main() {
         with_100 as f64 / 1024.0,
         (with_100.saturating_sub(idle)) as f64 / 100.0
     );
+    println!("  loomd PSS with 100 weavers {:.1} MiB", pss_kib(loomd.id()) as f64 / 1024.0);
     println!(
-        "  shims: {} processes, {:.1} MiB RSS in all, {:.0} KiB each",
+        "  shims: {} processes, RSS {:.0} KiB each (mostly loomd's shared text), PSS {:.0} KiB each, {:.1} MiB PSS in all",
         shims.len(),
-        shim_kib as f64 / 1024.0,
-        shim_kib as f64 / shims.len().max(1) as f64
+        shim_kib as f64 / shims.len().max(1) as f64,
+        shim_pss as f64 / shims.len().max(1) as f64,
+        shim_pss as f64 / 1024.0
     );
     for i in 0..100 {
         request(&socket, "DELETE", &format!("/v1/weavers/alive{i}?force=true"), "");

@@ -69,6 +69,13 @@ pub fn resolve_groups(config: &Config) -> AccessGroups {
     AccessGroups { admin: gid(&config.access.admin_group), operator: gid(&config.access.operator_group) }
 }
 
+/// Validates the sections other crates own, so `--check-config` catches their typos too.
+fn check_sections(config: &Config) -> anyhow::Result<()> {
+    loom_proxy::ProxyConfig::from_toml(&config.providers, &config.proxy).context("in [providers] or [proxy]")?;
+    loom_audit::AuditConfig::from_toml(&config.audit).context("in [audit]")?;
+    Ok(())
+}
+
 fn init_logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOOMD_LOG").unwrap_or_else(|_| "info".into());
@@ -91,7 +98,7 @@ fn init_logging() {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.check_config {
-        return match load_config(Some(path)) {
+        return match load_config(Some(path)).and_then(|c| check_sections(&c).map(|()| c)) {
             Ok(c) => {
                 println!(
                     "{}: ok (backend {}, state_dir {})",
@@ -185,6 +192,7 @@ fn agent_binds() -> Vec<(PathBuf, String)> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = apply_flags(load_config(args.config.as_deref())?, &args);
     config.validate()?;
+    check_sections(&config)?;
     let kind = config.backend.unwrap_or(if systemd_is_pid1() { BackendKind::Systemd } else { BackendKind::Nspawn });
     std::fs::create_dir_all(config.state_dir.join("weavers"))
         .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;

@@ -215,6 +215,16 @@ fn check_config_validates_and_explains() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memroy") && err.contains("bad.toml"), "{err}");
+    let bad_audit = dir.path().join("audit.toml");
+    std::fs::write(&bad_audit, "[audit]\nring_buffer = 5\n").unwrap();
+    let out = Command::new(common::loomd_bin()).arg("--check-config").arg(&bad_audit).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ring_buffer"), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad_proxy = dir.path().join("proxy.toml");
+    std::fs::write(&bad_proxy, "[providers.anthropic]\nbase_ur = \"x\"\n").unwrap();
+    let out = Command::new(common::loomd_bin()).arg("--check-config").arg(&bad_proxy).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("base_ur"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn testdata() -> std::path::PathBuf {
