@@ -174,6 +174,18 @@ struct CreateArgs {
     /// A command whose success ends the loop.
     #[arg(long, requires = "prompt")]
     until: Option<String>,
+    /// Runs after each iteration; its failing output is fed into the next prompt.
+    #[arg(long, requires = "prompt")]
+    check: Option<String>,
+    /// The loop's wall-clock limit, e.g. 4h.
+    #[arg(long, requires = "prompt")]
+    wall_clock: Option<String>,
+    /// The text by which the agent says it is done.
+    #[arg(long, requires = "prompt")]
+    completion_marker: Option<String>,
+    /// An earlier thread to give the loop as context (repeatable).
+    #[arg(long = "context-thread", requires = "prompt", value_name = "ID")]
+    context_threads: Vec<String>,
     /// A command to run instead of the built-in agent loop.
     #[arg(last = true)]
     command: Vec<String>,
@@ -202,6 +214,10 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
             model,
             max_iterations: a.max_iterations,
             until: a.until,
+            check: a.check,
+            wall_clock: a.wall_clock,
+            completion_marker: a.completion_marker,
+            context_threads: a.context_threads,
         }),
         _ => None,
     };

@@ -44,23 +44,34 @@ pub fn one_line(v: &Value) -> String {
 
 pub fn ps(v: &Value) -> String {
     let mut rows =
-        vec![["ID".to_string(), "NAME".into(), "STATE".into(), "EXIT".into(), "RESTARTS".into(), "COMMAND".into()]];
+        vec![["ID", "NAME", "STATE", "EXIT", "RESTARTS", "ITER", "STOP", "TOKENS", "COMMAND"].map(String::from)];
     for w in v.as_array().into_iter().flatten() {
         let cmd = w["spec"]["command"]
             .as_array()
             .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
             .filter(|c| !c.is_empty());
         let cmd = cmd.unwrap_or_else(|| format!("agent {}", s(&w["spec"]["agent"]["model"])));
+        let a = &w["agent_status"];
+        let (iter, stop, tokens) = if a.is_object() {
+            let max = a["max_iterations"].as_u64().map(|m| format!("/{m}")).unwrap_or_default();
+            let tokens = a["input_tokens"].as_u64().unwrap_or(0) + a["output_tokens"].as_u64().unwrap_or(0);
+            (format!("{}{max}", s(&a["iteration"])), s(&a["stop_reason"]["kind"]), tokens.to_string())
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
         rows.push([
             s(&w["id"]),
             s(&w["name"]),
             s(&w["state"]),
             s(&w["exit_code"]),
             s(&w["restarts"]),
+            iter,
+            stop,
+            tokens,
             cmd.chars().take(40).collect(),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
             r.iter()

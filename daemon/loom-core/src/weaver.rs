@@ -184,6 +184,18 @@ pub struct AgentSpec {
     pub max_iterations: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// Runs after each iteration; its failing output goes into the next prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// The loop's wall-clock limit, e.g. `4h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_clock: Option<String>,
+    /// The text by which the agent says it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_marker: Option<String>,
+    /// Earlier threads whose rendering the agent gets as context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_threads: Vec<String>,
 }
 
 /// Environment variables loom sets in every weaver; a client may not override them.
@@ -402,6 +414,12 @@ pub fn resolve_spec(
                 a.model
             )));
         }
+        if let Some(w) = &a.wall_clock {
+            w.parse::<Span>()?;
+        }
+        if a.context_threads.len() > 16 {
+            return Err(SpecError::Agent("at most 16 --context-thread".into()));
+        }
         if a.prompt.trim().is_empty() {
             return Err(SpecError::Agent("the prompt is empty: --prompt needs a file with the task in it".into()));
         }
@@ -478,6 +496,10 @@ mod resolve_tests {
                     model: "claude".into(),
                     max_iterations: None,
                     until: None,
+                    check: None,
+                    wall_clock: None,
+                    completion_marker: None,
+                    context_threads: vec![],
                 })
             }),
             Err("PROVIDER/MODEL"),

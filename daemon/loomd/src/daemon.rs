@@ -26,6 +26,18 @@ fn agent_command(agent: &loom_core::weaver::AgentSpec, body: &[String]) -> Vec<S
     if let Some(until) = &agent.until {
         argv.extend(["--until".into(), until.clone()]);
     }
+    if let Some(check) = &agent.check {
+        argv.extend(["--check".into(), check.clone()]);
+    }
+    if let Some(w) = &agent.wall_clock {
+        argv.extend(["--wall-clock".into(), w.clone()]);
+    }
+    if let Some(m) = &agent.completion_marker {
+        argv.extend(["--completion-marker".into(), m.clone()]);
+    }
+    if !agent.context_threads.is_empty() {
+        argv.extend(["--context-file".into(), AGENT_CONTEXT.into()]);
+    }
     if !body.is_empty() {
         argv.push("--".into());
         argv.extend(body.iter().cloned());
@@ -157,6 +169,9 @@ pub struct DaemonParts {
 pub const AGENT_PATH: &str = "/.loom/bin/loom-agent";
 const AGENT_PROMPT: &str = "/.loom/PROMPT.md";
 const AGENT_STATE: &str = "/.loom/agent";
+const AGENT_CONTEXT: &str = "/.loom/CONTEXT.md";
+/// How much of earlier threads a loop gets as context.
+const CONTEXT_BYTES: usize = 64 * 1024;
 
 pub struct Daemon {
     config: RwLock<Config>,
@@ -400,6 +415,21 @@ impl Daemon {
         }
     }
 
+    /// Earlier threads the caller may read, rendered as context for a new loop.
+    async fn context_of(self: &Arc<Self>, caller: &Caller, ids: &[String]) -> Result<String, ApiError> {
+        let mut out = String::new();
+        for id in ids {
+            let Response::Thread { detail, .. } =
+                Box::pin(self.handle(caller, Request::ThreadShow { id: id.clone() })).await?
+            else {
+                continue;
+            };
+            out.push_str(&loom_threads::render_context(&detail, CONTEXT_BYTES / ids.len().max(1)));
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     fn threads(&self) -> Result<&Arc<crate::threads::Threads>, ApiError> {
         self.threads.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the thread store is not running"))
     }
@@ -515,6 +545,10 @@ impl Daemon {
         let dir = self.dir_of(&id);
         let (repo, branch) = (rec.info.spec.repo.clone(), rec.info.spec.branch.clone());
         let prompt = rec.info.spec.agent.as_ref().map(|a| a.prompt.clone());
+        let context = match &rec.info.spec.agent {
+            Some(a) if !a.context_threads.is_empty() => Some(self.context_of(caller, &a.context_threads).await?),
+            _ => None,
+        };
         let prepared = tokio::task::spawn_blocking(move || -> Result<(), rootfs::RootfsError> {
             let root = dir.join("root");
             rootfs::create_skeleton(&root)?;
@@ -532,6 +566,10 @@ impl Daemon {
                         .map_err(|e| rootfs::RootfsError::Io { path: parent.to_path_buf(), source: e })?;
                 }
                 std::fs::write(&bin, b"").map_err(|e| rootfs::RootfsError::Io { path: bin, source: e })?;
+            }
+            if let Some(context) = context {
+                let p = root.join(AGENT_CONTEXT.trim_start_matches('/'));
+                std::fs::write(&p, context).map_err(|e| rootfs::RootfsError::Io { path: p, source: e })?;
             }
             Ok(())
         })

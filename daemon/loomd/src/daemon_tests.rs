@@ -145,3 +145,35 @@ async fn adoption_marks_vanished_runs_failed_and_keeps_running_ones() {
         WeaverState::Running
     );
 }
+
+#[test]
+fn the_agent_command_carries_every_loop_setting() {
+    let agent = loom_core::weaver::AgentSpec {
+        prompt: "p".into(),
+        model: "anthropic/m".into(),
+        max_iterations: Some(7),
+        until: Some("make test".into()),
+        check: Some("make lint".into()),
+        wall_clock: Some("2h".into()),
+        completion_marker: Some("DONE".into()),
+        context_threads: vec!["t1".into()],
+    };
+    let argv = agent_command(&agent, &["claude".into(), "-p".into()]);
+    let joined = argv.join(" ");
+    for part in [
+        "--prompt /.loom/PROMPT.md",
+        "--model anthropic/m",
+        "--max-iterations 7",
+        "--until make test",
+        "--check make lint",
+        "--wall-clock 2h",
+        "--completion-marker DONE",
+        "--context-file /.loom/CONTEXT.md",
+        "-- claude -p",
+    ] {
+        assert!(joined.contains(part), "{part} missing from {joined}");
+    }
+    assert_eq!(argv[0], AGENT_PATH);
+    let bare = agent_command(&loom_core::weaver::AgentSpec { context_threads: vec![], ..agent }, &[]);
+    assert!(!bare.iter().any(|a| a == "--" || a == "--context-file"));
+}

@@ -343,7 +343,7 @@ impl SystemdBackend {
         let Some(st) = st else {
             // systemd-nspawn says STOPPING=1 as its container ends, so a unit whose command
             // exited 0 is deactivated and unloaded at once; only the journal still knows.
-            return Ok(self.ended_per_journal(unit).await);
+            return self.ended_per_journal(unit).await.ok_or(());
         };
         self.remember_cgroup(id, &st.control_group);
         match st.phase() {
@@ -358,8 +358,9 @@ impl SystemdBackend {
         }
     }
 
-    /// How the unit's last run ended, from systemd's own journal entries about it.
-    async fn ended_per_journal(&self, unit: &str) -> Observed {
+    /// How the unit's last run ended, from systemd's own journal entries about it; `None`
+    /// when the unit is loaded again meanwhile (a newer run started).
+    async fn ended_per_journal(&self, unit: &str) -> Option<Observed> {
         for attempt in 0..10 {
             let out = tokio::process::Command::new(&self.journalctl)
                 .args(["-u", unit, "-o", "json", "--no-pager", "-n", "50", "--output-fields=MESSAGE_ID,_PID"])
@@ -369,21 +370,25 @@ impl SystemdBackend {
             let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
             match last_run_end(&text) {
                 RunEnd::Unknown if attempt < 9 => {
-                    // journald may not have the entry systemd just sent yet.
+                    // journald may not have the entry systemd just sent yet, or the last
+                    // entry is the start of a newer run.
+                    if let Ok(Some(_)) = self.sd.unit_status(unit).await {
+                        return None;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                RunEnd::Success => return Observed::Exited { code: 0 },
+                RunEnd::Success => return Some(Observed::Exited { code: 0 }),
                 RunEnd::Stopped => {
-                    return Observed::Lost { reason: format!("its unit {unit} was stopped outside loom") };
+                    return Some(Observed::Lost { reason: format!("its unit {unit} was stopped outside loom") });
                 }
                 RunEnd::Unknown | RunEnd::Failed => break,
             }
         }
-        Observed::Lost {
+        Some(Observed::Lost {
             reason: format!(
                 "its unit {unit} is gone and the journal does not say how it ended (reset outside loom, or the host rebooted)"
             ),
-        }
+        })
     }
 
     /// Kills what is left in the unit's cgroup when a stop job takes too long.
@@ -408,13 +413,31 @@ impl Backend for SystemdBackend {
         BackendKind::Systemd
     }
 
+    /// Makes the unit's v2 cgroup before systemd does, so that audit knows its id before the
+    /// first process runs: systemd takes an existing directory as the unit's cgroup.
+    async fn prepare(&self, launch: &Launch) -> Result<Option<u64>, BackendError> {
+        let unit = Self::unit_of(&launch.id)?;
+        // A previous run stays loaded (RemainAfterExit=yes) until it is cleared, and clearing
+        // it removes its cgroup.
+        self.clear_unit(&unit).await?;
+        let Some(dir) = self.cgroups.unified_dir(&default_control_group(&unit)) else {
+            return Ok(None);
+        };
+        fs::create_dir_all(&dir).map_err(|e| BackendError::Io {
+            context: format!("creating the weaver's cgroup {}", dir.display()),
+            source: e,
+        })?;
+        Ok(fs::metadata(&dir).ok().map(|m| m.ino()))
+    }
+
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
         let id = &launch.id;
         let unit = Self::unit_of(id)?;
         let deadline = Instant::now() + self.start_timeout;
         let marker = launch.root().join(START_MARKER);
         let _ = fs::remove_file(&marker);
-        // A previous run stays loaded (RemainAfterExit=yes) until it is cleared.
+        let prepared = self.cgroups.unified_dir(&default_control_group(&unit)).and_then(|d| fs::metadata(d).ok());
+        // Without prepare, an old run may still be loaded (after prepare this finds nothing).
         self.clear_unit(&unit).await?;
         let spec = self.unit_spec(launch);
         // Type=notify: the job is done once systemd-nspawn says READY, i.e. the container is
@@ -436,6 +459,11 @@ impl Backend for SystemdBackend {
         self.remember_cgroup(id, &started.control_group);
         let cgroup_id =
             self.cgroups.unified_dir(&self.control_group(id)).and_then(|d| fs::metadata(d).ok()).map(|m| m.ino());
+        if let Some(p) = &prepared
+            && cgroup_id != Some(p.ino())
+        {
+            tracing::warn!(weaver = %id, unit, prepared = p.ino(), started = ?cgroup_id, "the unit's cgroup id changed after prepare; audit may have missed its first processes");
+        }
         let wanted_cmdline: Vec<u8> = launch.spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
         let handle = RunHandle::Unit { name: unit.clone() };
         let mut pause = Duration::from_millis(1);
@@ -510,7 +538,18 @@ impl Backend for SystemdBackend {
             };
             let pid = st.as_ref().map_or(0, |s| s.main_pid);
             match self.observed(id, name, st).await {
-                Ok(done) => return done,
+                Ok(done) => {
+                    // The end seen may be the gap between this run and a newer one that has
+                    // its own watcher: look once more before reporting it.
+                    if let (Some(m), Ok(Some(now))) = (main_pid, self.sd.unit_status(name).await)
+                        && running(now.phase())
+                        && now.main_pid != m
+                    {
+                        tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
+                        return std::future::pending().await;
+                    }
+                    return done;
+                }
                 Err(_) if main_pid.is_some_and(|m| m != pid && pid != 0) => {
                     // A newer run of this weaver replaced the one this watcher was for; that
                     // run has its own watcher, and this one must not report its end.
@@ -579,6 +618,10 @@ impl Backend for SystemdBackend {
     async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError> {
         let unit = Self::unit_of(id)?;
         self.clear_unit(&unit).await?;
+        // A cgroup made by prepare for a run that never started; systemd removes the others.
+        if let Some(dir) = self.cgroups.unified_dir(&self.control_group(id)) {
+            let _ = fs::remove_dir(dir);
+        }
         self.control_groups.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
     }
@@ -767,11 +810,13 @@ mod tests {
             let l = launch(tmp.path(), |_| {});
             let v2 = tmp.path().join("cg");
             let unit = format!("loom-weaver-{}.service", l.id);
-            fs::create_dir_all(v2.join("loom.slice").join(&unit)).unwrap();
             let fake = Arc::new(Fake { rec: RecordingSystemd::new(), marker: Some(l.root().join(START_MARKER)) });
             let b = SystemdBackend::new(fake.clone(), Duration::from_secs(5))
                 .with_cgroups(CgroupLayout { unified: Some(v2.clone()), v1: vec![] });
+            let prepared = b.prepare(&l).await.unwrap();
+            assert!(prepared.is_some());
             let started = b.start(&l).await.unwrap();
+            assert_eq!(started.cgroup_id, prepared, "audit knows the id before the first process");
             assert_eq!(started.handle, RunHandle::Unit { name: unit.clone() });
             assert_eq!(started.cgroup_id, Some(fs::metadata(v2.join("loom.slice").join(&unit)).unwrap().ino()));
             let Some(Call::StartTransientService(spec)) =
