@@ -117,6 +117,18 @@ enum WeaverCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Show a weaver's LLM budgets and rate limits, or (admins) change them; 0 = unlimited.
+    Limits {
+        id: String,
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        #[arg(long)]
+        max_usd: Option<f64>,
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+    },
     /// Stop a weaver (its workspace is kept).
     Stop { id: String },
     /// Start a stopped, exited or failed weaver again.
@@ -329,6 +341,30 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 &client.json(Method::GET, &format!("/v1/weavers/{}", path_key(&id)), None).await?,
                 &render::inspect,
             ),
+            WeaverCmd::Limits { id, max_tokens, max_usd, requests_per_minute, max_concurrent } => {
+                let change = serde_json::json!({
+                    "max_tokens": max_tokens, "max_usd": max_usd,
+                    "requests_per_minute": requests_per_minute, "max_concurrent": max_concurrent,
+                });
+                let changing = change.as_object().is_some_and(|m| m.values().any(|v| !v.is_null()));
+                let path = format!("/v1/weavers/{}/limits", path_key(&id));
+                let v = if changing {
+                    client.json(Method::POST, &path, Some(change)).await?
+                } else {
+                    client.json(Method::GET, &path, None).await?
+                };
+                print(&v, &|v| {
+                    ["max_tokens", "max_usd", "requests_per_minute", "max_concurrent"]
+                        .iter()
+                        .map(|k| {
+                            format!(
+                                "{k:<20} {}\n",
+                                if v[*k].is_null() { "unlimited".into() } else { v[*k].to_string() }
+                            )
+                        })
+                        .collect()
+                });
+            }
             WeaverCmd::Stop { id } => print(
                 &client.json(Method::POST, &format!("/v1/weavers/{}/stop", path_key(&id)), None).await?,
                 &render::one_line,

@@ -64,6 +64,11 @@ pub enum Request {
     Usage {
         weaver: Option<String>,
     },
+    /// A weaver's proxy limits; changing them is for admins.
+    Limits {
+        key: String,
+        change: Option<crate::llm::LimitsChange>,
+    },
     ThreadList {
         weaver: Option<String>,
     },
@@ -96,6 +101,7 @@ pub enum Response {
     Usage(Vec<crate::llm::UsageSummary>),
     Audit(Vec<crate::auditing::AuditRow>),
     Threads(Vec<loom_threads::ThreadSummary>),
+    Limits(loom_proxy::WeaverLimits),
     Thread { detail: Box<loom_threads::ThreadDetail>, markdown: String },
     ThreadHits(Vec<loom_threads::SearchHit>),
 }
@@ -292,6 +298,21 @@ impl Daemon {
             }
             Request::InspectWeaver(key) => {
                 Ok(Response::Weaver(Box::new(self.with_agent_status(self.lookup(caller, role, &key)?.info))))
+            }
+            Request::Limits { key, change } => {
+                let rec = self.lookup(caller, role, &key)?;
+                if change.is_some() && role != Role::Admin {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "only root and the admin group may change a weaver's limits",
+                    ));
+                }
+                let llm = self
+                    .llm
+                    .as_ref()
+                    .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the LLM proxy is not running"))?;
+                let limits = llm.limits(&rec.info.id, change).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+                Ok(Response::Limits(limits))
             }
             Request::ThreadList { weaver } => {
                 let threads = self.threads()?;

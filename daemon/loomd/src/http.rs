@@ -211,6 +211,15 @@ async fn route_inner(
         (&Method::DELETE, ["v1", "weavers", key]) => {
             (Request::RemoveWeaver { key: key.to_string(), force: query_flag(&req, "force") }, REQUEST_TIMEOUT)
         }
+        (&Method::GET, ["v1", "weavers", key, "limits"]) => {
+            (Request::Limits { key: key.to_string(), change: None }, REQUEST_TIMEOUT)
+        }
+        (&Method::POST, ["v1", "weavers", key, "limits"]) => {
+            let key = key.to_string();
+            daemon.authorize(&caller, &"limits")?;
+            let (change, _) = read_json::<crate::llm::LimitsChange>(req).await?;
+            (Request::Limits { key, change: Some(change) }, REQUEST_TIMEOUT)
+        }
         (&Method::POST, ["v1", "weavers", key, "stop"]) => (Request::StopWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers", key, "start"]) => (Request::StartWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers", key, "logs"]) => {
@@ -237,6 +246,7 @@ async fn route_inner(
         Response::Usage(u) => json_response(StatusCode::OK, &u),
         Response::Audit(rows) => json_response(StatusCode::OK, &rows),
         Response::Threads(t) => json_response(StatusCode::OK, &t),
+        Response::Limits(l) => json_response(StatusCode::OK, &l),
         Response::ThreadHits(h) => json_response(StatusCode::OK, &h),
         Response::Thread { detail, markdown } => {
             let mut v = serde_json::to_value(&detail).unwrap_or_default();

@@ -172,6 +172,18 @@ pub struct Llm {
     /// The host-side listener's port, for weavers on the host network.
     host_port: u16,
     networks: Mutex<HashMap<WeaverId, NetworkMode>>,
+    /// Limits an admin set for a weaver; they outlive its runs (not loomd restarts).
+    limits: Mutex<HashMap<WeaverId, loom_proxy::WeaverLimits>>,
+}
+
+/// A change to a weaver's limits; `Some(0)` means unlimited, `None` leaves it as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsChange {
+    pub max_tokens: Option<u64>,
+    pub max_usd: Option<f64>,
+    pub requests_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
 }
 
 impl Llm {
@@ -204,7 +216,48 @@ impl Llm {
                 Err(e) => tracing::error!(error = %e, "the proxy's host listener could not start"),
             }
         });
-        Ok(Arc::new(Llm { proxy, usage, host_port, networks: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Llm {
+            proxy,
+            usage,
+            host_port,
+            networks: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn limits_of(&self, id: &WeaverId) -> loom_proxy::WeaverLimits {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| self.proxy.default_limits())
+    }
+
+    /// The weaver's limits, after applying `change` if there is one.
+    pub fn limits(&self, id: &WeaverId, change: Option<LimitsChange>) -> Result<loom_proxy::WeaverLimits, String> {
+        let mut limits = self.limits_of(id);
+        if let Some(c) = change {
+            if c.max_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err("--max-usd must be a number of dollars, 0 or more (0 = unlimited)".into());
+            }
+            if let Some(v) = c.max_tokens {
+                limits.max_tokens = (v > 0).then_some(v);
+            }
+            if let Some(v) = c.max_usd {
+                limits.max_usd = (v > 0.0).then_some(v);
+            }
+            if let Some(v) = c.requests_per_minute {
+                limits.requests_per_minute = (v > 0).then_some(v);
+            }
+            if let Some(v) = c.max_concurrent {
+                limits.max_concurrent = (v > 0).then_some(v);
+            }
+            self.limits.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), limits.clone());
+            // A weaver that is not running picks them up at its next start.
+            let _ = self.proxy.set_limits(id.as_str(), limits.clone());
+        }
+        Ok(limits)
     }
 
     pub fn usage(&self, weaver: Option<&str>) -> Result<Vec<UsageSummary>, rusqlite::Error> {
@@ -272,7 +325,7 @@ impl WeaverHooks for Llm {
         let totals = self.usage.totals(id.as_str());
         let token = self
             .proxy
-            .restore_weaver(id.as_str(), fresh_token(), self.proxy.default_limits(), totals)
+            .restore_weaver(id.as_str(), fresh_token(), self.limits_of(id), totals)
             .map_err(|e| format!("registering with the LLM proxy: {e}"))?;
         Ok(self.env_for(network, &token))
     }
@@ -285,7 +338,7 @@ impl WeaverHooks for Llm {
             // Adopted after a loomd restart: the weaver keeps the token it was started with.
             let Some(token) = token_from_environ(leader_pid) else { return };
             let totals = self.usage.totals(id.as_str());
-            if let Err(e) = self.proxy.restore_weaver(id.as_str(), token, self.proxy.default_limits(), totals) {
+            if let Err(e) = self.proxy.restore_weaver(id.as_str(), token, self.limits_of(id), totals) {
                 tracing::warn!(weaver = %id, error = %e, "re-registering an adopted weaver with the proxy failed");
                 return;
             }
@@ -307,6 +360,7 @@ impl WeaverHooks for Llm {
     async fn on_remove(&self, id: &WeaverId) {
         self.proxy.unregister_weaver(id.as_str());
         self.networks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     fn status(&self) -> Option<(String, serde_json::Value)> {

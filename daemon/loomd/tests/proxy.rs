@@ -183,6 +183,16 @@ fn a_weaver_cannot_pass_as_another_and_outsiders_are_refused() {
     assert!(code == "401" || code == "403", "bob passed as alice: {code}");
     let out = d.cli(&["weaver", "exec", "bob", "--", "/bin/sh", "-c", &call("$ANTHROPIC_API_KEY")]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "bob's own token must work");
+    // An admin lowers bob's token budget: the next call is refused in Anthropic's shape,
+    // saying which budget and how to raise it.
+    let limits = d.cli_json(&["weaver", "limits", "bob", "--max-tokens", "5"]);
+    assert_eq!(limits["max_tokens"], 5);
+    let body_call = call("$ANTHROPIC_API_KEY").replace("-o /dev/null -w '%{http_code}'", "");
+    let out = d.cli(&["weaver", "exec", "bob", "--", "/bin/sh", "-c", &body_call]);
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(body.contains("budget") && body.contains("loom weaver limits"), "{body}");
+    assert!(body.contains("\"type\":\"error\""), "not Anthropic's error shape: {body}");
+    assert_eq!(d.cli_json(&["weaver", "limits", "bob"])["max_tokens"], 5);
     // From outside any weaver, on the host listener, with no valid token.
     let status = d.cli_json(&["status"]);
     let port = status["sections"]["proxy"]["host_port"].as_u64().unwrap();
