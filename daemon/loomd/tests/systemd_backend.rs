@@ -153,14 +153,30 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
     assert_eq!(started["state"], "running", "{started}");
     assert_ne!(started["pid"], w["pid"]);
     let out = d.cli(&["--json", "weaver", "rm", "sleeper"]);
-    assert!(!out.status.success(), "rm of a running weaver needs --force");
+    assert!(
+        !out.status.success(),
+        "rm of a running weaver needs --force: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        d.loomd_journal(),
+        d.journal(&["-n", "40", "-u", &format!("loom-weaver-{sleeper_id}.service")])
+    );
     d.cli_json(&["weaver", "rm", "--force", "sleeper"]);
     let units = d.c.exec_ok(&["systemctl", "list-units", "--all", "--no-legend", "--plain", "loom-weaver-*"]).unwrap();
     assert!(!units.contains(&sleeper_id), "rm leaves no unit behind: {units}");
+    let mut ours: Vec<String> = vec![sleeper_id.clone()];
+    for name in ["iso", "mem", "mem-ok", "three", "ghost"] {
+        ours.push(d.inspect(name)["id"].as_str().unwrap().to_string());
+    }
     for name in ["iso", "mem", "mem-ok", "three", "ghost"] {
         d.cli_json(&["weaver", "rm", "--force", name]);
     }
     assert_eq!(d.cli_json(&["weaver", "ps"]), serde_json::json!([]));
+    let journal = d.loomd_journal();
+    assert!(!journal.contains("cgroup id changed"), "systemd must take the cgroup prepared for audit: {journal}");
+    // (Containers booted side by side share the unified hierarchy: look only at ours.)
+    let left = d.c.exec_ok(&["ls", "/sys/fs/cgroup/unified/loom.slice"]).unwrap_or_default();
+    let left: Vec<&str> = left.lines().filter(|l| ours.iter().any(|id| l.contains(id.as_str()))).collect();
+    assert!(left.is_empty(), "no weaver cgroup left behind: {left:?}");
     let machines = d.c.exec_ok(&["machinectl", "list", "--no-legend"]).unwrap();
     assert!(machines.trim().is_empty(), "no machine left: {machines}");
 }

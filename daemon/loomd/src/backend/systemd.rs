@@ -88,6 +88,33 @@ impl CgroupLayout {
     }
 }
 
+/// Removes an empty cgroup and its descendants, leaves first, retrying while the kernel still
+/// counts exiting processes in them; gives up quietly after a while (nothing is lost but a dir).
+async fn remove_cgroup_tree(dir: &Path) {
+    fn dirs_deepest_first(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs_deepest_first(&e.path(), out);
+                }
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+    for _ in 0..40 {
+        let mut dirs = Vec::new();
+        dirs_deepest_first(dir, &mut dirs);
+        for d in &dirs {
+            let _ = fs::remove_dir(d);
+        }
+        if !dir.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::debug!(cgroup = %dir.display(), "cgroup still busy; left in place");
+}
+
 fn below(root: &Path, control_group: &str) -> PathBuf {
     root.join(control_group.trim_start_matches('/'))
 }
@@ -117,6 +144,10 @@ pub struct SystemdBackend {
     cgroups: CgroupLayout,
     /// Each weaver's unit cgroup as systemd reported it, for the sync calls (exec, cgroup id).
     control_groups: Mutex<std::collections::HashMap<WeaverId, String>>,
+    /// Watchers ([`Backend::wait`]) in progress per unit. A unit's name is the same for every
+    /// run of a weaver, so a stop waits for the watcher of the run it ended to report, before
+    /// the weaver's lock lets a new run start under the same handle.
+    watchers: Arc<Watchers>,
 }
 
 impl std::fmt::Debug for SystemdBackend {
@@ -212,6 +243,59 @@ fn is_nspawn(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "systemd-nspawn")
 }
 
+/// Counts the watchers of each unit.
+#[derive(Debug, Default)]
+struct Watchers {
+    active: Mutex<std::collections::HashMap<String, usize>>,
+    changed: tokio::sync::Notify,
+}
+
+/// One watcher of a unit, counted until dropped.
+struct Watching {
+    watchers: Arc<Watchers>,
+    unit: String,
+}
+
+impl Watchers {
+    fn enter(self: &Arc<Self>, unit: &str) -> Watching {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()).entry(unit.to_string()).or_default() += 1;
+        Watching { watchers: self.clone(), unit: unit.to_string() }
+    }
+
+    fn count(&self, unit: &str) -> usize {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).get(unit).copied().unwrap_or(0)
+    }
+
+    /// Waits until no watcher of `unit` is left; false on timeout.
+    async fn all_left(&self, unit: &str, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.changed.notified();
+                if self.count(unit) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut active = self.watchers.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = active.get_mut(&self.unit) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                active.remove(&self.unit);
+            }
+        }
+        drop(active);
+        self.watchers.changed.notify_waiters();
+    }
+}
+
 fn running(phase: Phase) -> bool {
     matches!(phase, Phase::Running | Phase::Starting | Phase::Stopping)
 }
@@ -234,6 +318,7 @@ impl SystemdBackend {
             journalctl: find_program("journalctl", "/usr/bin/journalctl"),
             cgroups: CgroupLayout::detect(),
             control_groups: Mutex::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -524,6 +609,7 @@ impl Backend for SystemdBackend {
         let RunHandle::Unit { name } = handle else {
             return Observed::Lost { reason: "not a run of the systemd backend".into() };
         };
+        let watching = self.watchers.enter(name);
         // The run being waited for is the one whose systemd-nspawn runs now.
         let mut main_pid = None;
         let mut pid_usable = true;
@@ -546,6 +632,7 @@ impl Backend for SystemdBackend {
                         && now.main_pid != m
                     {
                         tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
+                        drop(watching);
                         return std::future::pending().await;
                     }
                     return done;
@@ -554,6 +641,7 @@ impl Backend for SystemdBackend {
                     // A newer run of this weaver replaced the one this watcher was for; that
                     // run has its own watcher, and this one must not report its end.
                     tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
+                    drop(watching);
                     return std::future::pending().await;
                 }
                 Err(_) => {}
@@ -612,15 +700,20 @@ impl Backend for SystemdBackend {
                 Err(e) => return Err(systemd_err(&e)),
             }
         }
+        if !self.watchers.all_left(name, Duration::from_secs(5)).await {
+            tracing::warn!(weaver = %id, unit = %name, "the stopped run's watcher did not report in time");
+        }
         Ok(())
     }
 
     async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError> {
         let unit = Self::unit_of(id)?;
         self.clear_unit(&unit).await?;
-        // A cgroup made by prepare for a run that never started; systemd removes the others.
-        if let Some(dir) = self.cgroups.unified_dir(&self.control_group(id)) {
-            let _ = fs::remove_dir(dir);
+        // What systemd could not trim because the container's last processes were still
+        // exiting, or what prepare made for a run that never started.
+        let cg = self.control_group(id);
+        for root in self.cgroups.unified.iter().chain(&self.cgroups.v1) {
+            remove_cgroup_tree(&below(root, &cg)).await;
         }
         self.control_groups.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
@@ -849,6 +942,19 @@ mod tests {
 
             b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();
             assert!(fake.rec.unit_status(&unit).await.unwrap().is_none(), "stop resets the failed unit");
+
+            // A stop returns only once the stopped run's watcher has reported, so that its
+            // report cannot land on a newer run with the same unit name.
+            let b = Arc::new(b);
+            let third = b.start(&l).await.unwrap();
+            let watcher = tokio::spawn({
+                let (b, id, h) = (b.clone(), l.id.clone(), third.handle.clone());
+                async move { b.wait(&id, &h).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            b.stop(&l.id, &third.handle, Duration::from_secs(1)).await.unwrap();
+            assert!(watcher.is_finished(), "the watcher reported before stop returned");
+            assert!(matches!(watcher.await.unwrap(), Observed::Lost { .. }));
             assert!(matches!(b.observe(&l.id, &again.handle).await, Observed::Lost { .. }));
             // Stopping or cleaning up what is not there is fine.
             b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();

@@ -51,6 +51,9 @@ pub struct LoomdInSystemd {
     /// The host directory bound at /run/loomd inside.
     pub sockdir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// How many times loomd was started: each start is a new unit (`loomd`, `loomd-1`, ...),
+    /// since a killed one may stay loaded for a while.
+    starts: std::sync::atomic::AtomicU32,
 }
 
 impl LoomdInSystemd {
@@ -65,19 +68,21 @@ impl LoomdInSystemd {
             .boot()
             .unwrap_or_else(|e| panic!("booting systemd in a container: {e}"));
         let socket = sockdir.path().join("loomd.sock");
-        let d = LoomdInSystemd { c, sockdir, socket };
+        let d = LoomdInSystemd { c, sockdir, socket, starts: Default::default() };
         d.start_loomd();
         d
     }
 
     /// Starts loomd as `loomd.service` (Type=notify: systemd-run returns once loomd is ready).
     pub fn start_loomd(&self) {
+        let n = self.starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let unit = if n == 0 { "--unit=loomd".to_string() } else { format!("--unit=loomd-{n}") };
         let exe = format!("{BIN_DIR}/loomd");
         let out = self
             .c
             .exec(&[
                 "systemd-run",
-                "--unit=loomd",
+                &unit,
                 "--collect",
                 "-p",
                 "Type=notify",
@@ -109,9 +114,18 @@ impl LoomdInSystemd {
         }
     }
 
+    /// The unit loomd runs as now.
+    pub fn loomd_unit(&self) -> String {
+        match self.starts.load(std::sync::atomic::Ordering::SeqCst) {
+            0 | 1 => "loomd.service".into(),
+            n => format!("loomd-{}.service", n - 1),
+        }
+    }
+
     /// loomd's main pid inside the container.
     pub fn loomd_pid(&self) -> u32 {
-        let out = self.c.exec_ok(&["systemctl", "show", "-p", "MainPID", "--value", "loomd.service"]).unwrap();
+        let unit = self.loomd_unit();
+        let out = self.c.exec_ok(&["systemctl", "show", "-p", "MainPID", "--value", &unit]).unwrap();
         out.trim().parse().unwrap_or(0)
     }
 
@@ -120,22 +134,21 @@ impl LoomdInSystemd {
         let pid = self.loomd_pid();
         assert!(pid > 0, "loomd is not running");
         self.c.exec_ok(&["kill", "-KILL", &pid.to_string()]).unwrap();
+        // Wait until systemd has noticed: the unit's main process is gone.
+        let unit = self.loomd_unit();
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let state = self.c.exec(&["systemctl", "is-active", "loomd.service"]).unwrap();
-            let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-            if state != "active" && state != "deactivating" {
-                break;
+        while self.loomd_pid() != 0 {
+            if Instant::now() >= deadline {
+                let status = self.c.exec(&["systemctl", "status", "--no-pager", &unit]).unwrap();
+                panic!("{unit} still has a main process after SIGKILL: {}", String::from_utf8_lossy(&status.stdout));
             }
-            assert!(Instant::now() < deadline, "loomd.service is still {state} after SIGKILL");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.c.exec(&["systemctl", "reset-failed", "loomd.service"]);
         let _ = std::fs::remove_file(&self.socket);
     }
 
     pub fn loomd_journal(&self) -> String {
-        let out = self.c.exec(&["journalctl", "--no-pager", "-o", "cat", "-n", "60", "-u", "loomd.service"]);
+        let out = self.c.exec(&["journalctl", "--no-pager", "-o", "cat", "-n", "60", "-u", "loomd*"]);
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
