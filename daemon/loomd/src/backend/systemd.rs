@@ -124,7 +124,7 @@ fn default_control_group(unit: &str) -> String {
     format!("/{LOOM_SLICE}/{unit}")
 }
 
-/// The first of `candidates` that exists as a file, else `fallback`.
+/// `name` found on PATH as an absolute path, else `fallback`.
 fn find_program(name: &str, fallback: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
