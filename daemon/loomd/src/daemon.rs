@@ -16,6 +16,20 @@ use crate::backend::{Backend, ExecPlan, Launch, Observed, RunHandle};
 use crate::rootfs;
 use crate::store::{Lookup, Store, StoreError, WeaverRecord};
 
+/// Writes a file in a weaver's root that only the weaver's root user may read. nspawn chowns
+/// the tree into the weaver's uid range on its first start only (a later start finds the range
+/// in place and skips it), so the file takes the owner of the root directory itself.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?.write_all(bytes)?;
+    let root =
+        path.parent().and_then(|p| p.parent()).ok_or_else(|| std::io::Error::other("env file outside a root"))?;
+    let meta = std::fs::metadata(root)?;
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+}
+
 /// The loop's command line inside the weaver; a command given with it is the loop body.
 fn agent_command(agent: &loom_core::weaver::AgentSpec, body: &[String]) -> Vec<String> {
     let mut argv =
@@ -626,6 +640,16 @@ impl Daemon {
             }
             spec.command = agent_command(agent, &spec.command);
             env.push(("LOOM_STATE_DIR".into(), AGENT_STATE.into()));
+        }
+        let env_path = self.dir_of(&id).join("root").join(crate::backend::nspawn_args::ENV_FILE);
+        let vars: Vec<(&str, &str)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        if let Err(e) = write_private(&env_path, crate::backend::nspawn_args::env_file(&vars).as_bytes()) {
+            return self.fail(rec, format!("writing {}: {e}", env_path.display()));
         }
         let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), env, binds_ro: self.binds_ro.clone() };
         match self.backend.prepare(&launch).await {

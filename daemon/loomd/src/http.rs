@@ -263,7 +263,7 @@ async fn route_inner(
 async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> Result<HttpResponse<Body>, ApiError> {
     let (id, path) = daemon.log_of(caller, key)?;
     if let Some(argv) = daemon.backend().log_command(&id, follow) {
-        return command_output_stream(&argv);
+        return command_output_stream(&argv, daemon.clone(), id);
     }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => Some(f),
@@ -321,8 +321,12 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
 }
 
 /// Streams a command's stdout (e.g. journalctl for a unit's log); the command dies with the
-/// response when the client goes away.
-fn command_output_stream(argv: &[String]) -> Result<HttpResponse<Body>, ApiError> {
+/// response when the client goes away, and a followed log ends a little after the weaver does.
+fn command_output_stream(
+    argv: &[String],
+    daemon: Arc<Daemon>,
+    id: loom_core::weaver::WeaverId,
+) -> Result<HttpResponse<Body>, ApiError> {
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -332,14 +336,35 @@ fn command_output_stream(argv: &[String]) -> Result<HttpResponse<Body>, ApiError
         .spawn()
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the log with {}: {e}", argv[0])))?;
     let stdout = child.stdout.take().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no log stream"))?;
-    let stream =
-        futures_util::stream::unfold((stdout, child, vec![0u8; 64 * 1024]), |(mut out, child, mut buf)| async move {
-            match out.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => Some((Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))), (out, child, buf))),
-                Err(e) => Some((Err(e), (out, child, buf))),
+    struct Follow {
+        out: tokio::process::ChildStdout,
+        _child: tokio::process::Child,
+        buf: Vec<u8>,
+        daemon: Arc<Daemon>,
+        id: loom_core::weaver::WeaverId,
+        idle_after_end: u8,
+    }
+    let state = Follow { out: stdout, _child: child, buf: vec![0u8; 64 * 1024], daemon, id, idle_after_end: 0 };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            tokio::select! {
+                r = st.out.read(&mut st.buf) => return match r {
+                    Ok(0) => None,
+                    Ok(n) => Some((Ok(Frame::data(Bytes::copy_from_slice(&st.buf[..n]))), st)),
+                    Err(e) => Some((Err(e), st)),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    // Give the journal a moment to deliver the last lines, then end.
+                    if !st.daemon.is_active(&st.id) {
+                        st.idle_after_end += 1;
+                        if st.idle_after_end >= 2 {
+                            return None;
+                        }
+                    }
+                }
             }
-        });
+        }
+    });
     Ok(HttpResponse::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")

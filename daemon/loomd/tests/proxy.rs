@@ -228,3 +228,28 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn tokens_are_in_no_host_command_line() {
+    if !privileged("tokens_are_in_no_host_command_line") {
+        return;
+    }
+    let d = Loomd::start();
+    let w = d.cli_json(&["weaver", "create", "--name", "quiet", "--env", "MINE=secret-ish", "--", "/bin/sleep", "300"]);
+    let pid = w["pid"].as_i64().unwrap();
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).to_string();
+    assert!(
+        environ.contains("LOOM_PROXY_TOKEN=loom-wv-") && environ.contains("MINE=secret-ish"),
+        "the weaver lost its env"
+    );
+    // Any local user can read every process's argv: no token and no --env value may be there.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !text.contains("loom-wv-") && !text.contains("secret-ish"),
+            "leaked in {}: {text}",
+            entry.path().display()
+        );
+    }
+}

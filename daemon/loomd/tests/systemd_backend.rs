@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use common_systemd::{LoomdInSystemd, bootable};
 
+/// Booted containers share the host's unified cgroup tree (and so one `loom.slice`): two of
+/// them at once would see each other's weaver cgroups come and go.
+static ONE_BOOTED_SYSTEM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn field(log: &str, k: &str) -> String {
     log.lines()
         .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -32,6 +36,7 @@ fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 #[test]
 fn weavers_run_as_units_registered_limited_logged_and_managed() {
+    let _one = ONE_BOOTED_SYSTEM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if !bootable("weavers_run_as_units_registered_limited_logged_and_managed") {
         return;
     }
@@ -183,6 +188,7 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
 
 #[test]
 fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
+    let _one = ONE_BOOTED_SYSTEM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if !bootable("weavers_survive_a_sigkill_of_loomd_and_are_adopted") {
         return;
     }

@@ -54,14 +54,8 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
         NetworkMode::Private | NetworkMode::None => a.push("--private-network".into()),
         NetworkMode::Host => {}
     }
-    for (k, v) in spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    {
-        a.push(format!("--setenv={k}={v}"));
-    }
+    // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
+    // command line: any local user can read a process's argv.
     a.push("--".into());
     a.extend(START_WRAPPER.iter().map(|s| s.to_string()));
     a.extend(spec.command.iter().cloned());
@@ -72,14 +66,24 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
 /// so loomd can tell "the command ran (and maybe ended at once)" from "nspawn failed".
 pub const START_MARKER: &str = ".loom/started";
 
-/// Runs the command after checking it exists and dropping the start marker. A missing
-/// command fails here, before the marker, so `create` reports it instead of a quick exit.
+/// Relative to the weaver's root: the weaver's environment (its own `--env` and what loom
+/// sets: proxy URLs and token), `0600`, sourced by the start wrapper.
+pub const ENV_FILE: &str = ".loom/env";
+
+/// Loads the weaver's environment, checks the command exists and drops the start marker, then
+/// execs the command. A missing command fails here, before the marker, so `create` reports it
+/// instead of a quick exit.
 const START_WRAPPER: [&str; 4] = [
     "/bin/sh",
     "-c",
-    "command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\"",
+    "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\"",
     "loom-start",
 ];
+
+/// The env file's text: one `export K='V'` per variable, single-quoted for the shell.
+pub fn env_file(vars: &[(&str, &str)]) -> String {
+    vars.iter().map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', "'\\''"))).collect()
+}
 
 #[cfg(test)]
 mod tests {
@@ -129,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn env_is_passed_and_the_command_stays_last() {
+    fn env_never_reaches_the_command_line() {
         let a = nspawn_argv(
             &launch(|r| {
                 r.env.insert("FOO".into(), "a b".into());
@@ -137,10 +141,17 @@ mod tests {
             Register::No,
             false,
         );
-        let sep = a.iter().position(|x| x == "--").unwrap();
-        let foo = a.iter().position(|x| x == "--setenv=FOO=a b").unwrap();
-        let proxy = a.iter().position(|x| x == "--setenv=OPENAI_BASE_URL=http://127.0.0.1:4000/v1").unwrap();
-        assert!(foo < sep && proxy < sep);
+        let joined = a.join(" ");
+        assert!(!joined.contains("FOO") && !joined.contains("OPENAI_BASE_URL"), "{joined}");
+    }
+
+    #[test]
+    fn the_env_file_quotes_for_the_shell() {
+        let text = env_file(&[("A", "plain"), ("B", "it's $HOME `x`")]);
+        assert_eq!(text, "export A='plain'\nexport B='it'\\''s $HOME `x`'\n");
+        let out =
+            std::process::Command::new("/bin/sh").arg("-c").arg(format!("{text} printf %s \"$B\"")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $HOME `x`");
     }
 
     #[test]
