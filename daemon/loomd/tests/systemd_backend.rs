@@ -237,3 +237,51 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "keep-c\n", "exec into an adopted weaver");
     assert_eq!(d.cli_json(&["weaver", "ps"]).as_array().unwrap().len(), 5);
 }
+
+#[test]
+fn audit_events_reach_the_booted_systems_journal() {
+    let _one = ONE_BOOTED_SYSTEM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !bootable("audit_events_reach_the_booted_systems_journal") {
+        return;
+    }
+    // What loomd needs for eBPF when it itself runs in a container: the capabilities, the
+    // syscalls nspawn's filter holds back, and the host's tracefs and bpffs.
+    let d = LoomdInSystemd::boot_with(
+        "sdaudit",
+        &[
+            "--capability=CAP_BPF,CAP_PERFMON,CAP_SYS_RESOURCE",
+            "--system-call-filter=bpf perf_event_open",
+            "--bind=/sys/kernel/tracing:/sys/kernel/tracing",
+            "--bind=/sys/fs/bpf:/sys/fs/bpf",
+        ],
+    );
+    let status = d.cli_json(&["status"]);
+    assert!(
+        status["sections"]["audit"]["attached"].as_array().is_some_and(|a| !a.is_empty()),
+        "audit did not start: {status}"
+    );
+    let w =
+        d.create(&["--name", "heard", "--", "/bin/sh", "-c", "/bin/echo journald-audit-probe; echo x > /workspace/f"]);
+    let id = w["id"].as_str().unwrap().to_string();
+    let entries = eventually("the exec in the journal", Duration::from_secs(20), || {
+        let out = d.journal(&["-t", "loom-audit", &format!("LOOM_WEAVER={id}"), "-o", "json"]);
+        out.contains("journald-audit-probe").then_some(out)
+    });
+    let exec = entries
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["LOOM_EVENT"] == "exec" && e["LOOM_ARGV"].as_str().is_some_and(|a| a.contains("journald-audit-probe"))
+        })
+        .unwrap_or_else(|| panic!("no exec entry: {entries}"));
+    assert_eq!(exec["SYSLOG_IDENTIFIER"], "loom-audit");
+    assert_eq!(exec["LOOM_WEAVER"], id.as_str());
+    assert!(exec["MESSAGE_ID"].as_str().is_some_and(|m| m.len() == 32), "{exec}");
+    for field in ["LOOM_PID", "LOOM_PPID", "LOOM_UID", "LOOM_COMM"] {
+        assert!(exec[field].is_string(), "{field} missing: {exec}");
+    }
+    assert!(entries.contains("/workspace/f"), "the write is in the journal too");
+    // And in `loom audit`, from the store's index.
+    let indexed = d.cli_json(&["audit", "--weaver", "heard", "--kind", "exec"]);
+    assert!(indexed.to_string().contains("journald-audit-probe"), "{indexed}");
+}

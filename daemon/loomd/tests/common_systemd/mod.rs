@@ -58,15 +58,22 @@ pub struct LoomdInSystemd {
 
 impl LoomdInSystemd {
     pub fn boot(prefix: &str) -> LoomdInSystemd {
+        Self::boot_with(prefix, &[])
+    }
+
+    /// Boots with extra systemd-nspawn arguments for the outer container (e.g. what eBPF needs).
+    pub fn boot_with(prefix: &str, nspawn_args: &[&str]) -> LoomdInSystemd {
         let bindir = loomd_bin().parent().expect("loomd's directory").to_path_buf();
         let _ = loom_bin();
         let sockdir = tempfile::Builder::new().prefix("loomd-sd-sock").tempdir_in("/var/tmp").unwrap();
-        let c = BootedSystemd::builder(harness::unique_name(prefix))
+        let mut builder = BootedSystemd::builder(harness::unique_name(prefix))
             .bind_ro(&bindir, BIN_DIR)
             .bind(sockdir.path(), "/run/loomd")
-            .timeout(Duration::from_secs(120))
-            .boot()
-            .unwrap_or_else(|e| panic!("booting systemd in a container: {e}"));
+            .timeout(Duration::from_secs(120));
+        for a in nspawn_args {
+            builder = builder.nspawn_arg(*a);
+        }
+        let c = builder.boot().unwrap_or_else(|e| panic!("booting systemd in a container: {e}"));
         let socket = sockdir.path().join("loomd.sock");
         let d = LoomdInSystemd { c, sockdir, socket, starts: Default::default() };
         d.start_loomd();
