@@ -190,6 +190,8 @@ pub const AGENT_PATH: &str = "/.loom/bin/loom-agent";
 const AGENT_PROMPT: &str = "/.loom/PROMPT.md";
 const AGENT_STATE: &str = "/.loom/agent";
 const AGENT_CONTEXT: &str = "/.loom/CONTEXT.md";
+/// The most of an agent's spool loomd reads when its run ends.
+const MAX_SPOOL_BYTES: u64 = 64 << 20;
 /// How much of earlier threads a loop gets as context.
 const CONTEXT_BYTES: usize = 64 * 1024;
 
@@ -465,6 +467,40 @@ impl Daemon {
         Ok(out)
     }
 
+    /// Stores what the agent spooled but could not deliver before its run ended (loomd down,
+    /// a refused write, a crash). Appends are idempotent and owner-checked, so events that did
+    /// arrive are not doubled and a weaver can only add to its own threads.
+    async fn ingest_spool(&self, rec: &WeaverRecord) {
+        let (Some(threads), Some(_)) = (self.threads.clone(), rec.info.spec.agent.as_ref()) else { return };
+        let path = self.dir_of(&rec.info.id).join("root").join(AGENT_STATE.trim_start_matches('/')).join("spool.jsonl");
+        let weaver = rec.info.id.to_string();
+        let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+            use std::io::Read;
+            let Ok(file) = std::fs::File::open(&path) else { return Ok(0) };
+            let mut text = String::new();
+            file.take(MAX_SPOOL_BYTES).read_to_string(&mut text).map_err(|e| e.to_string())?;
+            let events: Vec<loom_threads::ThreadEvent> =
+                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let mut stored = 0;
+            for batch in events.chunks(loom_threads::wire::MAX_BATCH_EVENTS) {
+                stored += threads
+                    .with(|c| loom_threads::append_events(c, &weaver, batch))
+                    .map_err(|e| e.to_string())?
+                    .inserted;
+            }
+            Ok(stored)
+        })
+        .await;
+        match result {
+            Ok(Ok(stored)) if stored > 0 => {
+                tracing::info!(weaver = %rec.info.id, stored, "stored thread events the agent had not delivered")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(weaver = %rec.info.id, error = %e, "the agent's spool could not be stored"),
+            Err(e) => tracing::warn!(weaver = %rec.info.id, error = %e, "reading the agent's spool failed"),
+        }
+    }
+
     fn threads(&self) -> Result<&Arc<crate::threads::Threads>, ApiError> {
         self.threads.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the thread store is not running"))
     }
@@ -726,6 +762,7 @@ impl Daemon {
         rec.info.exit_code = code;
         if rec.info.state == WeaverState::Stopped {
             let _ = self.with_store(|s| s.update(&rec));
+            self.ingest_spool(&rec).await;
             return;
         }
         rec.info.state = if lost.is_some() { WeaverState::Failed } else { WeaverState::Exited };
@@ -756,6 +793,7 @@ impl Daemon {
         }
         tracing::info!(weaver = %id, state = %rec.info.state, exit_code = ?code, "weaver run ended");
         let _ = self.with_store(|s| s.update(&rec));
+        self.ingest_spool(&rec).await;
     }
 
     async fn restart_after_backoff(self: &Arc<Self>, id: WeaverId, previous: RunHandle) {

@@ -18,6 +18,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(false)
+}
+
+/// With `agent`, the daemon has a thread store and believes loom-agent is installed.
+fn fixture_with(agent: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { state_dir: dir.path().to_path_buf(), ..Config::default() };
     let store = Store::open(&dir.path().join("loom.db")).unwrap();
@@ -29,10 +34,10 @@ fn fixture() -> Fixture {
         store,
         backend: backend.clone(),
         hooks: vec![],
-        binds_ro: vec![],
+        binds_ro: if agent { vec![("/bin/true".into(), AGENT_PATH.to_string())] } else { vec![] },
         llm: None,
         auditor: None,
-        threads: None,
+        threads: agent.then(|| Arc::new(crate::threads::Threads::open(&dir.path().join("loom.db")).unwrap())),
         warnings: vec![],
     });
     Fixture { _dir: dir, daemon, backend }
@@ -176,4 +181,60 @@ fn the_agent_command_carries_every_loop_setting() {
     assert_eq!(argv[0], AGENT_PATH);
     let bare = agent_command(&loom_core::weaver::AgentSpec { context_threads: vec![], ..agent }, &[]);
     assert!(!bare.iter().any(|a| a == "--" || a == "--context-file"));
+}
+
+#[tokio::test]
+async fn what_the_agent_spooled_but_never_delivered_is_stored_when_its_run_ends() {
+    let f = fixture_with(true);
+    let req = Request::CreateWeaver(Box::new(CreateWeaver {
+        name: Some("looper".into()),
+        agent: Some(loom_core::weaver::AgentSpec {
+            prompt: "fix it".into(),
+            model: "anthropic/m".into(),
+            max_iterations: None,
+            until: None,
+            check: None,
+            wall_clock: None,
+            completion_marker: None,
+            context_threads: vec![],
+        }),
+        ..Default::default()
+    }));
+    let w = weaver(&f.daemon, &admin(), req).await.unwrap();
+    assert!(f.backend.calls().iter().any(|c| c.contains(AGENT_PATH)), "{:?}", f.backend.calls());
+    let spool = f.daemon.dir_of(&w.id).join("root/.loom/agent/spool.jsonl");
+    std::fs::create_dir_all(spool.parent().unwrap()).unwrap();
+    let event = |seq: u64, weaver: &str, text: &str| {
+        serde_json::json!({"thread_id": "t-spooled", "weaver_id": weaver, "seq": seq, "ts_ms": 1, "kind": "tool_call", "text": text})
+            .to_string()
+    };
+    let lines = [event(1, w.id.as_str(), "undelivered_marker one"), event(2, w.id.as_str(), "two"), "garbage".into()];
+    std::fs::write(&spool, lines.join("\n")).unwrap();
+    f.backend.finish(w.pid.unwrap(), 0);
+    let mut found = vec![];
+    for _ in 0..200 {
+        let Response::Threads(t) = f.daemon.handle(&admin(), Request::ThreadList { weaver: None }).await.unwrap()
+        else {
+            panic!()
+        };
+        if !t.is_empty() {
+            found = t;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(found.len(), 1, "the spooled thread was not stored");
+    assert_eq!(found[0].event_count, 2);
+    let Response::ThreadHits(hits) = f
+        .daemon
+        .handle(
+            &admin(),
+            Request::ThreadSearch { query: "undelivered_marker".into(), weaver: None, since: None, limit: None },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(hits.len(), 1);
 }
