@@ -197,9 +197,8 @@ pub fn append_events(
     validate_batch(sender_weaver, events)?;
     // IMMEDIATE: this transaction reads and then writes, and in WAL mode a deferred one that
     // finds another writer got in first fails at once with SQLITE_BUSY, busy timeout or not.
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql("starting an append"))?;
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql("starting an append"))?;
     let mut resp = AppendResponse::default();
     {
         let mut owner_q = tx
@@ -517,9 +516,8 @@ fn run_search(
 
 /// Removes a thread, its events and their index entries.
 pub fn delete_thread(conn: &mut Connection, id: &str) -> Result<(), ThreadsError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql("starting a delete"))?;
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql("starting a delete"))?;
     {
         let exists: Option<i64> = tx
             .query_row("SELECT 1 FROM threads WHERE id = ?1", [id], |r| r.get(0))
