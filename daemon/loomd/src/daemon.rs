@@ -687,7 +687,7 @@ impl Daemon {
         if let Err(e) = write_private(&env_path, crate::backend::nspawn_args::env_file(&vars).as_bytes()) {
             return self.fail(rec, format!("writing {}: {e}", env_path.display()));
         }
-        let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), env, binds_ro: self.binds_ro.clone() };
+        let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone() };
         match self.backend.prepare(&launch).await {
             Ok(Some(cgroup_id)) => {
                 for h in &self.hooks {

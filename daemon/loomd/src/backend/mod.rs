@@ -15,15 +15,14 @@ use loom_core::config::BackendKind;
 use loom_core::weaver::{WeaverId, WeaverSpec};
 use serde::{Deserialize, Serialize};
 
-/// Everything a backend needs to start one run of a weaver.
+/// Everything a backend needs to start one run of a weaver. Its environment is not here: the
+/// daemon writes it into the root's env file (see `nspawn_args::ENV_FILE`).
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub id: WeaverId,
     pub spec: WeaverSpec,
     /// The weaver's directory in the state dir: `root/`, `run/`, `log`.
     pub dir: PathBuf,
-    /// Variables loom sets inside (proxy URLs, tokens), on top of the spec's own.
-    pub env: Vec<(String, String)>,
     /// Extra read-only binds (`host path`, `path inside`), e.g. the agent binary.
     pub binds_ro: Vec<(PathBuf, String)>,
 }

@@ -798,7 +798,6 @@ mod tests {
             id: WeaverId::from_random([0xab, 2, 3, 4, 5, 6]),
             spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
             dir: dir.to_path_buf(),
-            env: vec![],
             binds_ro: vec![],
         }
     }
