@@ -65,6 +65,9 @@ pub struct CgroupHost {
     v2_controllers: Vec<String>,
     /// v1 mount points per controller, for those the v2 tree lacks.
     v1_roots: Vec<(String, PathBuf)>,
+    /// The `name=systemd` v1 hierarchy of hybrid hosts, where nspawn mirrors the weaver's
+    /// cgroup; it holds no limits, but its directories must go when the weaver does.
+    named_systemd: Option<PathBuf>,
     /// The folder under every hierarchy that holds loom's weavers.
     parent: String,
 }
@@ -74,6 +77,7 @@ impl CgroupHost {
         let mounts = fs::read_to_string("/proc/self/mounts").map_err(io_err(Path::new("/proc/self/mounts")))?;
         let mut unified_root = None;
         let mut v1 = Vec::new();
+        let mut named_systemd = None;
         for line in mounts.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             if f.len() < 4 {
@@ -82,6 +86,9 @@ impl CgroupHost {
             match f[2] {
                 "cgroup2" => unified_root = Some(PathBuf::from(f[1])),
                 "cgroup" => {
+                    if f[3].split(',').any(|o| o == "name=systemd") {
+                        named_systemd = Some(PathBuf::from(f[1]));
+                    }
                     for opt in f[3].split(',') {
                         if ["memory", "pids", "cpu"].contains(&opt) {
                             v1.push((opt.to_string(), PathBuf::from(f[1])));
@@ -96,7 +103,7 @@ impl CgroupHost {
         let v2_controllers: Vec<String> =
             fs::read_to_string(&ctl).map_err(io_err(&ctl))?.split_whitespace().map(str::to_string).collect();
         v1.retain(|(c, _)| !v2_controllers.contains(c));
-        Ok(CgroupHost { unified_root, v2_controllers, v1_roots: v1, parent: parent.to_string() })
+        Ok(CgroupHost { unified_root, v2_controllers, v1_roots: v1, named_systemd, parent: parent.to_string() })
     }
 
     pub fn paths(&self, id: &WeaverId) -> WeaverCgroups {
@@ -169,6 +176,9 @@ impl CgroupHost {
         kill_all(&paths);
         for dir in std::iter::once(&paths.unified).chain(&paths.v1) {
             remove_tree(dir)?;
+        }
+        if let Some(named) = &self.named_systemd {
+            remove_tree(&named.join(&self.parent).join(id.as_str()))?;
         }
         Ok(())
     }

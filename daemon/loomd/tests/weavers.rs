@@ -119,6 +119,12 @@ fn create_returns_once_the_first_process_runs_and_exec_works() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     d.cli_json(&["weaver", "rm", "--force", "sleeper"]);
     assert_eq!(d.cli_json(&["weaver", "ps"]), serde_json::json!([]));
+    // No cgroup of the weaver is left in any hierarchy (v2, v1 controllers, name=systemd).
+    let id = w["id"].as_str().unwrap();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = hierarchy.path().join("loom").join(id);
+        assert!(!left.exists(), "{} was left behind", left.display());
+    }
 }
 
 #[test]
