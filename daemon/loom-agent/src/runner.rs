@@ -16,7 +16,7 @@ use crate::llm::{ModelError, ModelReply, ModelRequest, Msg, ToolResult};
 use crate::machine::{Agent, AgentConfig, Step};
 use crate::policy::{Decision, IterationReport, Limits, Policy};
 use crate::spool::{EventsApi, Spool, SpoolError, now_ms};
-use crate::tools::{GroupGuard, ToolConfig, Workspace, kill_group, read_capped, tool_specs, truncate_middle};
+use crate::tools::{GroupGuard, ToolConfig, Workspace, read_capped, tool_specs, truncate_middle};
 
 /// What runs as the body of each iteration.
 #[derive(Debug, Clone)]
@@ -174,20 +174,8 @@ async fn run_command(
             tokio::spawn(read_capped(child.stderr.take(), cap.max(1024) * 2)),
         )
     };
-    let status = tokio::time::timeout(timeout, child.wait()).await;
-    let timed_out = status.is_err();
-    if timed_out && let Some(pg) = pgid {
-        kill_group(pg);
-    }
-    guard.0 = None;
-    let status = match status {
-        Ok(s) => s.ok(),
-        Err(_) => child.wait().await.ok(),
-    };
-    let grace = Duration::from_secs(2);
-    let o = tokio::time::timeout(grace, o).await.ok().and_then(Result::ok).unwrap_or_default();
-    let e = tokio::time::timeout(grace, e).await.ok().and_then(Result::ok).unwrap_or_default();
-    let mut output = o;
+    let crate::tools::Finished { status, timed_out, stdout: mut output, stderr: e } =
+        crate::tools::finish(&mut child, &mut guard, timeout, o, e).await;
     if !e.is_empty() {
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');

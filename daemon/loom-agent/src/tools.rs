@@ -387,21 +387,8 @@ impl Workspace {
         let cap = self.cfg.output_cap * 4;
         let out = tokio::spawn(read_capped(child.stdout.take(), cap));
         let err = tokio::spawn(read_capped(child.stderr.take(), cap));
-        let status = tokio::time::timeout(self.cfg.bash_timeout, child.wait()).await;
-        let timed_out = status.is_err();
-        if timed_out && let Some(pg) = pgid {
-            kill_group(pg);
-        }
-        // Finished by itself: what it started in the background may go on (a server to test).
-        guard.0 = None;
-        let status = match status {
-            Ok(s) => s.ok(),
-            Err(_) => child.wait().await.ok(),
-        };
-        // A grandchild that left the group could hold the pipes open: don't wait for it forever.
-        let grace = Duration::from_secs(2);
-        let stdout = tokio::time::timeout(grace, out).await.ok().and_then(Result::ok).unwrap_or_default();
-        let stderr = tokio::time::timeout(grace, err).await.ok().and_then(Result::ok).unwrap_or_default();
+        let Finished { status, timed_out, stdout, stderr } =
+            finish(&mut child, &mut guard, self.cfg.bash_timeout, out, err).await;
         let mut s = String::new();
         if timed_out {
             s.push_str(&format!(
@@ -437,6 +424,42 @@ fn which(bin: &str) -> bool {
 /// whole group with it, not just its first process. Disarmed (`.0 = None`) once it finished.
 #[derive(Debug)]
 pub struct GroupGuard(pub Option<i32>);
+
+/// How a command run by [`finish`] ended, with what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: Option<std::process::ExitStatus>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Waits for `child` up to `timeout`, killing its process group when the time is up, then
+/// collects its output. A command that finished by itself keeps what it started in the
+/// background (a server to test); the guard is disarmed either way.
+pub async fn finish(
+    child: &mut tokio::process::Child,
+    guard: &mut GroupGuard,
+    timeout: Duration,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+) -> Finished {
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    let timed_out = status.is_err();
+    if timed_out && let Some(pg) = guard.0 {
+        kill_group(pg);
+    }
+    guard.0 = None;
+    let status = match status {
+        Ok(s) => s.ok(),
+        Err(_) => child.wait().await.ok(),
+    };
+    // A grandchild that left the group could hold the pipes open: don't wait for it forever.
+    let grace = Duration::from_secs(2);
+    let stdout = tokio::time::timeout(grace, stdout).await.ok().and_then(Result::ok).unwrap_or_default();
+    let stderr = tokio::time::timeout(grace, stderr).await.ok().and_then(Result::ok).unwrap_or_default();
+    Finished { status, timed_out, stdout, stderr }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
