@@ -156,19 +156,26 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
     let mut buf = [0u8; 64];
     let _ = s.read(&mut buf).unwrap();
     drop(s);
+    // A duration no other process on the host has, so only this test's command matches.
+    let secs = format!("4242.{}", std::process::id());
     let mut exec = Command::new(loom_bin())
-        .args(["--socket", d.socket.to_str().unwrap(), "weaver", "exec", "steady", "--", "/bin/sleep", "4242"])
+        .args(["--socket", d.socket.to_str().unwrap(), "weaver", "exec", "steady", "--", "/bin/sleep", &secs])
         .spawn()
         .unwrap();
+    let pattern = format!("^/bin/sleep {secs}$");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pgrep("sleep 4242") {
+    let pids = loop {
+        let pids = pgrep(&pattern);
+        if !pids.is_empty() {
+            break pids;
+        }
         assert!(Instant::now() < deadline, "the exec'd command never started");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     exec.kill().unwrap();
     let _ = exec.wait();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pgrep("sleep 4242") {
+    while pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
         assert!(Instant::now() < deadline, "the exec'd command outlived its client");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -213,8 +220,10 @@ fn status_while_sending(d: &Loomd, head: &[u8], chunk: &[u8]) -> u16 {
     answer.join().unwrap()
 }
 
-fn pgrep(pattern: &str) -> bool {
-    Command::new("pgrep").args(["-f", pattern]).output().is_ok_and(|o| o.status.success())
+/// Pids whose full command line matches `pattern`.
+fn pgrep(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 #[test]

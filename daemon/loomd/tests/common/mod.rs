@@ -204,6 +204,34 @@ impl Drop for Loomd {
     }
 }
 
+/// One request to loomd's socket, the raw way, so tests can also send what the CLI never would.
+pub fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    read_response(&mut s)
+}
+
+/// Runs the real `loom` CLI against the loomd on `socket`.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(loom_bin()).arg("--socket").arg(socket).args(args).output().unwrap()
+}
+
+/// `loom --json ARGS`, which must succeed; `context` adds to the failure message (e.g. loomd's log).
+pub fn cli_json(socket: &Path, args: &[&str], context: impl Fn() -> String) -> serde_json::Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = cli(socket, &full);
+    assert!(out.status.success(), "loom {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), context());
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("loom {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
 pub fn read_response(s: &mut impl Read) -> std::io::Result<(u16, Vec<u8>)> {
     let mut raw = Vec::new();

@@ -3,10 +3,8 @@
 //! host directory so the host test drives it with raw HTTP and the real `loom` CLI.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use loom_systemd::harness::{self, BootedSystemd};
@@ -30,20 +28,7 @@ pub fn bootable(what: &str) -> bool {
     false
 }
 
-pub fn loomd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_loomd"))
-}
-
-/// The `loom` CLI from the same target directory (`cargo test --workspace` builds it).
-pub fn loom_bin() -> PathBuf {
-    let p = loomd_bin().with_file_name("loom");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p loom-cli` first)",
-        p.display()
-    );
-    p
-}
+pub use crate::common::{loom_bin, loomd_bin};
 
 /// A booted systemd with loomd (`--backend systemd`) running in it as the unit `loomd.service`.
 pub struct LoomdInSystemd {
@@ -167,15 +152,7 @@ impl LoomdInSystemd {
     }
 
     pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        crate::common::read_response(&mut s)
+        crate::common::request(&self.socket, method, path, body)
     }
 
     pub fn inspect(&self, key: &str) -> serde_json::Value {
@@ -207,21 +184,11 @@ impl LoomdInSystemd {
 
     /// Runs the real CLI against this loomd.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(loom_bin()).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+        crate::common::cli(&self.socket, args)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let out = self.cli(&full);
-        assert!(
-            out.status.success(),
-            "loom {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.loomd_journal()
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("loom {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        crate::common::cli_json(&self.socket, args, || self.loomd_journal())
     }
 
     pub fn create(&self, args: &[&str]) -> serde_json::Value {
