@@ -34,7 +34,7 @@ pub enum LlmError {
 
 impl KeySource for Secrets {
     fn key(&self, secret_path: &str) -> Option<Zeroizing<String>> {
-        self.get(secret_path).map(|s| Zeroizing::new(s.expose().to_string()))
+        self.get(secret_path)
     }
 }
 

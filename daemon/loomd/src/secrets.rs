@@ -5,7 +5,7 @@
 use std::sync::RwLock;
 
 use loom_core::config::Config;
-use loom_secrets::{SecretString, SecretTree};
+use loom_secrets::SecretTree;
 use serde::Serialize;
 
 #[derive(Debug)]
@@ -90,9 +90,9 @@ impl Secrets {
     }
 
     /// A copy of one secret for the proxy to inject; zeroed when the copy drops.
-    pub fn get(&self, path: &str) -> Option<SecretString> {
+    pub fn get(&self, path: &str) -> Option<zeroize::Zeroizing<String>> {
         match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
-            State::Loaded(tree) => tree.get(path).ok().map(|s| SecretString::new(s.expose().to_string())),
+            State::Loaded(tree) => tree.get(path).ok().map(|s| zeroize::Zeroizing::new(s.expose().to_string())),
             _ => None,
         }
     }
