@@ -10,33 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Loomd, loom_bin, privileged};
-
-fn ensure_group(name: &str) -> u32 {
-    let _ = Command::new("groupadd").arg("-f").arg(name).output();
-    nix::unistd::Group::from_name(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("group {name} could not be created"))
-        .gid
-        .as_raw()
-}
-
-fn as_user(d: &Loomd, uid: u32, gids: &[u32], args: &[&str]) -> Output {
-    let gids: Vec<nix::unistd::Gid> = gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
-    let primary = gids.first().copied().unwrap_or(nix::unistd::Gid::from_raw(uid));
-    let mut cmd = Command::new(loom_bin());
-    cmd.arg("--socket").arg(&d.socket).arg("--json").args(args);
-    // SAFETY: between fork and exec the child only drops its credentials.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&gids)?;
-            nix::unistd::setgid(primary)?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
-}
+use common::{Loomd, as_user, ensure_group, loom_bin, privileged};
 
 fn error_code(out: &Output) -> String {
     let v: serde_json::Value = serde_json::from_slice(&out.stderr)

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -259,6 +260,34 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[i + 2 + len + 2..];
     }
     out
+}
+
+/// A group of that name, made if missing; its gid.
+pub fn ensure_group(name: &str) -> u32 {
+    let _ = Command::new("groupadd").arg("-f").arg(name).output();
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("group {name} could not be created"))
+        .gid
+        .as_raw()
+}
+
+/// The real `loom` CLI with `--json`, run as another uid with these groups (the first is primary).
+pub fn as_user(d: &Loomd, uid: u32, gids: &[u32], args: &[&str]) -> Output {
+    let gids: Vec<nix::unistd::Gid> = gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let primary = gids.first().copied().unwrap_or(nix::unistd::Gid::from_raw(uid));
+    let mut cmd = Command::new(loom_bin());
+    cmd.arg("--socket").arg(&d.socket).arg("--json").args(args);
+    // SAFETY: between fork and exec the child only drops its credentials.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&gids)?;
+            nix::unistd::setgid(primary)?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
 }
 
 pub fn path_exists(p: &Path) -> bool {
