@@ -169,12 +169,15 @@ struct CreateArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
-    /// private, none or host.
+    /// private (loopback and the LLM proxy), none (loopback only) or host (admins only).
     #[arg(long)]
     network: Option<String>,
     /// never, on-failure or always.
     #[arg(long)]
     restart: Option<String>,
+    /// Let the weaver make user namespaces and mounts inside, for nested containers (admins only).
+    #[arg(long)]
+    nested: bool,
     /// The prompt file for the agent loop.
     #[arg(long, requires = "model")]
     prompt: Option<PathBuf>,
@@ -245,6 +248,7 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
         env,
         network: a.network,
         restart: a.restart,
+        nested: a.nested.then_some(true),
         command: a.command,
         agent,
     })

@@ -76,6 +76,9 @@ pub struct CreateWeaver {
     pub network: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
+    /// May make user namespaces and mounts inside (nested containers); admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

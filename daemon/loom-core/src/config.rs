@@ -112,6 +112,11 @@ pub struct WeaverDefaults {
     pub restart: RestartPolicy,
     /// How long `create` waits for the first process before it reports a failure.
     pub start_timeout: Span,
+    /// Whether new weavers may nest containers (user namespaces and mounts inside).
+    pub nested: bool,
+    /// Directories whose subdirectories operators may name with `--image`; admins may name
+    /// any root-owned directory.
+    pub image_roots: Vec<PathBuf>,
 }
 
 impl Default for WeaverDefaults {
@@ -125,6 +130,8 @@ impl Default for WeaverDefaults {
             network: NetworkMode::Private,
             restart: RestartPolicy::Never,
             start_timeout: Span(30),
+            nested: false,
+            image_roots: vec![],
         }
     }
 }

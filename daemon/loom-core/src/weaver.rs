@@ -98,10 +98,10 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkMode {
-    /// Its own network namespace; only loopback (and the LLM proxy) until routing is set up.
+    /// Its own network namespace: loopback and the LLM proxy.
     #[default]
     Private,
-    /// Its own network namespace with loopback only and no proxy.
+    /// Its own network namespace with loopback only: no proxy, no way out.
     None,
     /// The host's network namespace.
     Host,
@@ -242,6 +242,9 @@ pub struct WeaverSpec {
     pub env: BTreeMap<String, String>,
     pub network: NetworkMode,
     pub restart: RestartPolicy,
+    /// User namespaces and mounts allowed inside, for nested containers (see loomd's sandbox).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nested: bool,
     /// The command to run; empty when the agent loop runs.
     #[serde(default)]
     pub command: Vec<String>,
@@ -436,6 +439,7 @@ pub fn resolve_spec(
         env: req.env,
         network,
         restart,
+        nested: req.nested.unwrap_or(defaults.nested),
         command: req.command,
         agent: req.agent,
     })

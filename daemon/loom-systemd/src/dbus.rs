@@ -332,6 +332,9 @@ fn to_variant(v: &PropValue) -> Variant<'_> {
                 })
                 .collect::<Vec<_>>(),
         ),
+        PropValue::StrPairs(pairs) => {
+            Variant::from(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>())
+        }
     }
 }
 

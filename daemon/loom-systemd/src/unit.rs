@@ -151,7 +151,13 @@ pub enum PropValue {
     ByteArrays(Vec<Vec<u8>>),
     /// `a(sasb)`: (path, argv including argv[0], ignore-failure)
     ExecCommands(Vec<(String, Vec<String>, bool)>),
+    /// `a(ss)`, e.g. `DeviceAllow=`: (device, access)
+    StrPairs(Vec<(String, String)>),
 }
+
+/// Device nodes a weaver may open beyond the pseudo devices `DevicePolicy=closed` always
+/// allows (null, zero, full, random, urandom): its terminals. No host device node else.
+pub const WEAVER_DEVICES: [(&str, &str); 3] = [("/dev/tty", "rw"), ("/dev/ptmx", "rw"), ("char-pts", "rw")];
 
 /// The properties of `StartTransientUnit` for `spec`, in a stable order.
 pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static str, PropValue)>, SpecError> {
@@ -204,6 +210,11 @@ pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static s
         ("StandardError", PropValue::Str("journal".to_string())),
         ("SyslogIdentifier", PropValue::Str(spec.weaver_name.clone())),
         ("LogExtraFields", PropValue::ByteArrays(vec![format!("{WEAVER_FIELD}={id}").into_bytes()])),
+        ("DevicePolicy", PropValue::Str("closed".to_string())),
+        (
+            "DeviceAllow",
+            PropValue::StrPairs(WEAVER_DEVICES.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect()),
+        ),
     ];
     if !spec.environment.is_empty() {
         props.push(("Environment", PropValue::StrList(spec.environment.clone())));

@@ -57,6 +57,11 @@ impl WeaverCgroups {
 }
 
 /// The host's cgroup layout, found once at start.
+/// The device nodes a weaver may open, as v1 `devices.allow` rules: null, zero, full, random,
+/// urandom, its terminal, ptmx and its pseudo-terminals. nspawn's own /dev has no more.
+const WEAVER_DEVICES: [&str; 8] =
+    ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"];
+
 #[derive(Debug, Clone)]
 pub struct CgroupHost {
     /// The v2 mount point.
@@ -90,7 +95,7 @@ impl CgroupHost {
                         named_systemd = Some(PathBuf::from(f[1]));
                     }
                     for opt in f[3].split(',') {
-                        if ["memory", "pids", "cpu"].contains(&opt) {
+                        if ["memory", "pids", "cpu", "devices"].contains(&opt) {
                             v1.push((opt.to_string(), PathBuf::from(f[1])));
                         }
                     }
@@ -160,6 +165,14 @@ impl CgroupHost {
                     let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), limits.memory.0.to_string());
                 }
                 "pids" => write(&dir.join("pids.max"), &limits.tasks.to_string())?,
+                // Hybrid hosts: the v1 device controller does what `DevicePolicy=closed` does
+                // for the systemd backend (v2 has no device files; nspawn's /dev is all there is).
+                "devices" => {
+                    write(&dir.join("devices.deny"), "a")?;
+                    for rule in WEAVER_DEVICES {
+                        write(&dir.join("devices.allow"), rule)?;
+                    }
+                }
                 "cpu" => {
                     write(&dir.join("cpu.cfs_period_us"), "100000")?;
                     write(&dir.join("cpu.cfs_quota_us"), &limits.cpus.quota_us(100_000).to_string())?;

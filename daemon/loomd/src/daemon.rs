@@ -10,7 +10,7 @@ use loom_core::access::{AccessGroups, Caller, Role, may_touch};
 use loom_core::api::{CreateWeaver, ErrorCode, ExecRequest, Status, WeaverInfo};
 use loom_core::config::Config;
 use loom_core::restart::{Decision, RestartTracker};
-use loom_core::weaver::{WeaverId, WeaverState, resolve_spec};
+use loom_core::weaver::{Image, NetworkMode, WeaverId, WeaverState, resolve_spec};
 
 use crate::backend::{Backend, ExecPlan, Launch, Observed, RunHandle};
 use crate::rootfs;
@@ -302,7 +302,7 @@ impl Daemon {
         let role = self.authorize(caller, &req)?;
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
-            Request::CreateWeaver(req) => self.create(caller, *req).await.map(|i| Response::Weaver(Box::new(i))),
+            Request::CreateWeaver(req) => self.create(caller, role, *req).await.map(|i| Response::Weaver(Box::new(i))),
             Request::ListWeavers => {
                 let all = self.with_store(|s| s.list())?;
                 Ok(Response::Weavers(
@@ -578,11 +578,31 @@ impl Daemon {
         }
     }
 
-    async fn create(self: &Arc<Self>, caller: &Caller, req: CreateWeaver) -> Result<WeaverInfo, ApiError> {
+    async fn create(self: &Arc<Self>, caller: &Caller, role: Role, req: CreateWeaver) -> Result<WeaverInfo, ApiError> {
         let id = WeaverId::from_random(rand::random());
         let defaults = self.config().weaver;
         let spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        if role != Role::Admin {
+            if spec.network == NetworkMode::Host {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "--network host shares the host's network with the weaver: only root and the admin group may \
+                     ask for it; use private (the default) or none",
+                ));
+            }
+            if spec.nested && !defaults.nested {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "--nested lets the weaver make user namespaces and mounts: only root and the admin group may \
+                     ask for it unless `[weaver] nested = true`",
+                ));
+            }
+        }
+        if let Image::Dir(dir) = &spec.image {
+            crate::image::check(dir, &defaults.image_roots, role == Role::Admin)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        }
         if spec.command.is_empty() && spec.agent.is_none() {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -667,6 +687,11 @@ impl Daemon {
             }
         }
         let mut spec = rec.info.spec.clone();
+        if let Image::Dir(dir) = &spec.image
+            && let Err(e) = crate::image::check(dir, &[], true)
+        {
+            return self.fail(rec, e.to_string());
+        }
         if let Some(agent) = &spec.agent {
             if !self.binds_ro.iter().any(|(_, inside)| inside == AGENT_PATH) {
                 return self.fail(
@@ -968,13 +993,9 @@ impl Daemon {
         self.with_store(|s| s.get(id)).ok().flatten().is_some_and(|r| r.info.state.is_active())
     }
 
-    /// How to run a command inside a running weaver, with the environment its command has.
-    pub fn exec_plan(
-        &self,
-        caller: &Caller,
-        key: &str,
-        req: &ExecRequest,
-    ) -> Result<(ExecPlan, Vec<(String, String)>), ApiError> {
+    /// How to run a command inside a running weaver: the plan, the weaver's first process (to
+    /// enter) and whether it nests containers (for the sandbox the command gets).
+    pub fn exec_plan(&self, caller: &Caller, key: &str, req: &ExecRequest) -> Result<(ExecPlan, i32, bool), ApiError> {
         let role = self.authorize(caller, &"exec")?;
         let rec = self.lookup(caller, role, key)?;
         if req.command.is_empty() || req.command[0].is_empty() || req.command.iter().any(|a| a.contains('\0')) {
@@ -989,17 +1010,8 @@ impl Daemon {
                 format!("weaver {} is {}, not running: `loom weaver start` it first", rec.info.name, rec.info.state),
             ));
         };
-        let env = std::fs::read(format!("/proc/{pid}/environ"))
-            .map(|raw| {
-                raw.split(|b| *b == 0)
-                    .filter_map(|kv| {
-                        std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         tracing::info!(weaver = %rec.info.id, uid = caller.uid, command = %req.command[0], "exec");
-        Ok((self.backend.exec_plan(&rec.info.id, pid, &req.command, req.tty), env))
+        Ok((self.backend.exec_plan(&rec.info.id, &req.command), pid, rec.info.spec.nested))
     }
 }
 

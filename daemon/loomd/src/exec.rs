@@ -1,7 +1,7 @@
 //! `loom weaver exec`: a command run inside a weaver, its streams carried over an upgraded
 //! HTTP connection in frames (see [`loom_core::api::exec_frame`]).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -21,6 +21,104 @@ use crate::shim::join_cgroups;
 
 pub const UPGRADE_PROTOCOL: &str = "loom-exec";
 
+/// The environment of the process that enters a weaver, before the weaver's own is sourced.
+const EXEC_ENV: &[(&str, &str)] =
+    &[("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root"), ("LANG", "C.UTF-8")];
+
+/// Every namespace of a weaver but time (nspawn makes none).
+const WEAVER_NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP;
+
+/// A weaver's first process, held by a pidfd so that a pid reused after it ended can never be
+/// entered in its place.
+#[derive(Debug)]
+struct Target {
+    pidfd: OwnedFd,
+}
+
+impl Target {
+    /// Opens `pid` and checks, through the pidfd, that it is still the process whose cgroup path
+    /// has `cgroup_marker` as a component.
+    fn open(pid: i32, cgroup_marker: &str) -> Result<Target, ApiError> {
+        let gone = || {
+            ApiError::new(
+                ErrorCode::Conflict,
+                "the weaver's first process has ended: `loom weaver inspect` shows its state",
+            )
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(gone());
+        }
+        // SAFETY: the kernel just handed us this fd, and nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| gone())?;
+        let in_weaver =
+            cgroups.lines().filter_map(|l| l.splitn(3, ':').nth(2)).any(|p| p.split('/').any(|c| c == cgroup_marker));
+        // The pid could have been reused between pidfd_open and the read: only if the pidfd's
+        // process still lives did the read describe it.
+        // SAFETY: signal 0 through a pidfd we own only checks that its process exists.
+        let alive = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, 0, 0) } == 0;
+        if !alive {
+            return Err(gone());
+        }
+        if !in_weaver {
+            tracing::error!(pid, cgroup_marker, "a weaver's recorded pid is outside its cgroup; refusing exec");
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the weaver's recorded first process is no longer in the weaver: stop and start it",
+            ));
+        }
+        Ok(Target { pidfd })
+    }
+
+    /// In the child between fork and exec: becomes root of the weaver's user namespace inside
+    /// all its namespaces, at `/workspace`. A pid namespace only takes children, so this forks
+    /// once more: the parent stays behind to pass the exit status on, the child goes on to exec.
+    fn enter(&self) -> std::io::Result<()> {
+        let last = |rc: libc::c_long| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+        // SAFETY: plain syscalls on integers and a pidfd we own; no allocation, as a forked
+        // child of a threaded process requires.
+        unsafe {
+            last(libc::setns(self.pidfd.as_raw_fd(), WEAVER_NAMESPACES) as libc::c_long)?;
+            last(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+            last(libc::setresgid(0, 0, 0) as libc::c_long)?;
+            last(libc::setresuid(0, 0, 0) as libc::c_long)?;
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => {
+                    // The process left behind is the one loomd holds; if it dies, so does this.
+                    last(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+                    if libc::chdir(c"/workspace".as_ptr()) != 0 {
+                        last(libc::chdir(c"/".as_ptr()) as libc::c_long)?;
+                    }
+                    Ok(())
+                }
+                child => {
+                    // Close every fd but the standard three, among them the pipe on which the
+                    // spawning side waits for exec: its end is the grandchild's exec now.
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    let mut status = 0;
+                    while libc::waitpid(child, &mut status, 0) < 0 {
+                        if *libc::__errno_location() != libc::EINTR {
+                            libc::_exit(255);
+                        }
+                    }
+                    let code =
+                        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                    libc::_exit(code)
+                }
+            }
+        }
+    }
+}
+
 pub async fn start(
     daemon: Arc<Daemon>,
     caller: &Caller,
@@ -34,9 +132,17 @@ pub async fn start(
             format!("exec needs `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
         ));
     };
-    let (plan, env) = daemon.exec_plan(caller, key, &req)?;
+    let (plan, leader_pid, nested) = daemon.exec_plan(caller, key, &req)?;
+    let target = Target::open(leader_pid, &plan.cgroup_marker)?;
+    let filters = crate::sandbox::Filters::new(nested)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("preparing the exec sandbox: {e}")))?;
+    // Nothing of the weaver reaches this host process: a fixed program, a fixed environment.
+    // The weaver's own environment is sourced by the weaver's shell, once inside.
     let mut cmd = std::process::Command::new(&plan.argv[0]);
-    cmd.args(&plan.argv[1..]).env_clear().envs(env);
+    cmd.args(&plan.argv[1..]).env_clear().envs(EXEC_ENV.iter().copied());
+    if req.tty {
+        cmd.env("TERM", "xterm-256color");
+    }
     let joins = plan.join_cgroups.clone();
     let pty = if req.tty {
         let size = req.term_size.map(|(rows, cols)| nix::pty::Winsize {
@@ -52,8 +158,8 @@ pub async fn start(
             fd.try_clone().map_err(|e| ApiError::new(ErrorCode::Internal, format!("duplicating the terminal: {e}")))
         };
         cmd.stdin(Stdio::from(dup(&slave)?)).stdout(Stdio::from(dup(&slave)?)).stderr(Stdio::from(slave));
-        // SAFETY: between fork and exec the child only joins cgroups, starts a session and takes
-        // the terminal on fd 0: plain syscalls, no allocation.
+        // SAFETY: between fork and exec the child only makes syscalls (cgroups, session, the
+        // terminal, entering the weaver, confining itself); nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
                 join_cgroups(&joins)?;
@@ -61,19 +167,21 @@ pub async fn start(
                 if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                target.enter()?;
+                filters.confine()
             });
         }
         Some(pty.master)
     } else {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: the child only joins cgroups and starts a process group between fork and exec.
+        // SAFETY: as above, with a process group instead of a session.
         unsafe {
             cmd.pre_exec(move || {
                 join_cgroups(&joins)?;
                 nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
                     .map_err(std::io::Error::from)?;
-                Ok(())
+                target.enter()?;
+                filters.confine()
             });
         }
         None

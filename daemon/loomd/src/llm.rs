@@ -322,6 +322,10 @@ impl WeaverHooks for Llm {
         self.networks.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), network);
         // A new run gets a new token; the old run's listener ends with its registration.
         self.proxy.unregister_weaver(id.as_str());
+        if network == NetworkMode::None {
+            // `none` means no way out at all: no token, no listener, no proxy variables.
+            return Ok(vec![]);
+        }
         let totals = self.usage.totals(id.as_str());
         let token = self
             .proxy
@@ -345,6 +349,7 @@ impl WeaverHooks for Llm {
         }
         let network = self.networks.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied();
         let private = match network {
+            Some(NetworkMode::None) => return,
             Some(n) => n != NetworkMode::Host,
             // Adopted: a weaver in its own namespace has a different one from loomd's.
             None => {

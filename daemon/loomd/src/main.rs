@@ -2,7 +2,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "__shim") {
+    let first = args.nth(1);
+    if first.as_deref().is_some_and(|a| a == loomd::sandbox::SANDBOX_ARG) {
+        let rest: Vec<_> = args.collect();
+        return ExitCode::from(loomd::sandbox::run_entry(&rest) as u8);
+    }
+    if first.is_some_and(|a| a == "__shim") {
         let Some(run_dir) = args.next() else {
             eprintln!("loomd __shim needs a run directory");
             return ExitCode::from(2);

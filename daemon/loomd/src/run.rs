@@ -177,16 +177,18 @@ fn bind_socket(path: &Path, operator_gid: Option<u32>) -> anyhow::Result<UnixLis
     Ok(listener)
 }
 
-/// The in-weaver agent, bound read-only into every weaver when it sits next to loomd.
-fn agent_binds() -> Vec<(PathBuf, String)> {
-    let agent = std::env::current_exe().ok().map(|e| e.with_file_name("loom-agent"));
-    match agent {
-        Some(a) if a.is_file() => vec![(a, crate::daemon::AGENT_PATH.to_string())],
-        _ => {
-            tracing::warn!("loom-agent is not next to loomd: weavers with --prompt will not start until it is");
-            vec![]
-        }
+/// What every weaver gets bound read-only: loomd's own binary as the sandbox entry its first
+/// process runs (see `crate::sandbox`), and the in-weaver agent when it sits next to loomd.
+fn weaver_binds() -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let exe = std::env::current_exe().context("finding loomd's own binary, which every weaver runs first")?;
+    let mut binds = vec![(exe.clone(), crate::sandbox::SANDBOX_PATH.to_string())];
+    let agent = exe.with_file_name("loom-agent");
+    if agent.is_file() {
+        binds.push((agent, crate::daemon::AGENT_PATH.to_string()));
+    } else {
+        tracing::warn!("loom-agent is not next to loomd: weavers with --prompt will not start until it is");
     }
+    Ok(binds)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -235,7 +237,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         store,
         backend,
         hooks,
-        binds_ro: agent_binds(),
+        binds_ro: weaver_binds()?,
         secrets,
         threads: Some(threads),
         llm: Some(llm),

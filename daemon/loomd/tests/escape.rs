@@ -6,5 +6,9 @@
 
 mod common;
 
+#[path = "escape/exec.rs"]
+mod exec;
+#[path = "escape/kernel.rs"]
+mod kernel;
 #[path = "escape/support.rs"]
 mod support;

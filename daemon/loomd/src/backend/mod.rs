@@ -95,13 +95,28 @@ pub enum BackendError {
     Unsupported(&'static str),
 }
 
-/// A command to run inside a running weaver, as the host runs it.
+/// A command to run inside a running weaver. `exec` enters the weaver's namespaces itself
+/// (through a pidfd) and confines the process like the weaver's own before it runs `argv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecPlan {
+    /// What runs once inside: the weaver's shell, which sources the weaver's environment and
+    /// then execs the command.
     pub argv: Vec<String>,
     /// `cgroup.procs` files the process joins before it execs, so that it is audited and
     /// limited like the rest of the weaver.
     pub join_cgroups: Vec<PathBuf>,
+    /// A component of the weaver's cgroup path: the first process must still be below it.
+    pub cgroup_marker: String,
+}
+
+/// The shell line `argv` of an [`ExecPlan`] runs: the weaver's environment, then the command.
+const EXEC_SCRIPT: &str = "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; exec \"$@\"";
+
+/// `argv` for an [`ExecPlan`] running `command`.
+pub fn exec_argv(command: &[String]) -> Vec<String> {
+    let mut argv = vec!["/bin/sh".to_string(), "-c".into(), EXEC_SCRIPT.into(), "loom-exec".into()];
+    argv.extend(command.iter().cloned());
+    argv
 }
 
 #[async_trait::async_trait]
@@ -130,8 +145,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Frees what the backend holds for a weaver that will not run again (cgroups, units).
     async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError>;
 
-    /// How to run `command` inside the running weaver whose first process is `leader_pid`.
-    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], tty: bool) -> ExecPlan;
+    /// How to run `command` inside the running weaver.
+    fn exec_plan(&self, id: &WeaverId, command: &[String]) -> ExecPlan;
 
     /// The v2 cgroup id of a running weaver, for audit.
     fn cgroup_id(&self, id: &WeaverId) -> Option<u64>;

@@ -211,22 +211,13 @@ impl Backend for NspawnBackend {
         Ok(())
     }
 
-    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
+    fn exec_plan(&self, id: &WeaverId, command: &[String]) -> ExecPlan {
         let cg = self.cgroups.paths(id);
         let payload = cg.unified.join("payload");
         let unified = if payload.is_dir() { payload } else { cg.unified.clone() };
         let mut join: Vec<PathBuf> = vec![unified.join("cgroup.procs")];
         join.extend(cg.v1.iter().map(|p| p.join("cgroup.procs")));
-        let mut argv = vec![
-            "nsenter".to_string(),
-            format!("--target={leader_pid}"),
-            "--all".into(),
-            "--root".into(),
-            "--wd".into(),
-            "--".into(),
-        ];
-        argv.extend(command.iter().cloned());
-        ExecPlan { argv, join_cgroups: join }
+        ExecPlan { argv: super::exec_argv(command), join_cgroups: join, cgroup_marker: id.as_str().to_string() }
     }
 
     fn cgroup_id(&self, id: &WeaverId) -> Option<u64> {

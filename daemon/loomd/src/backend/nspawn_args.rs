@@ -6,6 +6,7 @@ use std::path::Path;
 use loom_core::weaver::NetworkMode;
 
 use super::Launch;
+use crate::sandbox;
 
 /// Whether nspawn registers the container with systemd-machined (only under systemd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,11 +14,6 @@ pub enum Register {
     No,
     Yes,
 }
-
-/// Capabilities a weaver's root never needs; inside a user namespace they are namespaced,
-/// and dropping them closes what is left of the kernel's attack surface.
-const DROPPED_CAPS: &str =
-    "CAP_SYS_MODULE,CAP_SYS_RAWIO,CAP_SYS_TIME,CAP_SYS_BOOT,CAP_MKNOD,CAP_AUDIT_CONTROL,CAP_NET_ADMIN";
 
 pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<String> {
     let spec = &launch.spec;
@@ -34,7 +30,11 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
         "--as-pid2".into(),
         "--console=pipe".into(),
         "--no-new-privileges=yes".into(),
-        format!("--drop-capability={DROPPED_CAPS}"),
+        // Capabilities and system calls: see `crate::sandbox`, which also confines the payload
+        // where nspawn's filter cannot (the flags of clone and unshare).
+        format!("--drop-capability={}", sandbox::dropped_cap_names(spec.nested).join(",")),
+        format!("--system-call-filter={}", sandbox::nspawn_syscall_allow()),
+        format!("--system-call-filter={}", sandbox::nspawn_syscall_filter(spec.nested)),
         "--chdir=/workspace".into(),
         "--setenv=LOOM_WORKSPACE=/workspace".into(),
         format!("--setenv=LOOM_WEAVER={}", launch.id),
@@ -57,9 +57,20 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
     // command line: any local user can read a process's argv.
     a.push("--".into());
-    a.extend(START_WRAPPER.iter().map(|s| s.to_string()));
+    a.extend(start_wrapper(spec.nested));
     a.extend(spec.command.iter().cloned());
     a
+}
+
+/// What runs first inside the weaver: the sandbox entry, then [`START_SCRIPT`], then the command.
+pub fn start_wrapper(nested: bool) -> Vec<String> {
+    let mut argv = vec![sandbox::SANDBOX_PATH.to_string(), sandbox::SANDBOX_ARG.to_string()];
+    if nested {
+        argv.push("--nested".into());
+    }
+    argv.push("--".into());
+    argv.extend(START_SCRIPT.iter().map(|s| s.to_string()));
+    argv
 }
 
 /// Inside the container, relative to its root: written right before the command is exec'd,
@@ -73,7 +84,7 @@ pub const ENV_FILE: &str = ".loom/env";
 /// Loads the weaver's environment, checks the command exists and drops the start marker, then
 /// execs the command. A missing command fails here, before the marker, so `create` reports it
 /// instead of a quick exit.
-const START_WRAPPER: [&str; 4] = [
+const START_SCRIPT: [&str; 4] = [
     "/bin/sh",
     "-c",
     "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\"",
@@ -119,8 +130,24 @@ mod tests {
             assert!(a.iter().any(|x| x == flag), "{flag} missing from {a:?}");
         }
         let sep = a.iter().position(|x| x == "--").unwrap();
-        assert_eq!(a[sep + 1..sep + 5], START_WRAPPER);
-        assert_eq!(a[sep + 5..], ["/bin/echo", "hi there"]);
+        let wrapper = start_wrapper(false);
+        assert_eq!(a[sep + 1..sep + 1 + wrapper.len()], wrapper);
+        assert_eq!(a[sep + 1..sep + 4], [sandbox::SANDBOX_PATH, sandbox::SANDBOX_ARG, "--"]);
+        assert_eq!(a[sep + 1 + wrapper.len()..], ["/bin/echo", "hi there"]);
+        let caps = a.iter().find_map(|x| x.strip_prefix("--drop-capability=")).unwrap();
+        assert!(caps.split(',').any(|c| c == "CAP_SYS_ADMIN"), "{caps}");
+        let filters: Vec<&str> = a.iter().filter_map(|x| x.strip_prefix("--system-call-filter=")).collect();
+        assert_eq!(filters[0], "ptrace", "{filters:?}");
+        assert!(filters[1].starts_with('~') && filters[1].contains("bpf"), "{filters:?}");
+    }
+
+    #[test]
+    fn a_nested_weaver_says_so_to_the_sandbox() {
+        let a = nspawn_argv(&launch(|r| r.nested = Some(true)), Register::No, false);
+        let sep = a.iter().position(|x| x == "--").unwrap();
+        assert_eq!(a[sep + 3], "--nested");
+        let filter = a.iter().filter_map(|x| x.strip_prefix("--system-call-filter=")).nth(1).unwrap();
+        assert!(!filter.split(' ').any(|c| c == "mount"), "{filter}");
     }
 
     #[test]

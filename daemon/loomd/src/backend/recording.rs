@@ -102,8 +102,8 @@ impl Backend for RecordingBackend {
         Ok(())
     }
 
-    fn exec_plan(&self, _id: &WeaverId, _leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
-        ExecPlan { argv: command.to_vec(), join_cgroups: vec![] }
+    fn exec_plan(&self, id: &WeaverId, command: &[String]) -> ExecPlan {
+        ExecPlan { argv: super::exec_argv(command), join_cgroups: vec![], cgroup_marker: id.to_string() }
     }
 
     fn cgroup_id(&self, _id: &WeaverId) -> Option<u64> {

@@ -139,7 +139,6 @@ pub struct SystemdBackend {
     nix_store: bool,
     /// Absolute, because systemd runs `ExecStart=` without a search path.
     nspawn: PathBuf,
-    nsenter: PathBuf,
     journalctl: PathBuf,
     cgroups: CgroupLayout,
     /// Each weaver's unit cgroup as systemd reported it, for the sync calls (exec, cgroup id).
@@ -314,7 +313,6 @@ impl SystemdBackend {
             start_timeout,
             nix_store: Path::new("/nix/store").is_dir(),
             nspawn: find_program("systemd-nspawn", "/usr/bin/systemd-nspawn"),
-            nsenter: find_program("nsenter", "/usr/bin/nsenter"),
             journalctl: find_program("journalctl", "/usr/bin/journalctl"),
             cgroups: CgroupLayout::detect(),
             control_groups: Mutex::default(),
@@ -719,17 +717,12 @@ impl Backend for SystemdBackend {
         Ok(())
     }
 
-    fn exec_plan(&self, id: &WeaverId, leader_pid: i32, command: &[String], _tty: bool) -> ExecPlan {
-        let mut argv = vec![
-            self.nsenter.display().to_string(),
-            format!("--target={leader_pid}"),
-            "--all".into(),
-            "--root".into(),
-            "--wd".into(),
-            "--".into(),
-        ];
-        argv.extend(command.iter().cloned());
-        ExecPlan { argv, join_cgroups: self.cgroups.join_files(&self.control_group(id)) }
+    fn exec_plan(&self, id: &WeaverId, command: &[String]) -> ExecPlan {
+        ExecPlan {
+            argv: super::exec_argv(command),
+            join_cgroups: self.cgroups.join_files(&self.control_group(id)),
+            cgroup_marker: format!("loom-weaver-{}.service", id.as_str()),
+        }
     }
 
     fn cgroup_id(&self, id: &WeaverId) -> Option<u64> {
@@ -851,9 +844,10 @@ mod tests {
         fs::create_dir_all(mem.join(&cg)).unwrap();
         let b = SystemdBackend::new(Arc::new(RecordingSystemd::new()), Duration::from_secs(5))
             .with_cgroups(CgroupLayout { unified: Some(v2.clone()), v1: vec![mem.clone(), pids] });
-        let plan = b.exec_plan(&id, 4242, &["/bin/echo".into(), "hi".into()], false);
-        assert!(plan.argv[0].starts_with('/') && plan.argv[0].ends_with("nsenter"), "{:?}", plan.argv);
-        assert_eq!(plan.argv[1..], ["--target=4242", "--all", "--root", "--wd", "--", "/bin/echo", "hi"]);
+        let plan = b.exec_plan(&id, &["/bin/echo".into(), "hi".into()]);
+        assert_eq!(plan.argv[0], "/bin/sh", "the weaver's own shell, after exec entered it: {:?}", plan.argv);
+        assert_eq!(plan.argv[4..], ["/bin/echo", "hi"]);
+        assert_eq!(plan.cgroup_marker, format!("loom-weaver-{id}.service"));
         assert_eq!(
             plan.join_cgroups,
             [v2.join(&cg).join("payload/cgroup.procs"), mem.join(&cg).join("cgroup.procs")],
