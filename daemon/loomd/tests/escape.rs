@@ -6,9 +6,12 @@
 
 mod common;
 
+mod common_systemd;
 #[path = "escape/exec.rs"]
 mod exec;
 #[path = "escape/kernel.rs"]
 mod kernel;
 #[path = "escape/support.rs"]
 mod support;
+#[path = "escape/systemd.rs"]
+mod systemd;
