@@ -43,7 +43,9 @@ fn actions_inside_a_weaver_are_audited_and_outside_ones_are_not() {
         return;
     }
     let d = Loomd::start_with_config(Some("[audit]\nrequired = true\nsink = \"ndjson\"\n"));
-    let w = d.cli_json(&["weaver", "create", "--name", "audited", "--", "/bin/sh", "-c", ACTIONS]);
+    // Nested, so that the mount attempt reaches the kernel's tracepoints: a plain weaver's
+    // seccomp filter refuses mount before any tracepoint runs (see loomd's sandbox).
+    let w = d.cli_json(&["weaver", "create", "--name", "audited", "--nested", "--", "/bin/sh", "-c", ACTIONS]);
     let id = w["id"].as_str().unwrap().to_string();
     d.wait_for("audited", "exited", Duration::from_secs(30), |v| v["state"] == "exited");
     // Outside any weaver: the same kind of action must leave no trace.
