@@ -6,5 +6,9 @@
 
 mod common;
 
+mod fake_upstream;
 #[path = "escape/support.rs"]
 mod support;
+
+#[path = "escape/proxy.rs"]
+mod proxy;
