@@ -11,9 +11,9 @@ use hyper::body::Incoming;
 
 use tokio::time::{Duration, Instant, Sleep};
 
+use crate::call::Call;
 use crate::config::ApiFamily;
 use crate::errors::stream_error_event;
-use crate::proxy::Call;
 use crate::usage::{UsageScanner, UsageStatus};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

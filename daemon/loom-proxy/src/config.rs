@@ -178,6 +178,12 @@ impl Default for PriceTable {
 }
 
 impl PriceTable {
+    /// The highest input price in the table (the default included): what a call whose usage
+    /// is unknown is charged at.
+    pub fn highest_input(&self) -> f64 {
+        self.models.values().map(|p| p.input).fold(self.default.input, f64::max)
+    }
+
     pub fn price_for(&self, model: &str) -> Price {
         if let Some(p) = self.models.get(model) {
             return *p;

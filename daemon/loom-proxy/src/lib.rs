@@ -10,9 +10,12 @@
 //! # Map
 //! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure), price table.
 //! - [`route`]: endpoint classification, provider choice, upstream paths (pure).
+//! - [`allow`]: the endpoints forwarded per provider surface, matched exactly (pure).
+//! - [`charge`]: what a call costs, also when its response reports no usage (pure).
 //! - [`usage`]: usage extraction from JSON and SSE as bytes pass (pure), records, the sink.
 //! - [`limits`]: the per-weaver ledger: budgets, requests per minute, concurrency (pure).
 //! - `proxy`: identity, the request pipeline, retries and fallbacks, the serving loop.
+//! - `call`: one request's accounting, settled exactly once.
 //! - `body`: the response body that forwards upstream frames as they come and settles the
 //!   request's accounting when it ends, breaks or is dropped.
 //! - `vertex`: service-account JWT (RS256) → OAuth access token, cached.
@@ -21,6 +24,9 @@
 //! # Invariants
 //! - A provider key never appears in a response (upstream 401/403 bodies are replaced, other
 //!   error bodies have the key redacted), a log line or a `Debug` print.
+//! - Only the inference endpoints in [`allow`]'s tables reach a provider; every other path is
+//!   refused before the upstream is contacted.
+//! - Every forwarded call is charged something: no response without usage is free.
 //! - A request is attributed to exactly one weaver: its token must be registered and, on a
 //!   bound listener, belong to that listener's weaver.
 //! - Each admitted request is settled exactly once (completion, failure, client disconnect):
@@ -43,7 +49,10 @@
 //! // on removal: proxy.unregister_weaver("w-123") (the bound serve() returns)
 //! ```
 
+pub mod allow;
 mod body;
+mod call;
+pub mod charge;
 pub mod config;
 mod errors;
 pub mod limits;

@@ -89,14 +89,54 @@ pub struct Reservation {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// Requests in flight and in the last minute, against `max_concurrent` and
+/// `requests_per_minute`.
+#[derive(Debug, Default)]
+struct Gate {
+    in_flight: u32,
+    recent: VecDeque<Instant>,
+}
+
+impl Gate {
+    fn enter(&mut self, limits: &WeaverLimits, now: Instant) -> Result<(), Refusal> {
+        if let Some(limit) = limits.max_concurrent
+            && self.in_flight >= limit
+        {
+            return Err(Refusal::Concurrency { limit });
+        }
+        if let Some(limit) = limits.requests_per_minute {
+            while self.recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+                self.recent.pop_front();
+            }
+            if self.recent.len() >= limit as usize {
+                let oldest = self.recent.front().copied().unwrap_or(now);
+                return Err(Refusal::RequestsPerMinute {
+                    limit,
+                    retry_after: MINUTE.saturating_sub(now.duration_since(oldest)),
+                });
+            }
+            self.recent.push_back(now);
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
 #[derive(Debug)]
 pub struct Ledger {
     pub limits: WeaverLimits,
     pub totals: WeaverTotals,
     reserved_tokens: u64,
     reserved_usd: f64,
-    in_flight: u32,
-    recent: VecDeque<Instant>,
+    /// Model calls.
+    calls: Gate,
+    /// loomd's own routes (thread events): the same limits, counted apart, so neither kind of
+    /// request can starve the other.
+    local: Gate,
 }
 
 impl Ledger {
@@ -106,8 +146,8 @@ impl Ledger {
             totals: WeaverTotals::default(),
             reserved_tokens: 0,
             reserved_usd: 0.0,
-            in_flight: 0,
-            recent: VecDeque::new(),
+            calls: Gate::default(),
+            local: Gate::default(),
         }
     }
 
@@ -121,33 +161,30 @@ impl Ledger {
     /// Takes a concurrency slot and a requests-per-minute slot, before the request's body is
     /// even read (so a weaver cannot hold more bodies in loomd's memory than its limit).
     pub fn enter(&mut self, now: Instant) -> Result<(), Refusal> {
-        if let Some(limit) = self.limits.max_concurrent
-            && self.in_flight >= limit
-        {
+        let r = self.calls.enter(&self.limits, now);
+        if r.is_err() {
             self.totals.refused += 1;
-            return Err(Refusal::Concurrency { limit });
         }
-        if let Some(limit) = self.limits.requests_per_minute {
-            while self.recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
-                self.recent.pop_front();
-            }
-            if self.recent.len() >= limit as usize {
-                let oldest = self.recent.front().copied().unwrap_or(now);
-                self.totals.refused += 1;
-                return Err(Refusal::RequestsPerMinute {
-                    limit,
-                    retry_after: MINUTE.saturating_sub(now.duration_since(oldest)),
-                });
-            }
-            self.recent.push_back(now);
-        }
-        self.in_flight += 1;
-        Ok(())
+        r
     }
 
     /// Gives back the slot of a request that [`Ledger::enter`]ed but never went upstream.
     pub fn leave(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.calls.leave();
+    }
+
+    /// [`Ledger::enter`] for a request to loomd's own routes.
+    pub fn enter_local(&mut self, now: Instant) -> Result<(), Refusal> {
+        let r = self.local.enter(&self.limits, now);
+        if r.is_err() {
+            self.totals.refused += 1;
+        }
+        r
+    }
+
+    /// Gives back a slot [`Ledger::enter_local`] took.
+    pub fn leave_local(&mut self) {
+        self.local.leave();
     }
 
     /// Reserves a request's worst case against the budgets (after [`Ledger::enter`]).
@@ -183,7 +220,7 @@ impl Ledger {
     pub fn settle(&mut self, reserved: Reservation, usage: &crate::usage::Usage, cost_usd: f64, failed: bool) {
         self.reserved_tokens = self.reserved_tokens.saturating_sub(reserved.tokens);
         self.reserved_usd = (self.reserved_usd - reserved.usd).max(0.0);
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.calls.leave();
         let t = &mut self.totals;
         t.requests += 1;
         if failed {
@@ -205,7 +242,7 @@ impl Ledger {
             totals: self.totals.clone(),
             reserved_tokens: self.reserved_tokens,
             reserved_usd: self.reserved_usd,
-            in_flight: self.in_flight,
+            in_flight: self.calls.in_flight,
         }
     }
 }
@@ -272,6 +309,29 @@ mod tests {
         assert!(l.admit(now, res(0, 0.0)).is_ok());
         assert_eq!(l.totals.failed, 1);
         assert_eq!(l.snapshot().in_flight, 1);
+    }
+
+    #[test]
+    fn local_routes_have_the_same_limits_counted_apart() {
+        let mut l = Ledger::new(WeaverLimits {
+            max_concurrent: Some(1),
+            requests_per_minute: Some(2),
+            ..WeaverLimits::unlimited()
+        });
+        let t0 = Instant::now();
+        let call = l.admit(t0, res(0, 0.0)).unwrap();
+        l.enter_local(t0).unwrap();
+        assert_eq!(l.enter_local(t0), Err(Refusal::Concurrency { limit: 1 }));
+        l.leave_local();
+        l.enter_local(t0).unwrap();
+        l.leave_local();
+        let e = l.enter_local(t0 + Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e, Refusal::RequestsPerMinute { limit: 2, retry_after: Duration::from_secs(30) });
+        // Model calls kept their own slot and count.
+        l.settle(call, &Usage::default(), 0.0, false);
+        assert!(l.admit(t0, res(0, 0.0)).is_ok());
+        assert_eq!(l.totals.refused, 2);
+        assert!(l.enter_local(t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

@@ -29,7 +29,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::allow::{self, Meter};
 use crate::body::{MeteredBody, ProxyBody};
+use crate::call::{Call, CallState};
+use crate::charge;
 use crate::config::{ApiFamily, ProviderConfig, ProviderKind, ProxyConfig};
 use crate::errors::{ErrorKind, error_response};
 use crate::limits::{Ledger, Refusal, Reservation, WeaverLimits, WeaverTotals, WeaverUsage};
@@ -49,6 +52,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// authenticated requests, with the weaver they come from.
 pub trait LocalRoutes: Send + Sync + 'static {
     fn handle(&self, weaver_id: String, request: Request<Bytes>) -> BoxFuture<'static, Response<Bytes>>;
+
+    /// The largest request body these routes take; a bigger one is refused with 413 as soon
+    /// as it crosses this, before the rest arrives.
+    fn max_body_bytes(&self) -> usize {
+        1024 * 1024
+    }
 }
 
 /// A weaver's credential for the proxy: what its SDKs send as their "API key".
@@ -114,7 +123,7 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub(crate) struct Inner {
     pub(crate) config: ProxyConfig,
     keys: Arc<dyn KeySource>,
-    sink: Arc<dyn UsageSink>,
+    pub(crate) sink: Arc<dyn UsageSink>,
     local: Option<Arc<dyn LocalRoutes>>,
     client: HttpClient,
     /// Clients of providers with their own `ca_file`.
@@ -392,19 +401,24 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A weaver's concurrency slot between [`Ledger::enter`] and the [`Call`] taking it over;
-/// given back if the request ends before reaching a provider.
-struct Slot(Option<Arc<Weaver>>);
+/// given back if the request ends before reaching a provider. A slot of loomd's own routes
+/// (`local`) is held until their answer is ready.
+struct Slot {
+    weaver: Option<Arc<Weaver>>,
+    local: bool,
+}
 
 impl Slot {
     fn disarm(&mut self) {
-        self.0 = None;
+        self.weaver = None;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(w) = self.0.take() {
-            lock(&w.ledger).leave();
+        if let Some(w) = self.weaver.take() {
+            let mut ledger = lock(&w.ledger);
+            if self.local { ledger.leave_local() } else { ledger.leave() }
         }
     }
 }
@@ -430,6 +444,10 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     // Usage is read from the response as it passes, so it must arrive uncompressed.
     "accept-encoding",
     "x-loom-thread",
+    // Some servers take these as the real method: the allow-list matched the request's own.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 const STRIPPED_RESPONSE_HEADERS: &[&str] =
@@ -472,6 +490,8 @@ struct Outgoing<'a> {
     family: ApiFamily,
 }
 
+const UNKNOWN_TOKEN: &str = "loom proxy: unknown or revoked weaver token; a weaver can use only its own (ANTHROPIC_API_KEY, OPENAI_API_KEY or LOOM_PROXY_TOKEN in its environment)";
+
 impl Inner {
     fn weaver(&self, id: &str) -> Option<Arc<Weaver>> {
         let reg = self.registry.read().unwrap_or_else(|e| e.into_inner());
@@ -506,16 +526,13 @@ impl Inner {
             reg.by_token.get(token).cloned()
         };
         match (found, bound) {
-            (None, _) => Err((
-                StatusCode::UNAUTHORIZED,
-                ErrorKind::Authentication,
-                "loom proxy: unknown or revoked weaver token".into(),
-            )),
-            (Some(w), Some(b)) if w.id != b.id => Err((
-                StatusCode::FORBIDDEN,
-                ErrorKind::Permission,
-                "loom proxy: this token belongs to another weaver than the one this listener serves".into(),
-            )),
+            (None, _) => Err((StatusCode::UNAUTHORIZED, ErrorKind::Authentication, UNKNOWN_TOKEN.into())),
+            (Some(w), Some(b)) if w.id != b.id => {
+                // Another weaver's token reached this one: it leaked. It is no credential here,
+                // and the answer is the unknown token's, so it tells nothing about the token.
+                tracing::warn!(listener = %b.id, token_of = %w.id, "proxy refused another weaver's token");
+                Err((StatusCode::UNAUTHORIZED, ErrorKind::Authentication, UNKNOWN_TOKEN.into()))
+            }
             (Some(w), _) => Ok(w),
         }
     }
@@ -568,6 +585,37 @@ impl Inner {
             _ => {}
         }
 
+        // The allow-list, before anything else is done for the request.
+        let checked = match (&endpoint, passthrough_provider) {
+            (Endpoint::Local, _) => None,
+            (Endpoint::Passthrough { provider, rest }, Some(p)) => Some(allow::check_passthrough(
+                provider,
+                p.kind,
+                p.api,
+                &p.base_url,
+                req.method(),
+                rest,
+                req.uri().query(),
+            )),
+            (Endpoint::Passthrough { .. }, None) => return internal_error(shape),
+            (e, _) => Some(allow::check_direct(
+                e.family().unwrap_or(ApiFamily::OpenAi),
+                req.method(),
+                req.uri().path(),
+                req.uri().query(),
+            )),
+        };
+        let meter = match checked {
+            None => Meter::Flat,
+            Some(Ok(m)) => m,
+            Some(Err(forbidden)) => {
+                let msg = forbidden.to_string();
+                tracing::info!(weaver = %weaver.id, method = %req.method(), "proxy refused a request: {msg}");
+                lock(&weaver.ledger).totals.refused += 1;
+                return error_response(shape, StatusCode::FORBIDDEN, ErrorKind::Permission, &msg);
+            }
+        };
+
         let thread = match req.headers().get("x-loom-thread") {
             None => None,
             Some(v) => match v.to_str() {
@@ -589,25 +637,29 @@ impl Inner {
             },
         };
 
-        // loomd's own routes are not model calls: no model limits apply.
-        if endpoint != Endpoint::Local
-            && let Err(refusal) = lock(&weaver.ledger).enter(started)
-        {
+        // loomd's own routes take the same limits as model calls, counted apart.
+        let local = endpoint == Endpoint::Local;
+        let entered =
+            if local { lock(&weaver.ledger).enter_local(started) } else { lock(&weaver.ledger).enter(started) };
+        if let Err(refusal) = entered {
             return refused(shape, &weaver.id, &refusal);
         }
-        let mut slot = Slot(Some(weaver.clone()));
-        if endpoint == Endpoint::Local {
-            slot.disarm();
-        }
+        let mut slot = Slot { weaver: Some(weaver.clone()), local };
 
         let (parts, body) = req.into_parts();
-        let body = match self.read_body(body, shape).await {
+        let max_body = match &self.local {
+            Some(routes) if local => routes.max_body_bytes().min(self.config.max_request_bytes),
+            _ => self.config.max_request_bytes,
+        };
+        let body = match self.read_body(body, shape, max_body).await {
             Ok(b) => b,
             Err(r) => return r,
         };
 
-        if endpoint == Endpoint::Local {
-            return self.local(weaver, parts, body).await;
+        if local {
+            let resp = self.local(weaver, parts, body).await;
+            drop(slot);
+            return resp;
         }
 
         // Look into the JSON body: model, streaming, output bound.
@@ -674,23 +726,24 @@ impl Inner {
             && streaming
             && peek.as_ref().and_then(|p| p.stream_options.as_ref()).and_then(|s| s.include_usage) != Some(true);
 
-        // Budget reservation: the worst case of this call. Passthrough POSTs reserve even
-        // without a `model` in the body (Vertex-style URLs name it in the path), priced at the
-        // default price, and are charged what their response reports.
-        let names_model = upstream_model.is_some();
-        let billable = endpoint.billable()
-            && (names_model || (matches!(endpoint, Endpoint::Passthrough { .. }) && parts.method == Method::POST));
-        let want = if billable {
-            let p = peek.as_ref();
-            let out = p
-                .and_then(|p| p.max_tokens.or(p.max_completion_tokens).or(p.max_output_tokens))
-                .unwrap_or(self.config.default_output_tokens);
-            let input = (body.len() as u64 / 4).min(400_000);
-            let price = self.config.prices.price_for(upstream_model.unwrap_or(""));
-            let est = Usage { input_tokens: input, output_tokens: out, ..Usage::default() };
-            Reservation { tokens: est.total(), usd: price.cost(&est) }
-        } else {
-            Reservation::default()
+        // Budget reservation: the worst case of this call. A generating call without a `model`
+        // in its body (Vertex-style URLs name it in the path) is priced at the default price;
+        // any other call reserves the floor it is charged when no usage comes back.
+        let want = match meter {
+            Meter::Generate => {
+                let p = peek.as_ref();
+                let out = p
+                    .and_then(|p| p.max_tokens.or(p.max_completion_tokens).or(p.max_output_tokens))
+                    .unwrap_or(self.config.default_output_tokens);
+                let price = self.config.prices.price_for(upstream_model.unwrap_or(""));
+                let est =
+                    Usage { input_tokens: charge::estimated_input(body.len()), output_tokens: out, ..Usage::default() };
+                Reservation { tokens: est.total(), usd: price.cost(&est) }
+            }
+            Meter::Flat => {
+                let (usage, usd) = charge::floor(&self.config.prices, body.len());
+                Reservation { tokens: usage.total(), usd }
+            }
         };
         let reserved = lock(&weaver.ledger).reserve(want);
         let reservation = match reserved {
@@ -707,7 +760,11 @@ impl Inner {
                 inner: self.clone(),
                 weaver: weaver.clone(),
                 reservation,
-                charge_if_unreported: billable && names_model,
+                meter,
+                request_bytes: body.len(),
+                upstream_status: None,
+                reached: false,
+                attempt_out: false,
                 record: UsageRecord {
                     weaver: weaver.id.clone(),
                     thread,
@@ -781,21 +838,29 @@ impl Inner {
             s.record.model = used.model.clone().unwrap_or_default();
             s.record.time_to_first_byte = s.started.elapsed();
             s.record.http_status = resp.status().as_u16();
+            s.upstream_status = Some(resp.status().as_u16());
         });
         self.respond(resp, call, shape, used.provider, key).await
     }
 
-    async fn read_body(&self, body: Incoming, shape: ApiFamily) -> Result<Bytes, Response<ProxyBody>> {
-        let max = self.config.max_request_bytes;
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect()).await;
-        match read {
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error_response(
+    /// Reads a request body of at most `max` bytes: one that declares more is refused at once,
+    /// and one that grows past it is refused as soon as it does, not read to its end.
+    async fn read_body(&self, body: Incoming, shape: ApiFamily, max: usize) -> Result<Bytes, Response<ProxyBody>> {
+        let too_large = || {
+            error_response(
                 shape,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorKind::TooLarge,
-                &format!("loom proxy: request body is over {max} bytes ([proxy] max_request_bytes)"),
-            )),
+                &format!("loom proxy: request body is over {max} bytes, the limit of this endpoint; send less"),
+            )
+        };
+        if http_body::Body::size_hint(&body).lower() > max as u64 {
+            return Err(too_large());
+        }
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect()).await;
+        match read {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
             Ok(Err(e)) => Err(error_response(
                 shape,
                 StatusCode::BAD_REQUEST,
@@ -881,7 +946,10 @@ impl Inner {
             };
             for attempt in 0..retry.max_attempts {
                 let is_last_attempt = attempt + 1 == retry.max_attempts;
-                call.with(|s| s.record.attempts += 1);
+                call.with(|s| {
+                    s.record.attempts += 1;
+                    s.attempt_out = true;
+                });
                 let req = build_request(out, &uri, target.provider, key.as_ref().map(|k| k.as_str()), body.clone());
                 let req = match req {
                     Ok(r) => r,
@@ -895,6 +963,11 @@ impl Inner {
                     self.own_ca.get(&target.provider.name).unwrap_or(&self.client).request(req),
                 )
                 .await;
+                let connect_failed = matches!(&result, Ok(Err(e)) if e.is_connect());
+                call.with(|s| {
+                    s.attempt_out = false;
+                    s.reached |= !connect_failed;
+                });
                 let delay = match result {
                     Ok(Ok(resp)) => {
                         let status = resp.status();
@@ -1158,86 +1231,6 @@ fn build_request(
         }
     }
     Ok(req)
-}
-
-/// One request's accounting: reservation, record, and closing them exactly once, also when the
-/// client goes away mid-way.
-#[derive(Debug)]
-pub struct Call {
-    state: Option<CallState>,
-}
-
-struct CallState {
-    inner: Arc<Inner>,
-    weaver: Arc<Weaver>,
-    reservation: Reservation,
-    /// A model call answered without usage is charged its reservation.
-    charge_if_unreported: bool,
-    record: UsageRecord,
-    started: Instant,
-}
-
-impl fmt::Debug for CallState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallState").field("record", &self.record).finish_non_exhaustive()
-    }
-}
-
-impl Call {
-    fn with(&mut self, f: impl FnOnce(&mut CallState)) {
-        if let Some(s) = &mut self.state {
-            f(s);
-        }
-    }
-
-    /// Reconciles the budget with what was used and hands the record to the sink.
-    pub(crate) fn finish(&mut self, status: UsageStatus, usage: Option<Usage>) {
-        if let Some(s) = self.state.take() {
-            s.finish(status, usage);
-        }
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if let Some(s) = self.state.take() {
-            s.finish(UsageStatus::ClientClosed, None);
-        }
-    }
-}
-
-impl CallState {
-    fn finish(mut self, status: UsageStatus, usage: Option<Usage>) {
-        let price = self.inner.config.prices.price_for(&self.record.model);
-        let got_response = (200..300).contains(&self.record.http_status);
-        let (usage, reported, cost) = match usage {
-            Some(u) => (u, true, price.cost(&u)),
-            // A model call that was answered but told no usage is charged its reservation:
-            // budgets must hold even against a provider that omits usage.
-            None if self.charge_if_unreported && got_response => {
-                (Usage { input_tokens: self.reservation.tokens, ..Usage::default() }, false, self.reservation.usd)
-            }
-            None => (Usage::default(), false, 0.0),
-        };
-        let failed = !matches!(status, UsageStatus::Ok);
-        lock(&self.weaver.ledger).settle(self.reservation, &usage, cost, failed);
-        self.record.usage = usage;
-        self.record.usage_reported = reported;
-        self.record.cost_usd = cost;
-        self.record.status = status;
-        self.record.latency = self.started.elapsed();
-        tracing::debug!(
-            weaver = %self.record.weaver,
-            provider = %self.record.provider,
-            model = %self.record.model,
-            status = self.record.status.as_str(),
-            http_status = self.record.http_status,
-            input = usage.input_tokens,
-            output = usage.output_tokens,
-            "proxied request finished"
-        );
-        self.inner.sink.record(self.record);
-    }
 }
 
 #[cfg(test)]

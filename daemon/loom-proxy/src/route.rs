@@ -8,7 +8,7 @@ use crate::config::{ApiFamily, BaseUrl, ProxyConfig};
 pub enum Endpoint {
     /// `/v1/messages`
     AnthropicMessages,
-    /// `/v1/messages/count_tokens` (free: not charged to a budget)
+    /// `/v1/messages/count_tokens`
     AnthropicCountTokens,
     /// `/v1/models...` asked with Anthropic headers
     AnthropicModels,
@@ -18,7 +18,8 @@ pub enum Endpoint {
     OpenAiResponses,
     /// `/v1/models...`
     OpenAiModels,
-    /// `/proxy/{provider}/{rest}`: sent to `{base_url}/{rest}` untouched.
+    /// `/proxy/{provider}/{rest}`: sent to `{base_url}/{rest}` untouched, if [`crate::allow`]
+    /// lets it through.
     Passthrough {
         provider: String,
         rest: String,
@@ -70,11 +71,6 @@ impl Endpoint {
     /// Whether its JSON body names a `model` that routes the request.
     pub fn routes_by_model(&self) -> bool {
         matches!(self, Self::AnthropicMessages | Self::AnthropicCountTokens | Self::OpenAiChat | Self::OpenAiResponses)
-    }
-
-    /// Whether calls on it cost money.
-    pub fn billable(&self) -> bool {
-        matches!(self, Self::AnthropicMessages | Self::OpenAiChat | Self::OpenAiResponses | Self::Passthrough { .. })
     }
 }
 

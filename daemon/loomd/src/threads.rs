@@ -42,6 +42,11 @@ fn error(status: StatusCode, message: String) -> Response<Bytes> {
 }
 
 impl LocalRoutes for Threads {
+    /// The proxy refuses a bigger batch while it streams in, so none is ever held whole.
+    fn max_body_bytes(&self) -> usize {
+        loom_threads::wire::MAX_BATCH_BYTES
+    }
+
     fn handle(&self, weaver_id: String, request: Request<Bytes>) -> BoxFuture<'static, Response<Bytes>> {
         let conn = self.conn.clone();
         Box::pin(async move {

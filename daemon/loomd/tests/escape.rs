@@ -7,11 +7,15 @@
 mod common;
 
 mod common_systemd;
+mod fake_upstream;
+#[path = "escape/support.rs"]
+mod support;
+
 #[path = "escape/exec.rs"]
 mod exec;
 #[path = "escape/kernel.rs"]
 mod kernel;
-#[path = "escape/support.rs"]
-mod support;
+#[path = "escape/proxy.rs"]
+mod proxy;
 #[path = "escape/systemd.rs"]
 mod systemd;

@@ -4,83 +4,12 @@
 //! on 127.0.0.1 speaking their real streaming wire formats.
 
 mod common;
+mod fake_upstream;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Loomd, privileged};
-
-/// A fake Anthropic + OpenAI upstream: answers every request with the real SSE sequence of
-/// the API its path belongs to, and records each request's auth header.
-struct FakeUpstream {
-    port: u16,
-    seen_auth: Arc<Mutex<Vec<String>>>,
-}
-
-const ANTHROPIC_SSE: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
-event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello from anthropic\"}}\n\n\
-event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n\
-event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-
-const OPENAI_SSE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hello from openai\"},\"finish_reason\":null}]}\n\n\
-data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
-data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5,\"total_tokens\":14}}\n\n\
-data: [DONE]\n\n";
-
-impl FakeUpstream {
-    fn start() -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen_auth = Arc::new(Mutex::new(vec![]));
-        let seen = seen_auth.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || serve_one(stream, seen));
-            }
-        });
-        FakeUpstream { port, seen_auth }
-    }
-}
-
-fn serve_one(stream: std::net::TcpStream, seen: Arc<Mutex<Vec<String>>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if lower.starts_with("x-api-key:") || lower.starts_with("authorization:") {
-                seen.lock().unwrap().push(l.to_string());
-            }
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        let sse = if path.contains("/messages") { ANTHROPIC_SSE } else { OPENAI_SSE };
-        let mut out = stream.try_clone().unwrap();
-        let head =
-            format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n", sse.len());
-        out.write_all(head.as_bytes()).unwrap();
-        out.write_all(sse.as_bytes()).unwrap();
-    }
-}
+use fake_upstream::FakeUpstream;
 
 fn testdata() -> std::path::PathBuf {
     std::env::var_os("LOOM_TESTDATA")
