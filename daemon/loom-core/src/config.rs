@@ -179,6 +179,14 @@ impl Config {
                 message: format!("{} is below the 16M a weaver needs to start", self.weaver.memory),
             });
         }
+        if let Some(bad) =
+            self.weaver.image_roots.iter().find(|r| !r.is_absolute() || r.components().any(|c| c.as_os_str() == ".."))
+        {
+            return Err(ConfigError::Value {
+                field: "weaver.image_roots",
+                message: format!("{bad:?} is not an absolute path without `..`"),
+            });
+        }
         Ok(())
     }
 }
