@@ -17,6 +17,8 @@ pub mod secrets;
 pub mod shim;
 pub mod store;
 pub mod threads;
+pub mod weaverfs;
+mod weaverfs_walk;
 
 /// An error with all its sources, for a log line: `a: b: c`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
