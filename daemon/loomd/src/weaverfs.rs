@@ -275,7 +275,10 @@ impl WeaverRoot {
     /// Removes whatever is at `inside` without following it; a directory goes with all it
     /// holds. Nothing there is not an error.
     pub fn remove(&self, inside: &str) -> Result<()> {
-        let (dir, name) = self.parent_of(inside)?;
+        let (dir, name) = match self.parent_of(inside) {
+            Err(e) if e.is_not_found() => return Ok(()),
+            other => other?,
+        };
         remove_at(dir.as_fd(), &name, 0).map_err(|e| self.errno("removing", inside, e))
     }
 
