@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod exec;
 pub mod http;
 pub mod llm;
+pub mod logcap;
 pub mod notify;
 pub mod procfs;
 pub mod rootfs;

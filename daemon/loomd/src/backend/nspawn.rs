@@ -99,7 +99,11 @@ impl Backend for NspawnBackend {
         // symlink the weaver left there.
         let root = WeaverRoot::open(&launch.root())?;
         root.remove(START_MARKER)?;
-        let plan = ShimPlan { argv: nspawn_argv(launch, Register::No, self.nix_store), join_cgroups: cg.procs_files() };
+        let plan = ShimPlan {
+            argv: nspawn_argv(launch, Register::No, self.nix_store),
+            join_cgroups: cg.procs_files(),
+            log: Some(shim::ShimLog { path: launch.log_path(), cap: spec.log_size.0 }),
+        };
         fs::write(run_dir.join(shim::PLAN_FILE), serde_json::to_vec(&plan).unwrap_or_default()).map_err(|e| {
             BackendError::Io { context: format!("writing the launch plan in {}", run_dir.display()), source: e }
         })?;
