@@ -133,12 +133,14 @@ impl Daemon {
         let weaver = rec.info.id.to_string();
         let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
             let spool = format!("{AGENT_STATE}/spool.jsonl");
-            let bytes = match WeaverRoot::open(&root).and_then(|r| r.read(&spool, MAX_SPOOL_BYTES)) {
+            // The undelivered events are the newest: past the cap, the spool's end is read.
+            let (bytes, cut) = match WeaverRoot::open(&root).and_then(|r| r.read_last(&spool, MAX_SPOOL_BYTES)) {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => return Ok(0),
                 Err(e) => return Err(crate::error_chain(&e)),
             };
             let text = String::from_utf8_lossy(&bytes);
+            let text = if cut { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
             let events: Vec<loom_threads::ThreadEvent> =
                 text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             let mut stored = 0;

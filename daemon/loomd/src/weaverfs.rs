@@ -224,6 +224,24 @@ impl WeaverRoot {
         Ok(out)
     }
 
+    /// The last `max` bytes (at most) of the regular file `inside`, and whether the file holds
+    /// more than that: for logs and spools, whose newest part matters most.
+    pub fn read_last(&self, inside: &str, max: u64) -> Result<(Vec<u8>, bool)> {
+        use std::io::{Seek, SeekFrom};
+        let fd = self.open_at("opening", inside, OFlag::O_RDONLY)?;
+        let st = fstat(&fd).map_err(|e| self.errno("looking at", inside, e))?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(WeaverFsError::NotRegular { path: shown(inside), kind: kind_of(&st) });
+        }
+        let io = |source| WeaverFsError::Io { op: "reading", path: shown(inside), source };
+        let skip = (st.st_size.max(0) as u64).saturating_sub(max);
+        let mut file = std::fs::File::from(fd);
+        file.seek(SeekFrom::Start(skip)).map_err(io)?;
+        let mut out = vec![];
+        file.take(max).read_to_end(&mut out).map_err(io)?;
+        Ok((out, skip > 0))
+    }
+
     /// The parent directory of `inside` (opened) and the last component's name.
     fn parent_of(&self, inside: &str) -> Result<(OwnedFd, CString)> {
         let parts = components(inside)?;

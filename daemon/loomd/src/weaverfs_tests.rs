@@ -82,6 +82,18 @@ fn reads_stop_at_the_cap() {
 }
 
 #[test]
+fn read_last_gives_the_end_of_a_file_and_refuses_what_read_refuses() {
+    let f = Fixture::new();
+    std::fs::write(f.root().join("spool"), "one\ntwo\nthree\n").unwrap();
+    assert_eq!(f.open().read_last("spool", 6).unwrap(), (b"three\n".to_vec(), true));
+    assert_eq!(f.open().read_last("spool", 100).unwrap(), (b"one\ntwo\nthree\n".to_vec(), false));
+    mkfifo(&f.root().join("fifo"));
+    assert!(matches!(f.open().read_last("fifo", 6), Err(WeaverFsError::NotRegular { kind: "a FIFO", .. })));
+    symlink("/dev/zero", f.root().join("zero")).unwrap();
+    assert!(matches!(f.open().read_last("zero", 6), Err(WeaverFsError::Symlink { .. })));
+}
+
+#[test]
 fn replacing_a_planted_symlink_never_writes_through_it() {
     let f = Fixture::new();
     symlink(f.host().join("secret"), f.root().join(".loom/env")).unwrap();

@@ -45,9 +45,15 @@ impl NspawnBackend {
 }
 
 fn log_tail(path: &Path) -> String {
-    let text = fs::read(path).unwrap_or_default();
-    let tail = &text[text.len().saturating_sub(2048)..];
-    let s = String::from_utf8_lossy(tail);
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end is read: the log is as large as the weaver made it, up to its cap.
+    let mut text = vec![];
+    if let Ok(mut f) = fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
+        let _ = f.take(2048).read_to_end(&mut text);
+    }
+    let s = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = s.lines().filter(|l| !l.contains("/run/systemd/nspawn/propagate")).collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
