@@ -30,7 +30,7 @@ const DISK_INTERVAL_FACTOR: u32 = 20;
 pub(super) struct DiskWatch {
     /// One walk at a time, whatever the number of weavers.
     walking: AtomicBool,
-    next: std::sync::Mutex<HashMap<WeaverId, Instant>>,
+    pub(super) next: std::sync::Mutex<HashMap<WeaverId, Instant>>,
 }
 
 /// Clears `walking` however the walk ends.
