@@ -163,6 +163,12 @@ struct CreateArgs {
     /// Process and thread limit.
     #[arg(long)]
     tasks: Option<u64>,
+    /// Disk cap of the weaver's root, e.g. 10G: past it the weaver is stopped (failed).
+    #[arg(long, value_name = "SIZE")]
+    disk: Option<String>,
+    /// How much of the weaver's output is kept, e.g. 64M (nspawn backend; systemd: the journal's limits).
+    #[arg(long, value_name = "SIZE")]
+    log_size: Option<String>,
     /// Lifetime, e.g. 4h; `none` for no limit.
     #[arg(long)]
     ttl: Option<String>,
@@ -243,6 +249,8 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
         branch: a.branch,
         memory: a.memory,
         cpus: a.cpus,
+        disk: a.disk,
+        log_size: a.log_size,
         tasks: a.tasks,
         ttl: a.ttl,
         env,

@@ -66,6 +66,12 @@ pub struct CreateWeaver {
     pub memory: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// The disk cap of the weaver's root, e.g. `10G`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// How much of its output is kept, e.g. `64M`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

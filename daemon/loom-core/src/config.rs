@@ -117,7 +117,17 @@ pub struct WeaverDefaults {
     /// Directories whose subdirectories operators may name with `--image`; admins may name
     /// any root-owned directory.
     pub image_roots: Vec<PathBuf>,
+    /// How much disk a weaver's root may hold before loomd stops it (`failed`).
+    pub disk: ByteSize,
+    /// How much of a weaver's output loomd keeps (nspawn backend): `log` and `log.1`
+    /// together; under the systemd backend the journal's own limits apply.
+    pub log_size: ByteSize,
 }
+
+/// The smallest disk cap: the skeleton root itself takes a few blocks.
+pub const MIN_DISK: u64 = 1 << 20;
+/// The smallest log cap.
+pub const MIN_LOG_SIZE: u64 = 64 << 10;
 
 impl Default for WeaverDefaults {
     fn default() -> Self {
@@ -132,6 +142,8 @@ impl Default for WeaverDefaults {
             start_timeout: Span(30),
             nested: false,
             image_roots: vec![],
+            disk: ByteSize(10 << 30),
+            log_size: ByteSize(64 << 20),
         }
     }
 }
@@ -187,6 +199,18 @@ impl Config {
                 message: format!("{bad:?} is not an absolute path without `..`"),
             });
         }
+        if self.weaver.disk.0 < MIN_DISK {
+            return Err(ConfigError::Value {
+                field: "weaver.disk",
+                message: format!("{} is below the 1M minimum", self.weaver.disk),
+            });
+        }
+        if self.weaver.log_size.0 < MIN_LOG_SIZE {
+            return Err(ConfigError::Value {
+                field: "weaver.log_size",
+                message: format!("{} is below the 64K minimum", self.weaver.log_size),
+            });
+        }
         Ok(())
     }
 }
@@ -217,6 +241,8 @@ cpus = 2.0
 tasks = 4096
 ttl = "4h"
 network = "private"
+disk = "20G"
+log_size = "16M"
 [secrets]
 file = "/run/secrets/loom.yaml"
 age_key_file = "/var/lib/loom/age.key"
@@ -229,6 +255,7 @@ secret = "anthropic_api_key"
         .unwrap();
         assert_eq!(c.backend, Some(BackendKind::Systemd));
         assert_eq!(c.weaver.memory, ByteSize(4 << 30));
+        assert_eq!((c.weaver.disk, c.weaver.log_size), (ByteSize(20 << 30), ByteSize(16 << 20)));
         assert!(c.providers.contains_key("anthropic"));
     }
 
@@ -246,5 +273,8 @@ secret = "anthropic_api_key"
         check_err("state_dir = \"relative\"", "state_dir");
         check_err("[weaver]\ntasks = 1", "weaver.tasks");
         check_err("[weaver]\nmemory = \"1M\"", "weaver.memory");
+        check_err("[weaver]\ndisk = \"100K\"", "weaver.disk: 100K is below the 1M minimum");
+        check_err("[weaver]\nlog_size = \"1K\"", "weaver.log_size");
+        check_err("[weaver]\ndisk = \"a lot\"", "invalid size \"a lot\"");
     }
 }

@@ -73,6 +73,8 @@ pub enum SpecError {
     ReservedEnv(String),
     #[error("invalid task limit {0}: use a number from 16 to 4194304")]
     Tasks(u64),
+    #[error("{flag} {size} is below its minimum of {min}")]
+    TooSmall { flag: &'static str, size: ByteSize, min: ByteSize },
     #[error("invalid command: {0}")]
     Command(String),
     #[error("--branch needs --repo: there is nothing to check out")]
@@ -236,6 +238,11 @@ pub struct WeaverSpec {
     pub memory: ByteSize,
     pub cpus: Cpus,
     pub tasks: u64,
+    /// The disk cap of its root; specs stored before caps existed get the built-in default.
+    #[serde(default = "default_disk")]
+    pub disk: ByteSize,
+    #[serde(default = "default_log_size")]
+    pub log_size: ByteSize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Span>,
     #[serde(default)]
@@ -250,6 +257,14 @@ pub struct WeaverSpec {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
+}
+
+fn default_disk() -> ByteSize {
+    crate::config::WeaverDefaults::default().disk
+}
+
+fn default_log_size() -> ByteSize {
+    crate::config::WeaverDefaults::default().log_size
 }
 
 /// Where a weaver is in its life. Only loomd's supervisor moves it, through [`WeaverState::apply`].
@@ -378,6 +393,18 @@ pub fn resolve_spec(
         Some(v) => Cpus::from_f64(v)?,
         None => defaults.cpus,
     };
+    let size_at_least = |v: Option<String>, default: ByteSize, min: u64, flag: &'static str| {
+        let size = match v {
+            Some(s) => s.parse::<ByteSize>()?,
+            None => default,
+        };
+        if size.0 < min {
+            return Err(SpecError::TooSmall { flag, size, min: ByteSize(min) });
+        }
+        Ok(size)
+    };
+    let disk = size_at_least(req.disk, defaults.disk, crate::config::MIN_DISK, "--disk")?;
+    let log_size = size_at_least(req.log_size, defaults.log_size, crate::config::MIN_LOG_SIZE, "--log-size")?;
     let tasks = req.tasks.unwrap_or(defaults.tasks);
     if !(16..=4_194_304).contains(&tasks) {
         return Err(SpecError::Tasks(tasks));
@@ -435,6 +462,8 @@ pub fn resolve_spec(
         memory,
         cpus,
         tasks,
+        disk,
+        log_size,
         ttl,
         env: req.env,
         network,
@@ -466,6 +495,19 @@ mod resolve_tests {
         assert_eq!(spec.name, "w-abc");
         assert_eq!(spec.memory, ByteSize(4 << 30));
         assert_eq!(spec.network, NetworkMode::Private);
+        assert_eq!((spec.disk, spec.log_size), (ByteSize(10 << 30), ByteSize(64 << 20)));
+    }
+
+    #[test]
+    fn a_spec_stored_before_caps_gets_the_default_caps() {
+        let mut v = serde_json::to_value(
+            resolve_spec(CreateWeaver::default(), &WeaverDefaults::default(), "w-abc".into()).unwrap(),
+        )
+        .unwrap();
+        v.as_object_mut().unwrap().remove("disk");
+        v.as_object_mut().unwrap().remove("log_size");
+        let spec: WeaverSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(spec.disk, ByteSize(10 << 30));
     }
 
     #[test]
@@ -481,6 +523,10 @@ mod resolve_tests {
         check(req(|r| r.name = Some("Bad Name".into())), Err("invalid weaver name"));
         check(req(|r| r.cpus = Some(0.0)), Err("invalid CPU count"));
         check(req(|r| r.tasks = Some(1)), Err("invalid task limit"));
+        check(req(|r| r.disk = Some("2M".into())), Ok(()));
+        check(req(|r| r.disk = Some("512K".into())), Err("--disk 512K is below its minimum of 1M"));
+        check(req(|r| r.disk = Some("huge".into())), Err("invalid size \"huge\""));
+        check(req(|r| r.log_size = Some("1K".into())), Err("--log-size 1K is below its minimum of 64K"));
         check(req(|r| r.ttl = Some("forever".into())), Err("invalid duration"));
         check(req(|r| r.network = Some("bridge".into())), Err("invalid network mode"));
         check(req(|r| r.restart = Some("sometimes".into())), Err("invalid restart policy"));

@@ -16,19 +16,8 @@ use crate::backend::{Backend, ExecPlan, Launch, Observed, RunHandle};
 use crate::rootfs;
 use crate::store::{Lookup, Store, StoreError, WeaverRecord};
 
-/// Writes a file in a weaver's root that only the weaver's root user may read. nspawn chowns
-/// the tree into the weaver's uid range on its first start only (a later start finds the range
-/// in place and skips it), so the file takes the owner of the root directory itself.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?.write_all(bytes)?;
-    let root =
-        path.parent().and_then(|p| p.parent()).ok_or_else(|| std::io::Error::other("env file outside a root"))?;
-    let meta = std::fs::metadata(root)?;
-    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
-}
+#[path = "daemon_files.rs"]
+mod files;
 
 /// The loop's command line inside the weaver; a command given with it is the loop body.
 fn agent_command(agent: &loom_core::weaver::AgentSpec, body: &[String]) -> Vec<String> {
@@ -214,6 +203,7 @@ pub struct Daemon {
     warnings: Vec<String>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
+    disk_watch: files::DiskWatch,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -249,6 +239,7 @@ impl Daemon {
             locks: Mutex::new(HashMap::new()),
             binds_ro,
             pending_restarts: Mutex::new(Default::default()),
+            disk_watch: Default::default(),
             secrets,
             llm,
             auditor,
@@ -467,40 +458,6 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Stores what the agent spooled but could not deliver before its run ended (loomd down,
-    /// a refused write, a crash). Appends are idempotent and owner-checked, so events that did
-    /// arrive are not doubled and a weaver can only add to its own threads.
-    async fn ingest_spool(&self, rec: &WeaverRecord) {
-        let (Some(threads), Some(_)) = (self.threads.clone(), rec.info.spec.agent.as_ref()) else { return };
-        let path = self.dir_of(&rec.info.id).join("root").join(AGENT_STATE.trim_start_matches('/')).join("spool.jsonl");
-        let weaver = rec.info.id.to_string();
-        let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-            use std::io::Read;
-            let Ok(file) = std::fs::File::open(&path) else { return Ok(0) };
-            let mut text = String::new();
-            file.take(MAX_SPOOL_BYTES).read_to_string(&mut text).map_err(|e| e.to_string())?;
-            let events: Vec<loom_threads::ThreadEvent> =
-                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-            let mut stored = 0;
-            for batch in events.chunks(loom_threads::wire::MAX_BATCH_EVENTS) {
-                stored += threads
-                    .with(|c| loom_threads::append_events(c, &weaver, batch))
-                    .map_err(|e| e.to_string())?
-                    .inserted;
-            }
-            Ok(stored)
-        })
-        .await;
-        match result {
-            Ok(Ok(stored)) if stored > 0 => {
-                tracing::info!(weaver = %rec.info.id, stored, "stored thread events the agent had not delivered")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(weaver = %rec.info.id, error = %e, "the agent's spool could not be stored"),
-            Err(e) => tracing::warn!(weaver = %rec.info.id, error = %e, "reading the agent's spool failed"),
-        }
-    }
-
     fn threads(&self) -> Result<&Arc<crate::threads::Threads>, ApiError> {
         self.threads.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the thread store is not running"))
     }
@@ -518,15 +475,6 @@ impl Daemon {
                 .map(|r| r.info.id.to_string())
                 .collect(),
         ))
-    }
-
-    /// Adds the agent loop's progress from its status file, for weavers that run it.
-    fn with_agent_status(&self, mut info: WeaverInfo) -> WeaverInfo {
-        if info.spec.agent.is_some() {
-            let path = self.dir_of(&info.id).join("root").join(AGENT_STATE.trim_start_matches('/')).join("status.json");
-            info.agent_status = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        }
-        info
     }
 
     /// Refuses callers with no role, with a line in loomd's log an operator can audit.
@@ -635,7 +583,6 @@ impl Daemon {
         self.with_store(|s| s.insert(&rec))?;
         let dir = self.dir_of(&id);
         let (repo, branch) = (rec.info.spec.repo.clone(), rec.info.spec.branch.clone());
-        let prompt = rec.info.spec.agent.as_ref().map(|a| a.prompt.clone());
         let context = match &rec.info.spec.agent {
             Some(a) if !a.context_threads.is_empty() => Some(self.context_of(caller, &a.context_threads).await?),
             _ => None,
@@ -648,27 +595,17 @@ impl Daemon {
             if let Some(repo) = repo {
                 rootfs::populate_workspace(&root.join("workspace"), &repo, branch.as_deref())?;
             }
-            if let Some(prompt) = prompt {
-                let p = root.join(AGENT_PROMPT.trim_start_matches('/'));
-                std::fs::write(&p, prompt).map_err(|e| rootfs::RootfsError::Io { path: p, source: e })?;
-                let bin = root.join(AGENT_PATH.trim_start_matches('/'));
-                if let Some(parent) = bin.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| rootfs::RootfsError::Io { path: parent.to_path_buf(), source: e })?;
-                }
-                std::fs::write(&bin, b"").map_err(|e| rootfs::RootfsError::Io { path: bin, source: e })?;
-            }
             if let Some(context) = context {
-                let p = root.join(AGENT_CONTEXT.trim_start_matches('/'));
-                std::fs::write(&p, context).map_err(|e| rootfs::RootfsError::Io { path: p, source: e })?;
+                Daemon::write_context(&root, &context)?;
             }
             Ok(())
         })
         .await
         .unwrap_or_else(|e| Err(rootfs::RootfsError::Repo { repo: String::new(), detail: e.to_string() }));
         if let Err(e) = prepared {
+            let e = crate::error_chain(&e);
             rec.info.state = WeaverState::Failed;
-            rec.info.reason = Some(e.to_string());
+            rec.info.reason = Some(e.clone());
             self.with_store(|s| s.update(&rec))?;
             return Err(ApiError::new(ErrorCode::BadRequest, format!("weaver {} ({id}) failed: {e}", rec.info.name)));
         }
@@ -702,15 +639,15 @@ impl Daemon {
             spec.command = agent_command(agent, &spec.command);
             env.push(("LOOM_STATE_DIR".into(), AGENT_STATE.into()));
         }
-        let env_path = self.dir_of(&id).join("root").join(crate::backend::nspawn_args::ENV_FILE);
         let vars: Vec<(&str, &str)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .collect();
-        if let Err(e) = write_private(&env_path, crate::backend::nspawn_args::env_file(&vars).as_bytes()) {
-            return self.fail(rec, format!("writing {}: {e}", env_path.display()));
+        let env_text = crate::backend::nspawn_args::env_file(&vars);
+        if let Err(reason) = self.prepare_root(&spec, &id, env_text).await {
+            return self.fail(rec, reason);
         }
         let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone() };
         match self.backend.prepare(&launch).await {
@@ -785,7 +722,8 @@ impl Daemon {
         };
         rec.info.pid = None;
         rec.info.exit_code = code;
-        if rec.info.state == WeaverState::Stopped {
+        // Stopped (or failed) by loomd itself: that decision stands, whatever the exit.
+        if !rec.info.state.is_active() {
             let _ = self.with_store(|s| s.update(&rec));
             self.ingest_spool(&rec).await;
             return;

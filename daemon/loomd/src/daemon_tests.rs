@@ -238,3 +238,44 @@ async fn what_the_agent_spooled_but_never_delivered_is_stored_when_its_run_ends(
     };
     assert_eq!(hits.len(), 1);
 }
+
+#[tokio::test]
+async fn a_root_past_its_disk_cap_is_stopped_as_failed_and_not_restarted() {
+    let f = fixture();
+    let req = Request::CreateWeaver(Box::new(CreateWeaver {
+        name: Some("fat".into()),
+        disk: Some("1M".into()),
+        restart: Some("always".into()),
+        command: vec!["/bin/true".into()],
+        ..Default::default()
+    }));
+    let w = weaver(&f.daemon, &admin(), req).await.unwrap();
+    let root = f.daemon.dir_of(&w.id).join("root");
+    f.daemon.check_disks();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        weaver(&f.daemon, &admin(), Request::InspectWeaver("fat".into())).await.unwrap().state,
+        WeaverState::Running
+    );
+    // Real blocks, not a sparse file: the cap counts what the disk holds.
+    std::fs::write(root.join("workspace/fill"), vec![1u8; 2 << 20]).unwrap();
+    let mut seen = None;
+    for _ in 0..100 {
+        // A check is due again only after its interval.
+        f.daemon.disk_watch.next.lock().unwrap().clear();
+        f.daemon.check_disks();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let v = weaver(&f.daemon, &admin(), Request::InspectWeaver("fat".into())).await.unwrap();
+        if v.state == WeaverState::Failed {
+            seen = Some(v);
+            break;
+        }
+    }
+    let v = seen.expect("the weaver past its cap was stopped");
+    assert_eq!(v.reason.as_deref(), Some("its root grew past its disk cap of 1M; free space or raise --disk"));
+    // The run's end, handled after the stop, neither restarts it nor overwrites why it ended.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let v = weaver(&f.daemon, &admin(), Request::InspectWeaver("fat".into())).await.unwrap();
+    assert_eq!((v.state, v.restarts), (WeaverState::Failed, 0), "{v:?}");
+    assert_eq!(f.backend.calls().iter().filter(|c| c.starts_with("start")).count(), 1, "{:?}", f.backend.calls());
+}

@@ -265,6 +265,9 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
     if let Some(argv) = daemon.backend().log_command(&id, follow) {
         return command_output_stream(&argv, daemon.clone(), id);
     }
+    // The older half of a rotated log first (see `logcap`), opened before the current one so
+    // that a rotation in between loses output rather than showing it twice.
+    let older = tokio::fs::File::open(crate::logcap::older(&path)).await.ok();
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -273,6 +276,7 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
         }
     };
     struct Tail {
+        older: Option<tokio::fs::File>,
         file: Option<tokio::fs::File>,
         path: PathBuf,
         follow: bool,
@@ -280,15 +284,29 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
         id: loom_core::weaver::WeaverId,
         buf: Vec<u8>,
     }
-    let state = Tail { file, path, follow, daemon, id, buf: vec![0; 64 * 1024] };
+    let state = Tail { older, file, path, follow, daemon, id, buf: vec![0; 64 * 1024] };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
+            if let Some(o) = st.older.as_mut() {
+                match o.read(&mut st.buf).await {
+                    Ok(0) => st.older = None,
+                    Ok(n) => return Some((Ok(Frame::data(Bytes::copy_from_slice(&st.buf[..n]))), st)),
+                    Err(e) => return Some((Err(e), st)),
+                }
+                continue;
+            }
             if st.file.is_none() {
                 st.file = tokio::fs::File::open(&st.path).await.ok();
             }
             if let Some(f) = st.file.as_mut() {
                 match f.read(&mut st.buf).await {
-                    Ok(0) => {}
+                    Ok(0) => {
+                        // Rotated while followed: what was `log` is read to its end, then the new one.
+                        if st.follow && rotated(f, &st.path).await {
+                            st.file = None;
+                            continue;
+                        }
+                    }
                     Ok(n) => {
                         let chunk = Bytes::copy_from_slice(&st.buf[..n]);
                         return Some((Ok(Frame::data(chunk)), st));
@@ -318,6 +336,15 @@ async fn logs(daemon: Arc<Daemon>, caller: &Caller, key: &str, follow: bool) -> 
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap_or_default())
+}
+
+/// Whether `path` is no longer the file `f` has open.
+async fn rotated(f: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
+        _ => false,
+    }
 }
 
 /// Streams a command's stdout (e.g. journalctl for a unit's log); the command dies with the

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod http;
 pub mod image;
 pub mod llm;
+pub mod logcap;
 pub mod notify;
 pub mod procfs;
 pub mod rootfs;
@@ -19,6 +20,8 @@ pub mod secrets;
 pub mod shim;
 pub mod store;
 pub mod threads;
+pub mod weaverfs;
+mod weaverfs_walk;
 
 /// An error with all its sources, for a log line: `a: b: c`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

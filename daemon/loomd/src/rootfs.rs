@@ -4,9 +4,10 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::weaverfs::{WeaverFsError, WeaverRoot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -18,37 +19,47 @@ pub enum RootfsError {
     },
     #[error("could not put {repo:?} into /workspace: {detail}")]
     Repo { repo: String, detail: String },
+    #[error(transparent)]
+    Files(#[from] WeaverFsError),
 }
+
+/// loom's own directory in every weaver: the env file, the start marker, the agent's files.
+pub const LOOM_DIR: &str = ".loom";
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Io { path: path.to_path_buf(), source }
 }
 
 /// Builds the skeleton at `root`: empty mount points, the merged-/usr links and `os-release`
-/// (nspawn refuses a root without one).
+/// (nspawn refuses a root without one). It runs again before every start, on a root the
+/// weaver has used: it makes what is missing, through [`WeaverRoot`], and leaves what the
+/// weaver made in its own tree as it is (an `/etc` it replaced by a symlink is neither
+/// followed nor "fixed"); only `/.loom`, loom's own directory, is put back as a directory.
 pub fn create_skeleton(root: &Path) -> Result<(), RootfsError> {
-    for d in ["usr", "etc", "workspace", "proc", "sys", "dev", "run", "tmp", "var/tmp", "root", "nix/store", ".loom"] {
-        let p = root.join(d);
-        fs::create_dir_all(&p).map_err(io_err(&p))?;
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    let r = WeaverRoot::open(root)?;
+    // What is in the weaver's way is the weaver's business; anything else is an error.
+    let tolerate = |res: Result<(), WeaverFsError>| match res {
+        Err(WeaverFsError::NotDirectory { .. } | WeaverFsError::Symlink { .. }) => Ok(()),
+        other => other,
+    };
+    for d in ["usr", "etc", "workspace", "proc", "sys", "dev", "run", "tmp", "var/tmp", "root", "nix/store"] {
+        tolerate(r.make_dirs(d, 0o755, false))?;
     }
+    r.make_dirs(LOOM_DIR, 0o755, true)?;
     for d in ["bin", "lib", "lib64", "sbin"] {
-        let link = root.join(d);
-        if fs::symlink_metadata(&link).is_err() {
-            symlink(format!("usr/{d}"), &link).map_err(io_err(&link))?;
-        }
+        tolerate(r.create_symlink(d, &format!("usr/{d}")))?;
     }
-    let os_release = root.join("etc/os-release");
-    let text = fs::read_to_string("/etc/os-release")
+    let os_release = fs::read_to_string("/etc/os-release")
         .or_else(|_| fs::read_to_string("/usr/lib/os-release"))
         .unwrap_or_else(|_| "ID=loom\nNAME=loom weaver\n".into());
-    fs::write(&os_release, text).map_err(io_err(&os_release))?;
     for (name, body) in [
+        ("etc/os-release", os_release.as_str()),
         ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
         ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
     ] {
-        let p = root.join(name);
-        fs::write(&p, body).map_err(io_err(&p))?;
+        tolerate(r.create_file(name, body.as_bytes(), 0o644).map(drop))?;
     }
     Ok(())
 }
@@ -116,6 +127,26 @@ mod tests {
         assert!(dir.path().join("workspace").is_dir());
         // Idempotent: a restart reuses the root.
         create_skeleton(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_used_root_keeps_what_the_weaver_made_and_gets_back_its_loom_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        create_skeleton(&root).unwrap();
+        fs::write(root.join("etc/passwd"), "agent:x:0:0::/:/bin/sh\n").unwrap();
+        fs::remove_dir_all(root.join(".loom")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.join(".loom")).unwrap();
+        fs::remove_dir_all(root.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.join("tmp")).unwrap();
+        fs::remove_file(root.join("etc/hosts")).unwrap();
+        create_skeleton(&root).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/passwd")).unwrap(), "agent:x:0:0::/:/bin/sh\n");
+        assert!(fs::symlink_metadata(root.join(".loom")).unwrap().is_dir());
+        assert!(fs::symlink_metadata(root.join("tmp")).unwrap().is_symlink(), "the weaver's own choice stays");
+        assert!(root.join("etc/hosts").is_file(), "what went missing comes back");
+        assert_eq!(fs::read_dir(host.path()).unwrap().count(), 0, "nothing was made through a symlink");
     }
 
     #[test]

@@ -255,6 +255,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 daemon.expire().await;
+                daemon.check_disks();
             }
         })
     };

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +18,16 @@ pub struct ShimPlan {
     pub argv: Vec<String>,
     /// `cgroup.procs` files nspawn joins before it execs.
     pub join_cgroups: Vec<PathBuf>,
+    /// Where the run's output goes, capped; without it, to the shim's own stdout and stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<ShimLog>,
+}
+
+/// The weaver's log and its cap (see [`crate::logcap`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimLog {
+    pub path: PathBuf,
+    pub cap: u64,
 }
 
 /// How a run ended, in `RUN_DIR/exit.json`.
@@ -68,6 +79,13 @@ pub fn run(run_dir: &Path) -> i32 {
     let cgroups = plan.join_cgroups.clone();
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(std::process::Stdio::null());
+    let pump = plan.log.as_ref().and_then(|l| match capped_output(&mut cmd, l) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("loom shim: cannot cap the log {}: {e}; the output goes to it uncapped", l.path.display());
+            None
+        }
+    });
     // SAFETY: the closure only writes to cgroup files, which is async-signal-safe enough for
     // a freshly forked single-threaded child (no allocation-dependent locks are held: the
     // shim is single-threaded).
@@ -82,14 +100,59 @@ pub fn run(run_dir: &Path) -> i32 {
             return 127;
         }
     };
+    // Our copies of the pipe's write end go, so that the pump sees the end of the output.
+    drop(cmd);
     let _ = fs::write(run_dir.join(CHILD_PID_FILE), child.id().to_string());
     forward_sigterm_to(child.id() as i32);
+    if let Some((log, output)) = pump {
+        pump_output(log, output, &mut child);
+    }
     let code = match child.wait() {
         Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(_) => 125,
     };
     write_exit(run_dir, code);
     0
+}
+
+/// Points the command's stdout and stderr at a pipe whose other end goes to the capped log.
+fn capped_output(cmd: &mut Command, l: &ShimLog) -> io::Result<(crate::logcap::CappedLog, OwnedFd)> {
+    let log = crate::logcap::CappedLog::open(&l.path, l.cap)?;
+    let (output, input) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(&output, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+    cmd.stdout(input.try_clone()?).stderr(input);
+    Ok((log, output))
+}
+
+/// Copies the run's output into the log until every writer is gone, or until the command
+/// has ended and what it left in the pipe is read: a process that outlives it holding the
+/// pipe must not keep the shim from recording the exit. A log that cannot be written (a full
+/// disk) loses output; the weaver is never blocked on it.
+fn pump_output(mut log: crate::logcap::CappedLog, output: OwnedFd, child: &mut std::process::Child) {
+    use nix::errno::Errno;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ended = false;
+    loop {
+        let mut fds = [PollFd::new(output.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(250u16));
+        loop {
+            match nix::unistd::read(&output, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let _ = log.write(&buf[..n]);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(_) => return,
+            }
+        }
+        if ended {
+            return;
+        }
+        // Reaped here, the status stays with `child` for the wait that follows.
+        ended = matches!(child.try_wait(), Ok(Some(_)));
+    }
 }
 
 static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);

@@ -13,6 +13,8 @@ mod support;
 
 #[path = "escape/exec.rs"]
 mod exec;
+#[path = "escape/files.rs"]
+mod files;
 #[path = "escape/kernel.rs"]
 mod kernel;
 #[path = "escape/proxy.rs"]

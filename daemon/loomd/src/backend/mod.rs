@@ -83,6 +83,8 @@ pub enum BackendError {
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Files(#[from] crate::weaverfs::WeaverFsError),
     #[error("{context}")]
     Io {
         context: String,

@@ -14,6 +14,7 @@ use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Starte
 use crate::cgroups::{CgroupHost, Limits, kill_all, pids_in_tree};
 use crate::procfs;
 use crate::shim::{self, ShimPlan};
+use crate::weaverfs::WeaverRoot;
 
 #[derive(Debug)]
 pub struct NspawnBackend {
@@ -44,9 +45,15 @@ impl NspawnBackend {
 }
 
 fn log_tail(path: &Path) -> String {
-    let text = fs::read(path).unwrap_or_default();
-    let tail = &text[text.len().saturating_sub(2048)..];
-    let s = String::from_utf8_lossy(tail);
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end is read: the log is as large as the weaver made it, up to its cap.
+    let mut text = vec![];
+    if let Ok(mut f) = fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
+        let _ = f.take(2048).read_to_end(&mut text);
+    }
+    let s = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = s.lines().filter(|l| !l.contains("/run/systemd/nspawn/propagate")).collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
@@ -94,8 +101,15 @@ impl Backend for NspawnBackend {
         for f in [shim::EXIT_FILE, shim::CHILD_PID_FILE] {
             let _ = fs::remove_file(run_dir.join(f));
         }
-        let _ = fs::remove_file(launch.root().join(START_MARKER));
-        let plan = ShimPlan { argv: nspawn_argv(launch, Register::No, self.nix_store), join_cgroups: cg.procs_files() };
+        // The marker is in the weaver's root: never removed, or later looked at, through a
+        // symlink the weaver left there.
+        let root = WeaverRoot::open(&launch.root())?;
+        root.remove(START_MARKER)?;
+        let plan = ShimPlan {
+            argv: nspawn_argv(launch, Register::No, self.nix_store),
+            join_cgroups: cg.procs_files(),
+            log: Some(shim::ShimLog { path: launch.log_path(), cap: spec.log_size.0 }),
+        };
         fs::write(run_dir.join(shim::PLAN_FILE), serde_json::to_vec(&plan).unwrap_or_default()).map_err(|e| {
             BackendError::Io { context: format!("writing the launch plan in {}", run_dir.display()), source: e }
         })?;
@@ -132,12 +146,11 @@ impl Backend for NspawnBackend {
         let start_ticks = procfs::start_ticks(shim_pid).unwrap_or(0);
         let handle = RunHandle::Shim { pid: shim_pid, start_ticks };
         let deadline = Instant::now() + self.start_timeout;
-        let marker = launch.root().join(START_MARKER);
         let wanted_cmdline: Vec<u8> = spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
         let mut pause = Duration::from_millis(1);
         let mut marked_at: Option<Instant> = None;
         loop {
-            if marked_at.is_none() && marker.exists() {
+            if marked_at.is_none() && root.is_file(START_MARKER) {
                 marked_at = Some(Instant::now());
             }
             if let Some(marked) = marked_at {
@@ -150,7 +163,7 @@ impl Backend for NspawnBackend {
                     return Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id: cg.id().ok() });
                 }
             } else if let Some(exit) = shim::read_exit(&run_dir)
-                && !marker.exists()
+                && !root.is_file(START_MARKER)
             {
                 return Err(BackendError::StartFailed(format!(
                     "exit code {} before the command ran: {}",

@@ -24,6 +24,7 @@ use super::nspawn_args::{Register, START_MARKER, nspawn_argv};
 use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
 use crate::cgroups::pids_in_tree;
 use crate::procfs;
+use crate::weaverfs::WeaverRoot;
 
 /// The cgroup hierarchies loomd sees, parsed once from `/proc/self/mounts`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -517,8 +518,9 @@ impl Backend for SystemdBackend {
         let id = &launch.id;
         let unit = Self::unit_of(id)?;
         let deadline = Instant::now() + self.start_timeout;
-        let marker = launch.root().join(START_MARKER);
-        let _ = fs::remove_file(&marker);
+        // In the weaver's root: never removed, or later looked at, through a symlink.
+        let root = WeaverRoot::open(&launch.root())?;
+        root.remove(START_MARKER)?;
         let prepared = self.cgroups.unified_dir(&default_control_group(&unit)).and_then(|d| fs::metadata(d).ok());
         // Without prepare, an old run may still be loaded (after prepare this finds nothing).
         self.clear_unit(&unit).await?;
@@ -553,7 +555,7 @@ impl Backend for SystemdBackend {
         let mut marked_at: Option<Instant> = None;
         let mut last_check = Instant::now();
         loop {
-            if marked_at.is_none() && marker.exists() {
+            if marked_at.is_none() && root.is_file(START_MARKER) {
                 marked_at = Some(Instant::now());
             }
             if let Some(marked) = marked_at {
@@ -569,7 +571,7 @@ impl Backend for SystemdBackend {
                 last_check = Instant::now();
                 let st = self.status(&unit).await?;
                 let ended = st.as_ref().is_none_or(|s| !running(s.phase()));
-                if ended && !marker.exists() {
+                if ended && !root.is_file(START_MARKER) {
                     let how = st.and_then(|s| s.exit).map_or("ended".to_string(), |e| e.to_string());
                     return Err(BackendError::StartFailed(format!(
                         "the container {how} before the command ran: {}",
@@ -787,6 +789,7 @@ mod tests {
     fn launch(dir: &Path, f: impl FnOnce(&mut CreateWeaver)) -> Launch {
         let mut req = CreateWeaver { command: vec!["/bin/sleep".into(), "300".into()], ..Default::default() };
         f(&mut req);
+        fs::create_dir_all(dir.join("root")).unwrap();
         Launch {
             id: WeaverId::from_random([0xab, 2, 3, 4, 5, 6]),
             spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
