@@ -39,7 +39,8 @@ enum loom_kind {
 	LOOM_KIND_SETNS = 14,
 	LOOM_KIND_BPF = 15,
 	LOOM_KIND_MODULE = 16,
-	LOOM_KIND_MAX = 17,
+	LOOM_KIND_DENIED = 17,
+	LOOM_KIND_MAX = 18,
 };
 
 /* Which syscall (or kernel event) produced the record. */
@@ -78,6 +79,13 @@ enum loom_op {
 	LOOM_OP_DELETE_MODULE = 32,
 	LOOM_OP_MOVE_MOUNT = 33,
 	LOOM_OP_SETGROUPS = 34,
+	LOOM_OP_PERF_EVENT_OPEN = 35,
+	LOOM_OP_KEYCTL = 36,
+	LOOM_OP_ADD_KEY = 37,
+	LOOM_OP_IO_URING_SETUP = 38,
+	LOOM_OP_OPEN_BY_HANDLE_AT = 39,
+	LOOM_OP_KEXEC_LOAD = 40,
+	LOOM_OP_CLONE = 41,
 };
 
 /* Common header, first in every record. */
@@ -116,6 +124,8 @@ struct loom_ev_exec {
  *   listen: fd, backlog;  setns: fd, nstype;  unshare: flags
  *   set*id: the ids as passed (-1 = unchanged);  setgroups: count
  *   ptrace: request, pid, addr;  bpf: cmd, size
+ *   denied (a privileged syscall refused, by the seccomp filter or the
+ *   kernel; op says which): [0] the errno
  */
 struct loom_ev_args {
 	struct loom_hdr hdr;

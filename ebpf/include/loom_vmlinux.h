@@ -126,6 +126,13 @@ struct loom_sys_enter_ctx {
 	unsigned long args[6];
 };
 
+/* syscalls:sys_exit_* */
+struct loom_sys_exit_ctx {
+	__u64 common;
+	__s64 nr;
+	__s64 ret;
+};
+
 /* sched:sched_process_exec */
 struct loom_sched_exec_ctx {
 	__u64 common;

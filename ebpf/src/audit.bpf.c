@@ -600,3 +600,38 @@ int sys_enter_delete_module(struct loom_sys_enter_ctx *ctx)
 {
 	return emit_path(LOOM_KIND_MODULE, LOOM_OP_DELETE_MODULE, 0, UPTR(0), -1, ARG(1), 0);
 }
+
+/* ---- refusals ----
+ * A syscall the weaver's seccomp filter refuses never reaches its sys_enter
+ * tracepoint, but its sys_exit one still fires: record every refusal of the
+ * privileged calls (by the filter or by the kernel) as one `denied` event.
+ */
+
+#define LOOM_EPERM 1
+#define LOOM_EACCES 13
+
+#define DENIED(name, op)                                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                         \
+	int sys_exit_##name(struct loom_sys_exit_ctx *ctx)                                 \
+	{                                                                                  \
+		if (ctx->ret != -LOOM_EPERM && ctx->ret != -LOOM_EACCES)                   \
+			return 0;                                                          \
+		return emit_args(LOOM_KIND_DENIED, op, -ctx->ret, 0, 0, 0);                \
+	}
+
+DENIED(mount, LOOM_OP_MOUNT)
+DENIED(move_mount, LOOM_OP_MOVE_MOUNT)
+DENIED(umount, LOOM_OP_UMOUNT2)
+DENIED(unshare, LOOM_OP_UNSHARE)
+DENIED(setns, LOOM_OP_SETNS)
+DENIED(bpf, LOOM_OP_BPF)
+DENIED(init_module, LOOM_OP_INIT_MODULE)
+DENIED(finit_module, LOOM_OP_FINIT_MODULE)
+DENIED(delete_module, LOOM_OP_DELETE_MODULE)
+DENIED(perf_event_open, LOOM_OP_PERF_EVENT_OPEN)
+DENIED(keyctl, LOOM_OP_KEYCTL)
+DENIED(add_key, LOOM_OP_ADD_KEY)
+DENIED(io_uring_setup, LOOM_OP_IO_URING_SETUP)
+DENIED(open_by_handle_at, LOOM_OP_OPEN_BY_HANDLE_AT)
+DENIED(kexec_load, LOOM_OP_KEXEC_LOAD)
+DENIED(clone, LOOM_OP_CLONE)

@@ -57,6 +57,22 @@ pub const PROGRAMS: &[&str] = &[
     "sys_enter_init_module",
     "sys_enter_finit_module",
     "sys_enter_delete_module",
+    "sys_exit_mount",
+    "sys_exit_move_mount",
+    "sys_exit_umount",
+    "sys_exit_unshare",
+    "sys_exit_setns",
+    "sys_exit_bpf",
+    "sys_exit_init_module",
+    "sys_exit_finit_module",
+    "sys_exit_delete_module",
+    "sys_exit_perf_event_open",
+    "sys_exit_keyctl",
+    "sys_exit_add_key",
+    "sys_exit_io_uring_setup",
+    "sys_exit_open_by_handle_at",
+    "sys_exit_kexec_load",
+    "sys_exit_clone",
 ];
 
 fn tracepoint_of(program: &str) -> (&'static str, &str) {

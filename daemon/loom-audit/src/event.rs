@@ -31,10 +31,12 @@ pub enum EventKind {
     Setns,
     Bpf,
     Module,
+    /// A privileged syscall refused (by the weaver's seccomp filter or the kernel).
+    Denied,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Exec,
         EventKind::Exit,
         EventKind::Open,
@@ -51,6 +53,7 @@ impl EventKind {
         EventKind::Setns,
         EventKind::Bpf,
         EventKind::Module,
+        EventKind::Denied,
     ];
 
     /// The name used in `LOOM_EVENT`, the index and `--kind`.
@@ -72,6 +75,7 @@ impl EventKind {
             EventKind::Setns => "setns",
             EventKind::Bpf => "bpf",
             EventKind::Module => "module",
+            EventKind::Denied => "denied",
         }
     }
 
@@ -99,6 +103,7 @@ impl EventKind {
             EventKind::Setns => "886172c32be74e5a8f9653da61fcb8a1",
             EventKind::Bpf => "04d94e51171d4b059e1b200fc8844d08",
             EventKind::Module => "c67ff33496fc4ff3a36448d6d9e0118a",
+            EventKind::Denied => "5c1f0e6ad4b84b9c8e0a63d2f7a91e07",
         }
     }
 
@@ -121,6 +126,7 @@ impl EventKind {
             EventKind::Setns => kind::SETNS,
             EventKind::Bpf => kind::BPF,
             EventKind::Module => kind::MODULE,
+            EventKind::Denied => kind::DENIED,
         }
     }
 
@@ -184,6 +190,7 @@ impl AuditEvent {
             EventDetail::Setns { .. } => EventKind::Setns,
             EventDetail::Bpf { .. } => EventKind::Bpf,
             EventDetail::Module { .. } => EventKind::Module,
+            EventDetail::Denied { .. } => EventKind::Denied,
         }
     }
 }
@@ -295,6 +302,11 @@ pub enum EventDetail {
         /// init_module's image length.
         len: Option<u64>,
         flags: u64,
+    },
+    /// The syscall (in `syscall`) was refused with this errno.
+    Denied {
+        errno: i64,
+        errno_name: Option<String>,
     },
 }
 
@@ -567,7 +579,8 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
         | EventKind::Ptrace
         | EventKind::Unshare
         | EventKind::Setns
-        | EventKind::Bpf => {
+        | EventKind::Bpf
+        | EventKind::Denied => {
             let e: layout::EvArgs = need(buf, raw)?;
             let a = e.args;
             match k {
@@ -602,6 +615,14 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
                     fd: a[0] as i32,
                     nstype: a[1] as u64,
                     namespaces: namespace_names(a[1] as u64),
+                },
+                EventKind::Denied => EventDetail::Denied {
+                    errno: a[0],
+                    errno_name: match a[0] {
+                        1 => Some("EPERM".to_string()),
+                        13 => Some("EACCES".to_string()),
+                        _ => None,
+                    },
                 },
                 _ => {
                     EventDetail::Bpf { cmd: a[0], cmd_name: bpf_cmd_name(a[0]).map(str::to_string), size: a[1] as u64 }

@@ -253,6 +253,12 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f[2].1 = "5".into();
             format!("bpf {name}")
         }
+        EventDetail::Denied { errno, errno_name } => {
+            let name = errno_name.clone().unwrap_or_else(|| errno.to_string());
+            f.push(("LOOM_ERRNO", name.clone()));
+            f[2].1 = "4".into();
+            format!("{} refused: {name}", ev.syscall)
+        }
         EventDetail::Module { name, params, fd, len, flags } => {
             if let Some(n) = name {
                 f.push(("LOOM_MODULE", n.clone()));

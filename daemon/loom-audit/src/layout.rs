@@ -15,7 +15,7 @@ pub const EXEC_ARGV_LEN: usize = 2048;
 /// `LOOM_UNIX_PATH_LEN`
 pub const UNIX_PATH_LEN: usize = 108;
 /// `LOOM_KIND_MAX`: size of the kernel's per-kind loss counter array.
-pub const KIND_MAX: u32 = 17;
+pub const KIND_MAX: u32 = 18;
 
 /// `LOOM_EXEC_FILENAME_TRUNCATED`
 pub const EXEC_FILENAME_TRUNCATED: u32 = 1;
@@ -40,6 +40,7 @@ pub mod kind {
     pub const SETNS: u32 = 14;
     pub const BPF: u32 = 15;
     pub const MODULE: u32 = 16;
+    pub const DENIED: u32 = 17;
 }
 
 /// `enum loom_op`, with the syscall name each stands for.
@@ -78,6 +79,13 @@ pub const OPS: &[(u32, &str)] = &[
     (32, "delete_module"),
     (33, "move_mount"),
     (34, "setgroups"),
+    (35, "perf_event_open"),
+    (36, "keyctl"),
+    (37, "add_key"),
+    (38, "io_uring_setup"),
+    (39, "open_by_handle_at"),
+    (40, "kexec_load"),
+    (41, "clone"),
 ];
 
 /// The syscall name of a `loom_op` value.
@@ -261,5 +269,6 @@ pub fn constant_table() -> Vec<(&'static str, i64)> {
         ("LOOM_KIND_SETNS", i64::from(kind::SETNS)),
         ("LOOM_KIND_BPF", i64::from(kind::BPF)),
         ("LOOM_KIND_MODULE", i64::from(kind::MODULE)),
+        ("LOOM_KIND_DENIED", i64::from(kind::DENIED)),
     ]
 }
