@@ -1,12 +1,12 @@
 //! Property tests of the ring-buffer decoder: a record of any length, any kind byte and any
 //! length field (pointing past its array or not) decodes to an event or a `DecodeError`,
 //! never a panic; and whatever decodes survives the journald encoding and the JSON of the
-//! NDJSON sink and index unchanged.
+//! NDJSON sink and index unchanged. Also the `--since` a client sends and the `[audit]` table.
 
 use loom_audit::event::{DecodeError, EventKind, decode};
 use loom_audit::journal::{decode_entry, encode_entry, event_fields};
 use loom_audit::layout::{self, COMM_LEN, EXEC_ARGV_LEN, PATH_LEN, kind};
-use loom_audit::{AuditEvent, EventDetail};
+use loom_audit::{AuditConfig, AuditEvent, EventDetail, parse_since};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -180,4 +180,53 @@ fn journal_entries_decode_or_refuse_any_bytes() {
             Ok(())
         })
         .unwrap();
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// `loom audit --since` as a client sends it: a time, `@SECS` or `10m`, or anything.
+    #[test]
+    fn since_parses_or_refuses(
+        s in prop_oneof![
+            any::<String>(),
+            "-?[0-9]{1,20}-[0-9]{1,3}-[0-9]{1,3}([T ]-?[0-9]{1,20}:-?[0-9]{1,20}(:-?[0-9]{1,20})?(\\.[0-9]{0,12})?)?Z?",
+            "@?[0-9]{0,22}[smhdx]?",
+        ],
+        now in any::<u64>(),
+    ) {
+        if let Ok(ns) = parse_since(&s, now) {
+            // A relative time is never after now; an absolute one is a real UTC time.
+            let relative = s.trim().ends_with(['s', 'm', 'h', 'd']) && !s.contains(['-', ':']);
+            prop_assert!(!relative || ns <= now, "{s:?} -> {ns}");
+        }
+    }
+
+    #[test]
+    fn audit_tables_parse_or_refuse(text in prop_oneof![
+        any::<String>(),
+        prop::collection::btree_map(
+            select(vec!["enabled", "required", "sink", "journal_socket", "ndjson_file", "index", "ring_buffer_bytes", "queue_capacity", "max_weavers", "extra"]),
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "\\PC{0,12}".prop_map(|s| toml::Value::String(s).to_string()),
+                Just("[\"exec\", \"nope\"]".to_string()),
+                Just("true".to_string()),
+            ],
+            0..5,
+        )
+        .prop_map(|m| m.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>()),
+    ]) {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            let _ = AuditConfig::from_toml(&table);
+        }
+    }
+}
+
+#[test]
+fn since_with_year_9223372036854775807_is_refused_not_overflowed() {
+    for s in ["9223372036854775807-01-01T00:00:00Z", "2024-01-01T-9223372036854775808:00:00Z", "2024-01-01T00:00:-1Z"] {
+        assert!(parse_since(s, 0).is_err(), "{s}");
+    }
+    assert_eq!(parse_since("1970-01-02T00:00:00Z", 0), Ok(86_400_000_000_000));
 }
