@@ -58,8 +58,14 @@ pub struct Policy {
 /// An error's identity for the breaker: digits are masked so that "took 1.2s" and "took 1.3s"
 /// count as the same error.
 pub fn error_key(e: &str) -> String {
-    let mut k: String = e.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
-    k.truncate(500);
+    // At most 500 bytes, cut at a character boundary (tool output is any text).
+    let mut k = String::new();
+    for c in e.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }) {
+        if k.len() + c.len_utf8() > 500 {
+            break;
+        }
+        k.push(c);
+    }
     k
 }
 
@@ -141,6 +147,13 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_key_of_499_ascii_bytes_then_a_multibyte_char_does_not_panic() {
+        let k = error_key(&format!("{}é tail", "x".repeat(499)));
+        assert_eq!(k, "x".repeat(499));
+        assert_eq!(error_key("took 1.2s"), "took #.#s");
+    }
 
     fn changed() -> IterationReport {
         IterationReport { tree_changed: true, ..Default::default() }

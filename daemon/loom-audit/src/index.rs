@@ -181,7 +181,8 @@ fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let y: i64 = d.next()?.parse().ok()?;
     let m: i64 = d.next()?.parse().ok()?;
     let day: i64 = d.next()?.parse().ok()?;
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    // RFC 3339 years have four digits; bounding them keeps the day arithmetic from overflowing.
+    if d.next().is_some() || !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
@@ -189,7 +190,7 @@ fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let hh: i64 = t.next()?.parse().ok()?;
     let mm: i64 = t.next()?.parse().ok()?;
     let ss: i64 = t.next().unwrap_or("0").parse().ok()?;
-    if t.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+    if t.next().is_some() || !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=60).contains(&ss) {
         return None;
     }
     let nanos: i64 = if frac.is_empty() {

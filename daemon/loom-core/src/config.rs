@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Cpus, Span};
-use crate::weaver::{Image, NetworkMode, RestartPolicy};
+use crate::weaver::{Image, MAX_MEMORY, MAX_TASKS, MAX_TTL, MIN_MEMORY, MIN_TASKS, NetworkMode, RestartPolicy};
 
 pub const DEFAULT_SOCKET: &str = "/run/loomd/loomd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/loom";
+pub const MAX_START_TIMEOUT: Span = Span(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -179,16 +180,35 @@ impl Config {
                 message: format!("{:?} is not an absolute path", self.state_dir),
             });
         }
-        if !(16..=4_194_304).contains(&self.weaver.tasks) {
+        if !(MIN_TASKS..=MAX_TASKS).contains(&self.weaver.tasks) {
             return Err(ConfigError::Value {
                 field: "weaver.tasks",
-                message: format!("{} is outside 16..=4194304", self.weaver.tasks),
+                message: format!("{} is outside {MIN_TASKS}..={MAX_TASKS}", self.weaver.tasks),
             });
         }
-        if self.weaver.memory.0 < 16 << 20 {
+        if self.weaver.memory < MIN_MEMORY {
             return Err(ConfigError::Value {
                 field: "weaver.memory",
-                message: format!("{} is below the 16M a weaver needs to start", self.weaver.memory),
+                message: format!("{} is below the {MIN_MEMORY} a weaver needs to start", self.weaver.memory),
+            });
+        }
+        if self.weaver.memory > MAX_MEMORY {
+            return Err(ConfigError::Value {
+                field: "weaver.memory",
+                message: format!("{} is above the {MAX_MEMORY} maximum", self.weaver.memory),
+            });
+        }
+        if let Some(ttl) = self.weaver.ttl.filter(|t| *t > MAX_TTL) {
+            return Err(ConfigError::Value {
+                field: "weaver.ttl",
+                message: format!("{ttl} is longer than the {MAX_TTL} maximum; leave ttl out for no ttl"),
+            });
+        }
+        // Added to the current instant when a start begins: past this it would overflow.
+        if self.weaver.start_timeout > MAX_START_TIMEOUT {
+            return Err(ConfigError::Value {
+                field: "weaver.start_timeout",
+                message: format!("{} is longer than the {MAX_START_TIMEOUT} maximum", self.weaver.start_timeout),
             });
         }
         if let Some(bad) =
@@ -276,5 +296,8 @@ secret = "anthropic_api_key"
         check_err("[weaver]\ndisk = \"100K\"", "weaver.disk: 100K is below the 1M minimum");
         check_err("[weaver]\nlog_size = \"1K\"", "weaver.log_size");
         check_err("[weaver]\ndisk = \"a lot\"", "invalid size \"a lot\"");
+        check_err("[weaver]\nmemory = \"100T\"", "above the 64T maximum");
+        check_err("[weaver]\nttl = \"99999999999999d\"", "weaver.ttl");
+        check_err("[weaver]\nstart_timeout = \"213503982334601d\"", "weaver.start_timeout");
     }
 }

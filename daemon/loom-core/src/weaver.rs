@@ -51,6 +51,16 @@ impl fmt::Display for WeaverId {
     }
 }
 
+/// The limits a spec may ask for. Past the maximums a value stops being a limit at all
+/// (a memory limit the kernel reads as "max") or overflows the clock arithmetic done with it
+/// (a ttl added to the current time).
+pub const MIN_MEMORY: ByteSize = ByteSize(16 << 20);
+pub const MAX_MEMORY: ByteSize = ByteSize(64 << 40);
+pub const MIN_TASKS: u64 = 16;
+pub const MAX_TASKS: u64 = 4_194_304;
+/// The longest ttl or agent wall clock; `none` is the way to ask for no ttl.
+pub const MAX_TTL: Span = Span(365 * 86400);
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it")]
@@ -75,6 +85,10 @@ pub enum SpecError {
     Tasks(u64),
     #[error("{flag} {size} is below its minimum of {min}")]
     TooSmall { flag: &'static str, size: ByteSize, min: ByteSize },
+    #[error("invalid memory limit {0}: use a size from 16M to 64T")]
+    Memory(ByteSize),
+    #[error("{what} {span} is longer than the 365d maximum: use a shorter one (or ttl \"none\" for no ttl)")]
+    SpanTooLong { what: &'static str, span: Span },
     #[error("invalid command: {0}")]
     Command(String),
     #[error("--branch needs --repo: there is nothing to check out")]
@@ -157,7 +171,7 @@ impl TryFrom<String> for Image {
     fn try_from(s: String) -> Result<Self, SpecError> {
         if s == "host" {
             Ok(Image::Host)
-        } else if s.starts_with('/') && !s.split('/').any(|c| c == "..") {
+        } else if s.starts_with('/') && !s.contains('\0') && !s.split('/').any(|c| c == "..") {
             Ok(Image::Dir(PathBuf::from(s)))
         } else {
             Err(SpecError::Image(s))
@@ -386,8 +400,8 @@ pub fn resolve_spec(
         Some(s) => s.parse()?,
         None => defaults.memory,
     };
-    if memory.0 < 16 << 20 {
-        return Err(SpecError::Unit(crate::units::UnitError::Size(format!("{memory} (below the 16M minimum)"))));
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) {
+        return Err(SpecError::Memory(memory));
     }
     let cpus = match req.cpus {
         Some(v) => Cpus::from_f64(v)?,
@@ -406,7 +420,7 @@ pub fn resolve_spec(
     let disk = size_at_least(req.disk, defaults.disk, crate::config::MIN_DISK, "--disk")?;
     let log_size = size_at_least(req.log_size, defaults.log_size, crate::config::MIN_LOG_SIZE, "--log-size")?;
     let tasks = req.tasks.unwrap_or(defaults.tasks);
-    if !(16..=4_194_304).contains(&tasks) {
+    if !(MIN_TASKS..=MAX_TASKS).contains(&tasks) {
         return Err(SpecError::Tasks(tasks));
     }
     let ttl = match req.ttl.as_deref() {
@@ -414,6 +428,9 @@ pub fn resolve_spec(
         Some(s) => Some(s.parse()?),
         None => defaults.ttl,
     };
+    if let Some(span) = ttl.filter(|t| *t > MAX_TTL) {
+        return Err(SpecError::SpanTooLong { what: "ttl", span });
+    }
     for (k, v) in &req.env {
         validate_env_key(k)?;
         if v.contains('\0') || v.len() > 32 << 10 {
@@ -445,7 +462,10 @@ pub fn resolve_spec(
             )));
         }
         if let Some(w) = &a.wall_clock {
-            w.parse::<Span>()?;
+            let span = w.parse::<Span>()?;
+            if span > MAX_TTL {
+                return Err(SpecError::SpanTooLong { what: "the agent's wall clock", span });
+            }
         }
         if a.context_threads.len() > 16 {
             return Err(SpecError::Agent("at most 16 --context-thread".into()));
@@ -519,7 +539,7 @@ mod resolve_tests {
         };
         check(req(|r| r.memory = Some("2G".into())), Ok(()));
         check(req(|r| r.memory = Some("2 gigs".into())), Err("invalid size \"2 gigs\""));
-        check(req(|r| r.memory = Some("1M".into())), Err("16M minimum"));
+        check(req(|r| r.memory = Some("1M".into())), Err("from 16M to 64T"));
         check(req(|r| r.name = Some("Bad Name".into())), Err("invalid weaver name"));
         check(req(|r| r.cpus = Some(0.0)), Err("invalid CPU count"));
         check(req(|r| r.tasks = Some(1)), Err("invalid task limit"));

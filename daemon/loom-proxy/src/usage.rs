@@ -338,7 +338,14 @@ fn error_message(v: &Value) -> String {
     let msg = e.get("message").and_then(Value::as_str).unwrap_or("upstream error event");
     let ty = e.get("type").and_then(Value::as_str).unwrap_or("error");
     let mut s = format!("{ty}: {msg}");
-    s.truncate(500);
+    if s.len() > 500 {
+        // The provider's text may have a multi-byte character across byte 500.
+        let mut cut = 500;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
     s
 }
 

@@ -134,7 +134,8 @@ impl VertexAuth {
         }
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| format!("OAuth token endpoint {url} sent no access_token ({e})"))?;
-        let ttl = Duration::from_secs(t.expires_in.unwrap_or(3600).saturating_sub(60).max(30));
+        // The endpoint's number is added to the clock: bounded, so no answer can overflow it.
+        let ttl = Duration::from_secs(t.expires_in.unwrap_or(3600).min(86_400).saturating_sub(60).max(30));
         cache.insert(provider.to_string(), (t.access_token.clone(), Instant::now() + ttl));
         Ok(t.access_token)
     }

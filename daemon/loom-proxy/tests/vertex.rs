@@ -169,3 +169,40 @@ async fn vertex_token_refusal_is_a_clear_error() {
     assert!(!body.contains("PRIVATE KEY"));
     assert!(up.seen().is_empty());
 }
+
+#[tokio::test]
+async fn vertex_token_expires_in_18446744073709551615_does_not_panic() {
+    let up = FakeProvider::start().await;
+    let oauth = FakeProvider::start().await;
+    oauth.set_default(Reply::new(
+        200,
+        "application/json",
+        r#"{"access_token":"ya29.fake","expires_in":18446744073709551615,"token_type":"Bearer"}"#,
+    ));
+    up.set_default(Reply::openai_json("gemini-2.5-flash", "hi", 7, 3));
+    let providers: toml::Table = format!(
+        "[vertex]\nbase_url = \"{}/openapi\"\nsecret = \"gcp.vertex_sa\"\ntoken_url = \"{}/token\"\n",
+        up.base_url(),
+        oauth.base_url()
+    )
+    .parse()
+    .unwrap();
+    let providers: BTreeMap<String, toml::Table> =
+        providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
+    let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
+    let sa = serde_json::json!({"client_email": "x@y", "private_key": PEM}).to_string();
+    let proxy = Proxy::builder(config, Arc::new(SaKey(sa))).build().unwrap();
+    let token = proxy.register_weaver("wv", WeaverLimits::unlimited()).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let p = proxy.clone();
+    tokio::spawn(async move { p.serve(l, None).await });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {}", token.expose()))
+        .body(Full::new(Bytes::from(r#"{"model":"gemini-2.5-flash","messages":[]}"#)))
+        .unwrap();
+    let resp = client.request(req).await.expect("the proxy answers instead of dying on the token's lifetime");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.seen()[0].headers["authorization"], "Bearer ya29.fake");
+}

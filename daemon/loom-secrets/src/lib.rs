@@ -26,6 +26,8 @@ mod cipher;
 mod config;
 mod decrypt;
 mod formats;
+#[cfg(test)]
+mod fuzz_tests;
 mod keys;
 mod metadata;
 mod secret;

@@ -1,6 +1,10 @@
 //! The document model every format parses into: the same shape as sops' own `TreeBranch`
 //! (ordered items, comments as items), because the MAC covers values in file order.
 
+/// How deep a document may nest. Every walk over a tree (building, decrypting, dropping) is
+/// recursive, so deeper input would overflow the stack instead of being refused.
+pub(crate) const MAX_DEPTH: usize = 128;
+
 /// A parsed value, before decryption.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
@@ -125,6 +129,10 @@ pub(crate) fn unflatten(entries: Vec<(String, String)>) -> Result<Value, String>
                 (None, None) => (rest.len(), 0, false),
             };
             let part = &rest[..cut];
+            if toks.len() == MAX_DEPTH {
+                let start: String = path.chars().take(40).collect();
+                return Err(format!("metadata key {start:?}… is nested deeper than {MAX_DEPTH} levels"));
+            }
             if current_is_list {
                 let idx =
                     part.parse::<usize>().map_err(|_| format!("bad list index {part:?} in metadata key {path:?}"))?;
@@ -232,5 +240,13 @@ mod tests {
         assert!(unflatten(vec![("pgp__list_1__map_fp".into(), "x".into())]).is_err());
         assert!(unflatten(vec![("a".into(), "x".into()), ("a__map_b".into(), "y".into())]).is_err());
         assert!(unflatten(vec![("a__list_x".into(), "x".into())]).is_err());
+    }
+
+    #[test]
+    fn unflatten_refuses_keys_nested_past_the_depth_limit() {
+        let ok = format!("{}x", "a__map_".repeat(MAX_DEPTH - 1));
+        assert!(unflatten(vec![(ok, "v".into())]).is_ok());
+        let deep = format!("{}x", "a__map_".repeat(MAX_DEPTH));
+        assert!(unflatten(vec![(deep, "v".into())]).unwrap_err().contains("nested deeper than 128"));
     }
 }

@@ -186,6 +186,28 @@ pub struct LimitsChange {
     pub max_concurrent: Option<u32>,
 }
 
+impl LimitsChange {
+    /// `limits` with this change made, or why the change is refused.
+    pub fn apply(self, mut limits: loom_proxy::WeaverLimits) -> Result<loom_proxy::WeaverLimits, String> {
+        if self.max_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err("--max-usd must be a number of dollars, 0 or more (0 = unlimited)".into());
+        }
+        if let Some(v) = self.max_tokens {
+            limits.max_tokens = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.max_usd {
+            limits.max_usd = (v > 0.0).then_some(v);
+        }
+        if let Some(v) = self.requests_per_minute {
+            limits.requests_per_minute = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.max_concurrent {
+            limits.max_concurrent = (v > 0).then_some(v);
+        }
+        Ok(limits)
+    }
+}
+
 impl Llm {
     pub fn start(
         config: &loom_core::config::Config,
@@ -238,21 +260,7 @@ impl Llm {
     pub fn limits(&self, id: &WeaverId, change: Option<LimitsChange>) -> Result<loom_proxy::WeaverLimits, String> {
         let mut limits = self.limits_of(id);
         if let Some(c) = change {
-            if c.max_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
-                return Err("--max-usd must be a number of dollars, 0 or more (0 = unlimited)".into());
-            }
-            if let Some(v) = c.max_tokens {
-                limits.max_tokens = (v > 0).then_some(v);
-            }
-            if let Some(v) = c.max_usd {
-                limits.max_usd = (v > 0.0).then_some(v);
-            }
-            if let Some(v) = c.requests_per_minute {
-                limits.requests_per_minute = (v > 0).then_some(v);
-            }
-            if let Some(v) = c.max_concurrent {
-                limits.max_concurrent = (v > 0).then_some(v);
-            }
+            limits = c.apply(limits)?;
             self.limits.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), limits.clone());
             // A weaver that is not running picks them up at its next start.
             let _ = self.proxy.set_limits(id.as_str(), limits.clone());
@@ -375,5 +383,46 @@ impl WeaverHooks for Llm {
             "proxy".into(),
             serde_json::json!({ "weavers": all.len(), "requests": requests, "host_port": self.host_port }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::LimitsChange;
+
+    fn json_number() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+            any::<String>().prop_map(serde_json::Value::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// `POST /v1/weavers/ID/limits` bodies: parsed or refused, and what is applied is a
+        /// limit the proxy can enforce (a finite, positive budget, or none).
+        #[test]
+        fn limits_bodies_apply_or_are_refused(
+            body in prop::collection::btree_map(
+                prop::sample::select(vec!["max_tokens", "max_usd", "requests_per_minute", "max_concurrent", "other"]),
+                json_number(),
+                0..5,
+            ),
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = serde_json::from_slice::<LimitsChange>(&raw);
+            let text = serde_json::to_vec(&body).unwrap();
+            let Ok(change) = serde_json::from_slice::<LimitsChange>(&text) else { return Ok(()) };
+            if let Ok(l) = change.apply(loom_proxy::WeaverLimits::unlimited()) {
+                prop_assert!(l.max_usd.is_none_or(|v| v.is_finite() && v > 0.0));
+                prop_assert!(l.max_tokens != Some(0) && l.requests_per_minute != Some(0) && l.max_concurrent != Some(0));
+            }
+        }
     }
 }

@@ -7,10 +7,9 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::tree::{Item, KeySet, ListItem, Value};
+use crate::tree::{Item, KeySet, ListItem, MAX_DEPTH, Value};
 
 /// Bounds that keep a hostile file from exhausting memory through nesting or aliases.
-const MAX_DEPTH: usize = 128;
 const MAX_ALIAS_NODES: usize = 100_000;
 
 pub(crate) fn parse(text: &str) -> Result<Vec<Vec<Item>>, String> {
@@ -93,6 +92,11 @@ impl Builder {
                 self.alias_nodes += count_nodes(&v);
                 if self.alias_nodes > MAX_ALIAS_NODES {
                     return Err(format!("line {}: aliases expand to more than {MAX_ALIAS_NODES} nodes", mark.line()));
+                }
+                // An alias pastes a whole subtree here: anchors nested in anchors would
+                // otherwise build a tree far deeper than any one level of the text.
+                if self.stack.len() + depth(&v) > MAX_DEPTH {
+                    return Err(format!("line {}: nesting deeper than {MAX_DEPTH} levels", mark.line()));
                 }
                 self.push_value(v, mark)?;
             }
@@ -215,6 +219,29 @@ fn count_nodes(v: &Value) -> usize {
         }
         _ => 1,
     }
+}
+
+/// Levels of containers in `v` (0 for a scalar). Every stored value is within
+/// [`MAX_DEPTH`], so the recursion is bounded.
+fn depth(v: &Value) -> usize {
+    let inner = match v {
+        Value::Map(items) => items
+            .iter()
+            .map(|i| match i {
+                Item::Entry(_, v) => depth(v),
+                Item::Comment(_) => 0,
+            })
+            .max(),
+        Value::List(items) => items
+            .iter()
+            .map(|i| match i {
+                ListItem::Value(v) => depth(v),
+                ListItem::Comment(_) => 0,
+            })
+            .max(),
+        _ => return 0,
+    };
+    1 + inner.unwrap_or(0)
 }
 
 fn is_core_tag(tag: &Tag, name: &str) -> bool {
