@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cgroups;
 pub mod daemon;
 pub mod exec;
+pub mod git;
 pub mod http;
 pub mod llm;
 pub mod notify;
@@ -17,6 +18,8 @@ pub mod secrets;
 pub mod shim;
 pub mod store;
 pub mod threads;
+pub mod unpack;
+pub mod uploads;
 
 /// An error with all its sources, for a log line: `a: b: c`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

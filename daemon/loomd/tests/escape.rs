@@ -8,3 +8,6 @@ mod common;
 
 #[path = "escape/support.rs"]
 mod support;
+
+#[path = "escape/repo.rs"]
+mod repo;
