@@ -41,7 +41,12 @@ impl Client {
         Client { socket: socket.to_path_buf() }
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, CliError> {
+    async fn connect<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, CliError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -83,23 +88,36 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| CliError::new("unavailable", format!("loomd closed the connection: {e}")))?;
-        if resp.status().is_client_error() || resp.status().is_server_error() {
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => CliError::new(
-                    &serde_json::to_value(e.error.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    e.error.message,
-                ),
-                Err(_) => {
-                    CliError::new("internal", format!("loomd answered {status}: {}", String::from_utf8_lossy(&bytes)))
-                }
-            });
-        }
-        Ok(resp)
+        check(resp).await
+    }
+
+    /// Streams `body` to `path` (an upload) and returns loomd's JSON answer.
+    pub async fn upload<B>(&self, path: &str, body: B) -> Result<serde_json::Value, CliError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut sender = self.connect::<B>().await?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, "loomd")
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .map_err(|e| CliError::new("bad_request", e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| CliError::new("unavailable", format!("the upload to loomd broke off: {e}")))?;
+        let bytes = check(resp)
+            .await?
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CliError::new("unavailable", format!("reading loomd's answer: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CliError::new("internal", format!("loomd's answer is not JSON: {e}")))
     }
 
     pub async fn json(
@@ -123,4 +141,25 @@ impl Client {
         serde_json::from_slice(&bytes)
             .map_err(|e| CliError::new("internal", format!("loomd's answer is not JSON: {e}")))
     }
+}
+
+/// loomd's error answer as a [`CliError`]; any other answer as it is.
+async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, CliError> {
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => CliError::new(
+                &serde_json::to_value(e.error.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                e.error.message,
+            ),
+            Err(_) => {
+                CliError::new("internal", format!("loomd answered {status}: {}", String::from_utf8_lossy(&bytes)))
+            }
+        });
+    }
+    Ok(resp)
 }

@@ -4,6 +4,7 @@
 mod client;
 mod exec;
 mod render;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use client::{CliError, Client};
 use http_body_util::BodyExt;
 use hyper::Method;
 use loom_core::api::CreateWeaver;
+use loom_core::terminal::sanitize_json;
 use loom_core::weaver::AgentSpec;
 
 #[derive(Debug, Parser)]
@@ -101,12 +103,15 @@ enum WeaverCmd {
     Ps,
     /// Everything loomd knows about one weaver.
     Inspect { id: String },
-    /// A weaver's output.
+    /// A weaver's output, without terminal escape sequences unless --raw.
     Logs {
         id: String,
         /// Keep printing what it writes until it ends.
         #[arg(short, long)]
         follow: bool,
+        /// The bytes as the weaver wrote them, escape sequences included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Run a command inside a running weaver.
     Exec {
@@ -149,7 +154,8 @@ struct CreateArgs {
     /// `host` (the host's /usr, read-only) or a directory whose usr/ is used.
     #[arg(long)]
     image: Option<String>,
-    /// A git URL or a local directory copied into /workspace.
+    /// A git URL loomd clones, or a local directory this CLI uploads with your rights (a git
+    /// repository as its commits, anything else as its files).
     #[arg(long)]
     repo: Option<String>,
     #[arg(long)]
@@ -212,26 +218,40 @@ struct CreateArgs {
     command: Vec<String>,
 }
 
-fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
+async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<CreateWeaver, CliError> {
     let mut env = BTreeMap::new();
     for kv in &a.env {
         let (k, v) =
             kv.split_once('=').ok_or_else(|| CliError::new("bad_request", format!("--env {kv:?} is not KEY=VALUE")))?;
         env.insert(k.to_string(), v.to_string());
     }
-    let repo = match a.repo {
-        Some(r) if std::path::Path::new(&r).exists() => Some(
-            std::fs::canonicalize(&r)
-                .map_err(|e| CliError::new("bad_request", format!("--repo {r}: {e}")))?
-                .display()
-                .to_string(),
-        ),
-        other => other,
-    };
-    let agent = match (a.prompt, a.model) {
-        (Some(p), Some(model)) => Some(AgentSpec {
-            prompt: std::fs::read_to_string(&p)
+    let prompt = match &a.prompt {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
                 .map_err(|e| CliError::new("bad_request", format!("reading --prompt {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let (mut repo, mut upload, mut branch) = (None, None, a.branch);
+    match a.repo.as_deref().map(upload::classify).transpose()? {
+        Some(upload::Source::Remote(url)) => repo = Some(url),
+        Some(upload::Source::Local(dir)) => {
+            let up = upload::send(client, &dir).await?;
+            for line in up.notes.lines() {
+                if json {
+                    eprintln!("{}", serde_json::json!({ "warning": line }));
+                } else {
+                    eprintln!("loom: {line}");
+                }
+            }
+            upload = Some(up.id);
+            branch = branch.or(up.branch);
+        }
+        None => {}
+    }
+    let agent = match (prompt, a.model) {
+        (Some(prompt), Some(model)) => Some(AgentSpec {
+            prompt,
             model,
             max_iterations: a.max_iterations,
             until: a.until,
@@ -246,7 +266,8 @@ fn create_body(a: CreateArgs) -> Result<CreateWeaver, CliError> {
         name: a.name,
         image: a.image,
         repo,
-        branch: a.branch,
+        upload,
+        branch,
         memory: a.memory,
         cpus: a.cpus,
         disk: a.disk,
@@ -272,11 +293,13 @@ fn path_key(id: &str) -> String {
 async fn run(cli: Cli) -> Result<i32, CliError> {
     let client = Client::new(&cli.socket);
     let json = cli.json;
+    // Human output is built from loomd's JSON with every string stripped of terminal escapes
+    // (much of it comes from weavers); JSON output stays exact.
     let print = |v: &serde_json::Value, human: &dyn Fn(&serde_json::Value) -> String| {
         if json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
-            print!("{}", human(v));
+            print!("{}", human(&sanitize_json(v)));
         }
     };
     match cli.command {
@@ -309,7 +332,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                         println!("{r}");
                     }
                 } else {
-                    print!("{}", render::audit(&rows));
+                    print!("{}", render::audit(&sanitize_json(&rows)));
                 }
                 if !follow {
                     break;
@@ -345,7 +368,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Weaver(cmd) => match cmd {
             WeaverCmd::Create(a) => {
-                let body = serde_json::to_value(create_body(*a)?).unwrap_or_default();
+                let body = serde_json::to_value(create_body(&client, *a, json).await?).unwrap_or_default();
                 print(&client.json(Method::POST, "/v1/weavers", Some(body)).await?, &render::created);
             }
             WeaverCmd::Ps => print(&client.json(Method::GET, "/v1/weavers", None).await?, &render::ps),
@@ -391,20 +414,24 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                     format!("removed {}\n", v["removed"].as_str().unwrap_or(""))
                 });
             }
-            WeaverCmd::Logs { id, follow } => {
+            WeaverCmd::Logs { id, follow, raw } => {
                 let q = if follow { "?follow=true" } else { "" };
                 let resp =
                     client.send(Method::GET, &format!("/v1/weavers/{}/logs{q}", path_key(&id)), None, None).await?;
                 let mut body = resp.into_body();
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
+                let mut clean = loom_core::terminal::Sanitizer::new();
                 while let Some(frame) = body.frame().await {
                     let frame =
                         frame.map_err(|e| CliError::new("unavailable", format!("the log stream broke: {e}")))?;
                     if let Some(data) = frame.data_ref() {
-                        let _ = out.write_all(data);
+                        let _ = if raw { out.write_all(data) } else { out.write_all(clean.feed(data).as_bytes()) };
                         let _ = out.flush();
                     }
+                }
+                if !raw {
+                    let _ = out.write_all(clean.finish().as_bytes());
                 }
             }
             WeaverCmd::Exec { id, tty, command } => {
@@ -431,7 +458,7 @@ fn main() -> ExitCode {
             if json {
                 eprintln!("{}", serde_json::json!({"error": {"code": e.code, "message": e.message}}));
             } else {
-                eprintln!("loom: {}", e.message);
+                eprintln!("loom: {}", loom_core::terminal::sanitize(&e.message));
             }
             ExitCode::from(1)
         }

@@ -58,8 +58,13 @@ pub struct CreateWeaver {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// A git URL loomd clones (https, http, git, ssh). A local path is never read by loomd.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+    /// An upload's id (`POST /v1/uploads`): the caller's own tar or git bundle of a local
+    /// directory, unpacked into /workspace. Single-use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +94,48 @@ pub struct CreateWeaver {
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
+}
+
+/// The largest upload loomd takes, and how long the caller has to send it and then to use it.
+pub const MAX_UPLOAD_BYTES: u64 = 2 << 30;
+pub const UPLOAD_SEND_SECS: u64 = 600;
+pub const UPLOAD_TTL_SECS: u64 = 600;
+/// How many uploads one uid may have waiting (or arriving) at once.
+pub const MAX_PENDING_UPLOADS: usize = 4;
+
+/// What an upload holds: a tar stream of a plain directory, or a git bundle (`git bundle
+/// create - --all`) of a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadKind {
+    Tar,
+    GitBundle,
+}
+
+impl UploadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadKind::Tar => "tar",
+            UploadKind::GitBundle => "git-bundle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UploadKind> {
+        match s {
+            "tar" => Some(UploadKind::Tar),
+            "git-bundle" => Some(UploadKind::GitBundle),
+            _ => None,
+        }
+    }
+}
+
+/// loomd's answer to `POST /v1/uploads?kind=tar|git-bundle`: the id to give `CreateWeaver`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    pub id: String,
+    pub kind: UploadKind,
+    pub bytes: u64,
+    pub expires_in_secs: u64,
 }
 
 /// What `ps` and `inspect` show of a weaver.

@@ -4,6 +4,8 @@
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod repo;
 pub mod restart;
+pub mod terminal;
 pub mod units;
 pub mod weaver;

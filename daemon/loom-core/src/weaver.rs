@@ -93,6 +93,12 @@ pub enum SpecError {
     Command(String),
     #[error("--branch needs --repo: there is nothing to check out")]
     BranchWithoutRepo,
+    #[error(
+        "--repo {0:?} is a local path, and loomd never reads host paths for a client: the loom CLI uploads a local directory with your own rights (`loom weaver create --repo DIR`); through the API, upload it (POST /v1/uploads) and pass its id as \"upload\"; or give a git URL (https, http, git or ssh)"
+    )]
+    LocalRepo(String),
+    #[error("invalid --repo {0:?}: {1}")]
+    Repo(String, &'static str),
     #[error("a weaver runs either a command (-- CMD) or the agent loop (--prompt with --model), not neither: {0}")]
     NothingToRun(String),
     #[error("{0}")]
@@ -381,15 +387,22 @@ pub fn resolve_spec(
         Some(s) => Image::try_from(s)?,
         None => defaults.image.clone(),
     };
-    if req.branch.is_some() && req.repo.is_none() {
+    if req.branch.is_some() && req.repo.is_none() && req.upload.is_none() {
         return Err(SpecError::BranchWithoutRepo);
     }
-    if let Some(repo) = &req.repo
-        && (repo.is_empty() || repo.starts_with('-') || repo.contains('\0'))
-    {
-        return Err(SpecError::Command(format!(
-            "invalid --repo {repo:?}: give a git URL or an absolute path to a local repository"
-        )));
+    if let Some(repo) = &req.repo {
+        crate::repo::check_remote_repo(repo)?;
+    }
+    if let Some(up) = &req.upload {
+        if req.repo.is_some() {
+            return Err(SpecError::Repo(
+                up.clone(),
+                "give either repo (a git URL) or upload (an upload's id), not both",
+            ));
+        }
+        if up.is_empty() || up.len() > 64 || !up.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(SpecError::Repo(up.clone(), "an upload id is what POST /v1/uploads answered with"));
+        }
     }
     if let Some(b) = &req.branch
         && (b.is_empty() || b.starts_with('-') || b.contains(['\0', ' ', '~', '^', ':']) || b.contains(".."))
@@ -552,6 +565,22 @@ mod resolve_tests {
         check(req(|r| r.restart = Some("sometimes".into())), Err("invalid restart policy"));
         check(req(|r| r.branch = Some("main".into())), Err("--branch needs --repo"));
         check(req(|r| r.repo = Some("--upload-pack=evil".into())), Err("invalid --repo"));
+        check(req(|r| r.upload = Some("abc123".into())), Ok(()));
+        check(req(|r| r.upload = Some("../x".into())), Err("upload id"));
+        check(
+            req(|r| {
+                r.upload = Some("abc123".into());
+                r.repo = Some("https://example.com/x.git".into());
+            }),
+            Err("not both"),
+        );
+        check(
+            req(|r| {
+                r.upload = Some("abc123".into());
+                r.branch = Some("main".into());
+            }),
+            Ok(()),
+        );
         check(
             req(|r| {
                 r.env.insert("OPENAI_API_KEY".into(), "x".into());

@@ -333,6 +333,7 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                     nested,
                     disk,
                     log_size,
+                    upload: None,
                     command,
                     agent,
                 }

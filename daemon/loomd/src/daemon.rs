@@ -204,6 +204,8 @@ pub struct Daemon {
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
     disk_watch: files::DiskWatch,
+    /// Local directories the CLI uploaded, waiting for their create.
+    uploads: crate::uploads::Uploads,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -228,6 +230,7 @@ impl Daemon {
         let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm, auditor, threads, warnings } =
             parts;
         let weavers_dir = config.state_dir.join("weavers");
+        let uploads = crate::uploads::Uploads::new(config.state_dir.join("uploads"));
         Arc::new(Daemon {
             config: RwLock::new(config),
             groups: RwLock::new(groups),
@@ -245,7 +248,12 @@ impl Daemon {
             auditor,
             threads,
             warnings,
+            uploads,
         })
+    }
+
+    pub fn uploads(&self) -> &crate::uploads::Uploads {
+        &self.uploads
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -529,6 +537,7 @@ impl Daemon {
     async fn create(self: &Arc<Self>, caller: &Caller, role: Role, req: CreateWeaver) -> Result<WeaverInfo, ApiError> {
         let id = WeaverId::from_random(rand::random());
         let defaults = self.config().weaver;
+        let upload_id = req.upload.clone();
         let spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
         if role != Role::Admin {
@@ -557,6 +566,12 @@ impl Daemon {
                 "nothing to run: give a command after `--`, or --prompt FILE with --model PROVIDER/MODEL for the agent loop",
             ));
         }
+        // Taken now, so that a second create with the same id fails; its file goes when this
+        // create is done with it, whatever the outcome.
+        let upload = upload_id
+            .map(|u| self.uploads.take(&u, caller.uid))
+            .transpose()
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
         let now = now_secs();
         let mut rec = WeaverRecord {
             info: WeaverInfo {
@@ -592,9 +607,15 @@ impl Daemon {
             rootfs::create_skeleton(&root)?;
             std::fs::create_dir_all(dir.join("run"))
                 .map_err(|e| rootfs::RootfsError::Io { path: dir.join("run"), source: e })?;
-            if let Some(repo) = repo {
-                rootfs::populate_workspace(&root.join("workspace"), &repo, branch.as_deref())?;
+            let source = match (&repo, &upload) {
+                (Some(url), _) => Some(rootfs::RepoSource::Remote(url)),
+                (None, Some(up)) => Some(rootfs::RepoSource::Upload(up)),
+                (None, None) => None,
+            };
+            if let Some(source) = source {
+                rootfs::populate_workspace(&root.join("workspace"), &source, branch.as_deref())?;
             }
+            drop(upload);
             if let Some(context) = context {
                 Daemon::write_context(&root, &context)?;
             }

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 adapter: routes `/v1/...` on the Unix socket to [`Daemon::handle`], with the
-//! client's identity from `SO_PEERCRED`, bounded bodies and times, streamed logs and an
-//! upgraded stream for exec.
+//! client's identity from `SO_PEERCRED` and `SO_PEERGROUPS`, bounded bodies and times, streamed
+//! logs, streamed uploads and an upgraded stream for exec.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -15,7 +15,10 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use loom_core::access::Caller;
-use loom_core::api::{CreateWeaver, ErrorBody, ErrorCode, ErrorDetail, ExecRequest, MAX_BODY_BYTES};
+use loom_core::api::{
+    CreateWeaver, ErrorBody, ErrorCode, ErrorDetail, ExecRequest, MAX_BODY_BYTES, MAX_UPLOAD_BYTES, UPLOAD_SEND_SECS,
+    UploadKind,
+};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -50,10 +53,21 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener, mut shutdown: to
     }
 }
 
+/// The client as it was when it connected: uid, gid and groups are the kernel's record of
+/// that moment (`SO_PEERCRED`, `SO_PEERGROUPS`), not what its pid shows later.
 fn caller_of(stream: &UnixStream) -> Option<Caller> {
+    use std::os::fd::AsFd;
     let cred = stream.peer_cred().ok()?;
     let pid = cred.pid().unwrap_or(0);
-    let mut gids = crate::procfs::groups_of(pid).unwrap_or_default();
+    let mut gids = match crate::procfs::peer_groups(stream.as_fd()) {
+        Ok(Some(gids)) => gids,
+        // Kernels before 4.13 lack SO_PEERGROUPS: the pid's groups now are all there is.
+        Ok(None) => crate::procfs::groups_of(pid).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "reading a client's groups failed");
+            return None;
+        }
+    };
     gids.push(cred.gid());
     Some(Caller { uid: cred.uid(), pid, gids })
 }
@@ -207,6 +221,13 @@ async fn route_inner(
             let (body, _) = read_json::<CreateWeaver>(req).await?;
             (Request::CreateWeaver(Box::new(body)), CREATE_TIMEOUT)
         }
+        (&Method::POST, ["v1", "uploads"]) => {
+            daemon.authorize(&caller, &"upload")?;
+            let kind = query_value(&req, "kind")
+                .and_then(|k| UploadKind::parse(&k))
+                .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "an upload needs ?kind=tar or ?kind=git-bundle"))?;
+            return upload(daemon, &caller, kind, req).await;
+        }
         (&Method::GET, ["v1", "weavers", key]) => (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::DELETE, ["v1", "weavers", key]) => {
             (Request::RemoveWeaver { key: key.to_string(), force: query_flag(&req, "force") }, REQUEST_TIMEOUT)
@@ -257,6 +278,54 @@ async fn route_inner(
         }
         Response::Removed { id } => json_response(StatusCode::OK, &serde_json::json!({ "removed": id })),
     })
+}
+
+/// Receives an upload: the body streams to a file of the caller's, bounded in size and time.
+async fn upload(
+    daemon: Arc<Daemon>,
+    caller: &Caller,
+    kind: UploadKind,
+    req: HttpRequest<Incoming>,
+) -> Result<HttpResponse<Body>, ApiError> {
+    use crate::uploads::UploadError;
+    let map = |e: UploadError| match e {
+        UploadError::TooLarge => ApiError::new(ErrorCode::PayloadTooLarge, e.to_string()),
+        UploadError::TooMany(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
+        UploadError::NotFound(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        UploadError::Io { .. } => {
+            tracing::error!(error = %crate::error_chain(&e), "storing an upload failed");
+            ApiError::new(ErrorCode::Internal, format!("{e}; see loomd's log"))
+        }
+    };
+    if let Some(len) =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > MAX_UPLOAD_BYTES
+    {
+        return Err(map(UploadError::TooLarge));
+    }
+    let mut arriving = daemon.uploads().begin(caller.uid, kind).map_err(map)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(UPLOAD_SEND_SECS);
+    let mut body = req.into_body();
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("the upload did not arrive within {UPLOAD_SEND_SECS}s: leave large files out of --repo"),
+            )
+        })?;
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ApiError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}")));
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    arriving.write(data).map_err(map)?;
+                }
+            }
+        }
+    }
+    Ok(json_response(StatusCode::OK, &arriving.commit().map_err(map)?))
 }
 
 /// Streams a weaver's log: what is there, then (with follow) what is appended while it runs.

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cgroups;
 pub mod daemon;
 pub mod exec;
+pub mod git;
 pub mod http;
 pub mod image;
 pub mod llm;
@@ -20,6 +21,8 @@ pub mod secrets;
 pub mod shim;
 pub mod store;
 pub mod threads;
+pub mod unpack;
+pub mod uploads;
 pub mod weaverfs;
 mod weaverfs_walk;
 

@@ -1,5 +1,5 @@
 //! Reading processes from /proc: start times (to recognise a pid after a restart) and pid
-//! namespaces (to find a container's first process).
+//! namespaces (to find a container's first process); and a socket peer's groups.
 
 use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -50,7 +50,44 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Supplementary groups of a process, from its status file.
+/// The supplementary groups a Unix socket's peer had when it connected (`SO_PEERGROUPS`), or
+/// `None` on a kernel without it (before Linux 4.13).
+pub fn peer_groups(sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<Vec<u32>>> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes, the kernel writes at most that
+        // many and stores in `len` how many it wrote (or, with ERANGE, how many it needs).
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            groups.truncate(len as usize / GID);
+            return Ok(Some(groups));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT) => return Ok(None),
+            // NGROUPS_MAX is 65536: the second round always fits.
+            Some(libc::ERANGE) if (len as usize) / GID > groups.len() && groups.len() < 65536 => {
+                groups.resize((len as usize).div_ceil(GID), 0);
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Supplementary groups of a process now, from its status file: only for kernels without
+/// [`peer_groups`], since the pid may have changed its groups, or been reused, since it connected.
 pub fn groups_of(pid: i32) -> Option<Vec<u32>> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Groups:"))?;
@@ -74,6 +111,57 @@ mod tests {
         let ticks = start_ticks(me).unwrap();
         assert!(is_same_process(me, ticks));
         assert!(!is_same_process(me, ticks + 1));
+    }
+
+    #[test]
+    fn peer_groups_are_those_of_the_connect() {
+        use std::os::fd::AsFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut got = peer_groups(a.as_fd()).unwrap().expect("this kernel has SO_PEERGROUPS");
+        let mut mine: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
+        got.sort();
+        mine.sort();
+        assert_eq!(got, mine);
+    }
+
+    /// A client that changes its groups after connecting is judged by those it connected with.
+    #[test]
+    fn peer_groups_do_not_follow_a_later_change() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(std::env::var("LOOM_REQUIRE_PRIVILEGED").as_deref(), Ok("1"), "needs root");
+            eprintln!("SKIPPED (not root): changing a client's groups needs root");
+            return;
+        }
+        use std::io::{BufRead, Write};
+        use std::os::fd::AsFd;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let script = "use Socket; $| = 1; socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die $!; \
+                      connect($s, pack_sockaddr_un($ARGV[0])) or die $!; $) = '333 333'; \
+                      print \"ready $)\\n\"; <STDIN>;";
+        let mut cmd = std::process::Command::new("perl");
+        cmd.args(["-e", script]).arg(&path).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        // SAFETY: between fork and exec the child only sets its groups.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(111), nix::unistd::Gid::from_raw(222)])?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready 333"), "the client did not change its groups: {line:?}");
+        let (conn, _) = listener.accept().unwrap();
+        let now = groups_of(child.id() as i32).unwrap();
+        let mut then = peer_groups(conn.as_fd()).unwrap().unwrap();
+        then.sort();
+        let _ = child.stdin.take().unwrap().write_all(b"\n");
+        let _ = child.wait();
+        assert_eq!(now, vec![333], "the pid shows the new groups");
+        assert_eq!(then, vec![111, 222], "the socket keeps those of the connect");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::weaverfs::{WeaverFsError, WeaverRoot};
 
@@ -64,45 +63,50 @@ pub fn create_skeleton(root: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// Puts the repository into `workspace`: a git URL is cloned, a local directory is cloned if
-/// it is a git repository and copied otherwise.
-pub fn populate_workspace(workspace: &Path, repo: &str, branch: Option<&str>) -> Result<(), RootfsError> {
-    let fail = |detail: String| RootfsError::Repo { repo: repo.to_string(), detail };
-    let local = Path::new(repo);
-    if local.is_absolute() && local.is_dir() && !local.join(".git").exists() {
-        if branch.is_some() {
-            return Err(fail("--branch needs a git repository, and this directory is not one".into()));
+/// Where a workspace's files come from.
+#[derive(Debug)]
+pub enum RepoSource<'a> {
+    /// A git URL, cloned by loomd with a scrubbed git.
+    Remote(&'a str),
+    /// An upload the caller's CLI made of a local directory with the caller's rights.
+    Upload(&'a crate::uploads::Upload),
+}
+
+impl std::fmt::Display for RepoSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoSource::Remote(url) => f.write_str(url),
+            RepoSource::Upload(u) => write!(f, "upload {} ({})", u.id, u.kind.as_str()),
         }
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg("--")
-            .arg(format!("{}/.", local.display()))
-            .arg(workspace)
-            .output()
-            .map_err(|e| fail(format!("running cp: {e}")))?;
-        if !out.status.success() {
-            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+}
+
+/// Fills `workspace` (an empty directory of a weaver that has not run yet): a remote URL is
+/// cloned, an upload's tar unpacked, its git bundle turned into a checkout. Whatever it is,
+/// the result holds only plain files, directories and symlinks, none of them setuid or
+/// hard-linked. loomd never reads a host path for a client here.
+pub fn populate_workspace(workspace: &Path, source: &RepoSource<'_>, branch: Option<&str>) -> Result<(), RootfsError> {
+    use loom_core::api::{MAX_UPLOAD_BYTES, UploadKind};
+    let fail = |detail: String| RootfsError::Repo { repo: source.to_string(), detail };
+    match source {
+        RepoSource::Remote(url) => {
+            crate::git::clone_remote(url, workspace, branch).map_err(|e| fail(crate::error_chain(&e)))?
         }
-        return Ok(());
+        RepoSource::Upload(up) if up.kind == UploadKind::Tar => {
+            if branch.is_some() {
+                return Err(fail("--branch needs a git repository, and the uploaded directory is not one".into()));
+            }
+            let file = fs::File::open(&up.path).map_err(io_err(&up.path))?;
+            let done = crate::unpack::unpack_tar(io::BufReader::new(file), workspace, MAX_UPLOAD_BYTES)
+                .map_err(|e| fail(crate::error_chain(&e)))?;
+            tracing::info!(upload = %up.id, files = done.files, dirs = done.dirs, symlinks = done.symlinks, bytes = done.bytes, "unpacked an upload");
+            return Ok(());
+        }
+        RepoSource::Upload(up) => {
+            crate::git::unbundle(&up.path, workspace, branch).map_err(|e| fail(crate::error_chain(&e)))?
+        }
     }
-    let mut cmd = Command::new("git");
-    cmd.env("GIT_TERMINAL_PROMPT", "0").args([
-        "-c",
-        "protocol.ext.allow=never",
-        "-c",
-        "protocol.file.allow=always",
-        "clone",
-        "--quiet",
-    ]);
-    if let Some(b) = branch {
-        cmd.args(["--branch", b]);
-    }
-    cmd.arg("--").arg(repo).arg(workspace);
-    let out = cmd.output().map_err(|e| fail(format!("running git: {e} (is git installed?)")))?;
-    if !out.status.success() {
-        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(())
+    crate::unpack::normalise(workspace).map_err(io_err(workspace))
 }
 
 /// Removes a weaver's root, refusing to follow the bind mounts of a container that still runs.
@@ -150,18 +154,30 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_directory_is_copied() {
+    fn an_uploaded_tar_is_unpacked_and_a_branch_needs_git() {
         let src = tempfile::tempdir().unwrap();
-        fs::write(src.path().join("a.txt"), "hi").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o4644);
+        b.append_data(&mut h, "a.txt", &b"hi"[..]).unwrap();
+        let path = src.path().join("up");
+        fs::write(&path, b.into_inner().unwrap()).unwrap();
+        let up = crate::uploads::Upload { id: "u1".into(), kind: loom_core::api::UploadKind::Tar, path };
         let dst = tempfile::tempdir().unwrap();
-        populate_workspace(dst.path(), src.path().to_str().unwrap(), None).unwrap();
+        let e = populate_workspace(dst.path(), &RepoSource::Upload(&up), Some("main")).unwrap_err();
+        assert!(e.to_string().contains("--branch needs a git repository"), "{e}");
+        populate_workspace(dst.path(), &RepoSource::Upload(&up), None).unwrap();
         assert_eq!(fs::read_to_string(dst.path().join("a.txt")).unwrap(), "hi");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(dst.path().join("a.txt")).unwrap().mode() & 0o7777, 0o644);
     }
 
     #[test]
-    fn a_missing_repo_says_so() {
+    fn a_local_path_is_never_cloned() {
         let dst = tempfile::tempdir().unwrap();
-        let e = populate_workspace(&dst.path().join("w"), "/nonexistent/repo", None).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/repo"), "{e}");
+        let e = populate_workspace(&dst.path().join("w"), &RepoSource::Remote("/etc"), None).unwrap_err();
+        assert!(e.to_string().contains("is a local path"), "{e}");
+        assert!(!dst.path().join("w").exists());
     }
 }

@@ -244,6 +244,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         auditor,
         warnings,
     });
+    daemon.uploads().clear_stale().context("clearing the uploads an earlier loomd left")?;
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

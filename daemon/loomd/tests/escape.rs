@@ -19,5 +19,7 @@ mod files;
 mod kernel;
 #[path = "escape/proxy.rs"]
 mod proxy;
+#[path = "escape/repo.rs"]
+mod repo;
 #[path = "escape/systemd.rs"]
 mod systemd;
