@@ -265,6 +265,16 @@ fn a_submodule_on_a_host_path_is_never_fetched() {
     assert!(!workspace_of(&d, "gitmod").join(".git/modules").exists());
 }
 
+/// A helper process that ends with the test, whichever way the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Replaces `d`'s loomd by one with `env` added to its environment.
 fn respawn_with_env(d: &mut Loomd, env: &[(&str, String)]) {
     d.kill9();
@@ -295,11 +305,16 @@ fn a_remote_clone_uses_none_of_roots_git_config() {
     sh(dir.path(), &format!("{g} -C srv/app submodule --quiet add file://{}/secret sub", dir.path().display()));
     sh(dir.path(), &format!("{g} -C srv/app add p && {g} -C srv/app commit -qm one"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}")])
+    // git-daemon itself, not `git daemon`, which would leave it running when killed.
+    let exec_path = Command::new("git").arg("--exec-path").output().unwrap().stdout;
+    let exec_path = String::from_utf8_lossy(&exec_path).trim().to_string();
+    let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}")])
         .arg(format!("--base-path={}", dir.path().join("srv").display()))
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _daemon = KillOnDrop(daemon);
     let url = format!("git://127.0.0.1:{port}/app");
     // Root's git config, as the environment loomd runs in gives it, would send the clone to a
     // host path instead.
@@ -328,8 +343,6 @@ fn a_remote_clone_uses_none_of_roots_git_config() {
         "echo p=$(cat /workspace/p 2>&1); echo sub=$(ls -A /workspace/sub | wc -l); \
          grep -rq SECRET_MARKER /workspace && echo secret=fetched || echo secret=absent",
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert_eq!(support::field(&log, "p"), "public", "cloned from the git daemon: {log}");
     assert_eq!(support::field(&log, "sub"), "0", "{log}");
     assert_eq!(support::field(&log, "secret"), "absent", "{log}");
