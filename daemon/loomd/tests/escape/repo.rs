@@ -194,6 +194,27 @@ fn a_hostile_upload_is_refused_entry_by_entry() {
 }
 
 #[test]
+fn uploads_are_bounded_per_user_and_the_cli_says_why() {
+    if !privileged("uploads_are_bounded_per_user_and_the_cli_says_why") {
+        return;
+    }
+    let d = loomd();
+    let (status, v) = post_bytes(&d, "/v1/uploads?kind=zip", b"x");
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("kind=tar"), "{v}");
+    for _ in 0..loom_core::api::MAX_PENDING_UPLOADS {
+        let (status, v) = post_bytes(&d, "/v1/uploads?kind=tar", b"unused");
+        assert_eq!(status, 200, "{v}");
+    }
+    // loomd refuses while the CLI is still sending: the CLI reports loomd's reason.
+    let src = shared_dir("loom-escape-big");
+    fs::write(src.path().join("big"), vec![7u8; 8 << 20]).unwrap();
+    let out = d.cli(&["weaver", "create", "--repo", src.path().to_str().unwrap(), "--", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("uploads waiting"), "{stderr}");
+}
+
+#[test]
 fn setuid_fifo_hardlink_and_host_symlink_arrive_harmless() {
     if !privileged("setuid_fifo_hardlink_and_host_symlink_arrive_harmless") {
         return;
