@@ -189,3 +189,25 @@ pub fn hits(v: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loom_core::terminal::sanitize_json;
+
+    /// What a weaver writes into its agent status or threads reaches human output only
+    /// through `sanitize_json`, as `main` renders it.
+    #[test]
+    fn weaver_text_reaches_the_terminal_without_escapes() {
+        let w = serde_json::json!([{
+            "id": "abc", "name": "w", "state": "exited", "exit_code": 1, "restarts": 0,
+            "reason": "\u{1b}]0;pwned\u{7}boom", "spec": {"command": [], "agent": {"model": "m\u{9b}2J"}},
+            "agent_status": {"iteration": "1\u{1b}[2J", "stop_reason": {"kind": "done\u{1b}[31m"}},
+        }]);
+        for out in [ps(&sanitize_json(&w)), inspect(&sanitize_json(&w)), audit(&sanitize_json(&w))] {
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{out:?}");
+            assert!(!out.contains("pwned") && !out.contains("\\u001b"), "{out:?}");
+        }
+        assert!(ps(&sanitize_json(&w)).contains("done"));
+    }
+}

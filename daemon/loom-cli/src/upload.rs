@@ -322,6 +322,11 @@ pub async fn send(client: &Client, dir: &Path) -> Result<Uploaded, CliError> {
             failed
         });
         let answer = client.upload(&format!("/v1/uploads?kind={}", UploadKind::GitBundle.as_str()), body).await;
+        if let Err(answer) = &answer
+            && answer.code != "unavailable"
+        {
+            return Err(CliError::new(&answer.code, answer.message.clone()));
+        }
         if let Ok(Some(why)) = pump.await {
             return Err(fail(format!("git bundle create in {} failed: {why}", dir.display())));
         }
@@ -339,6 +344,12 @@ pub async fn send(client: &Client, dir: &Path) -> Result<Uploaded, CliError> {
         r.map(|()| notes)
     });
     let answer = client.upload(&format!("/v1/uploads?kind={}", UploadKind::Tar.as_str()), body).await;
+    if let Err(answer) = &answer
+        && answer.code != "unavailable"
+    {
+        // loomd refused it and said why; what is still being read does not matter.
+        return Err(CliError::new(&answer.code, answer.message.clone()));
+    }
     let read = producer.join().map_err(|_| fail(format!("reading {} failed", dir.display())))?;
     match (read, answer) {
         (Ok(notes), Ok(v)) => Ok(Uploaded { id: upload_id(v)?, branch: None, notes }),

@@ -221,13 +221,7 @@ async fn route_inner(
             let (body, _) = read_json::<CreateWeaver>(req).await?;
             (Request::CreateWeaver(Box::new(body)), CREATE_TIMEOUT)
         }
-        (&Method::POST, ["v1", "uploads"]) => {
-            daemon.authorize(&caller, &"upload")?;
-            let kind = query_value(&req, "kind")
-                .and_then(|k| UploadKind::parse(&k))
-                .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "an upload needs ?kind=tar or ?kind=git-bundle"))?;
-            return upload(daemon, &caller, kind, req).await;
-        }
+        (&Method::POST, ["v1", "uploads"]) => return upload(daemon, &caller, req).await,
         (&Method::GET, ["v1", "weavers", key]) => (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::DELETE, ["v1", "weavers", key]) => {
             (Request::RemoveWeaver { key: key.to_string(), force: query_flag(&req, "force") }, REQUEST_TIMEOUT)
@@ -280,14 +274,41 @@ async fn route_inner(
     })
 }
 
+/// How long a refused upload is still read (and thrown away), so that the client, which is
+/// busy sending, gets to read the refusal rather than a broken connection.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
 /// Receives an upload: the body streams to a file of the caller's, bounded in size and time.
 async fn upload(
     daemon: Arc<Daemon>,
     caller: &Caller,
-    kind: UploadKind,
     req: HttpRequest<Incoming>,
 ) -> Result<HttpResponse<Body>, ApiError> {
+    let kind = query_value(&req, "kind");
+    let len = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
+    let received = receive_upload(&daemon, caller, kind.as_deref(), len, &mut body).await;
+    if received.is_err() {
+        tokio::spawn(async move {
+            let discard = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+        });
+    }
+    Ok(json_response(StatusCode::OK, &received?))
+}
+
+async fn receive_upload(
+    daemon: &Daemon,
+    caller: &Caller,
+    kind: Option<&str>,
+    len: Option<u64>,
+    body: &mut Incoming,
+) -> Result<loom_core::api::UploadInfo, ApiError> {
     use crate::uploads::UploadError;
+    daemon.authorize(caller, &"upload")?;
+    let kind = kind
+        .and_then(UploadKind::parse)
+        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "an upload needs ?kind=tar or ?kind=git-bundle"))?;
     let map = |e: UploadError| match e {
         UploadError::TooLarge => ApiError::new(ErrorCode::PayloadTooLarge, e.to_string()),
         UploadError::TooMany(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
@@ -297,15 +318,11 @@ async fn upload(
             ApiError::new(ErrorCode::Internal, format!("{e}; see loomd's log"))
         }
     };
-    if let Some(len) =
-        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > MAX_UPLOAD_BYTES
-    {
+    if len.is_some_and(|len| len > MAX_UPLOAD_BYTES) {
         return Err(map(UploadError::TooLarge));
     }
     let mut arriving = daemon.uploads().begin(caller.uid, kind).map_err(map)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(UPLOAD_SEND_SECS);
-    let mut body = req.into_body();
     loop {
         let frame = tokio::time::timeout_at(deadline, body.frame()).await.map_err(|_| {
             ApiError::new(
@@ -325,7 +342,7 @@ async fn upload(
             }
         }
     }
-    Ok(json_response(StatusCode::OK, &arriving.commit().map_err(map)?))
+    arriving.commit().map_err(map)
 }
 
 /// Streams a weaver's log: what is there, then (with follow) what is appended while it runs.

@@ -194,6 +194,27 @@ fn a_hostile_upload_is_refused_entry_by_entry() {
 }
 
 #[test]
+fn uploads_are_bounded_per_user_and_the_cli_says_why() {
+    if !privileged("uploads_are_bounded_per_user_and_the_cli_says_why") {
+        return;
+    }
+    let d = loomd();
+    let (status, v) = post_bytes(&d, "/v1/uploads?kind=zip", b"x");
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("kind=tar"), "{v}");
+    for _ in 0..loom_core::api::MAX_PENDING_UPLOADS {
+        let (status, v) = post_bytes(&d, "/v1/uploads?kind=tar", b"unused");
+        assert_eq!(status, 200, "{v}");
+    }
+    // loomd refuses while the CLI is still sending: the CLI reports loomd's reason.
+    let src = shared_dir("loom-escape-big");
+    fs::write(src.path().join("big"), vec![7u8; 8 << 20]).unwrap();
+    let out = d.cli(&["weaver", "create", "--repo", src.path().to_str().unwrap(), "--", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("uploads waiting"), "{stderr}");
+}
+
+#[test]
 fn setuid_fifo_hardlink_and_host_symlink_arrive_harmless() {
     if !privileged("setuid_fifo_hardlink_and_host_symlink_arrive_harmless") {
         return;
@@ -265,6 +286,16 @@ fn a_submodule_on_a_host_path_is_never_fetched() {
     assert!(!workspace_of(&d, "gitmod").join(".git/modules").exists());
 }
 
+/// A helper process that ends with the test, whichever way the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Replaces `d`'s loomd by one with `env` added to its environment.
 fn respawn_with_env(d: &mut Loomd, env: &[(&str, String)]) {
     d.kill9();
@@ -295,11 +326,16 @@ fn a_remote_clone_uses_none_of_roots_git_config() {
     sh(dir.path(), &format!("{g} -C srv/app submodule --quiet add file://{}/secret sub", dir.path().display()));
     sh(dir.path(), &format!("{g} -C srv/app add p && {g} -C srv/app commit -qm one"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}")])
+    // git-daemon itself, not `git daemon`, which would leave it running when killed.
+    let exec_path = Command::new("git").arg("--exec-path").output().unwrap().stdout;
+    let exec_path = String::from_utf8_lossy(&exec_path).trim().to_string();
+    let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}")])
         .arg(format!("--base-path={}", dir.path().join("srv").display()))
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _daemon = KillOnDrop(daemon);
     let url = format!("git://127.0.0.1:{port}/app");
     // Root's git config, as the environment loomd runs in gives it, would send the clone to a
     // host path instead.
@@ -328,8 +364,6 @@ fn a_remote_clone_uses_none_of_roots_git_config() {
         "echo p=$(cat /workspace/p 2>&1); echo sub=$(ls -A /workspace/sub | wc -l); \
          grep -rq SECRET_MARKER /workspace && echo secret=fetched || echo secret=absent",
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert_eq!(support::field(&log, "p"), "public", "cloned from the git daemon: {log}");
     assert_eq!(support::field(&log, "sub"), "0", "{log}");
     assert_eq!(support::field(&log, "secret"), "absent", "{log}");
