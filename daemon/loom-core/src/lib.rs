@@ -4,8 +4,11 @@
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod error;
 pub mod repo;
 pub mod restart;
 pub mod terminal;
 pub mod units;
 pub mod weaver;
+
+pub use error::error_chain;
