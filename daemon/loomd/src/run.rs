@@ -153,7 +153,9 @@ async fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<
             Ok(Arc::new(backend))
         }
         BackendKind::Kubernetes => {
-            bail!("the kubernetes backend is not available in this build: run with --backend nspawn")
+            bail!(
+                "backend \"kubernetes\" is accepted by the config but not built yet: use --backend systemd (where systemd is PID 1) or --backend nspawn, or set `backend` to one of them in the config"
+            )
         }
     }
 }
