@@ -287,6 +287,7 @@ let
       type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-loom";
     };
     nixpkgs-fmt = null;
+    git = "git"; openssh = "openssh"; perl = "perl"; procps = "procps";
   };
   nixpkgs = {
     lib = lib // { nixosSystem = args: args; };
@@ -300,8 +301,10 @@ in
 [
   (check "flake: packages.loom, default" (self.packages.x86_64-linux.default == pkg && pkg.pname == "loom"))
   (check "flake: version from the workspace" (pkg.version == (lib.importTOML (root + "/Cargo.toml")).workspace.package.version))
-  (check "flake: tests off in the package build, Cargo.lock used"
-    (pkg.doCheck == false && baseNameOf (toString pkg.cargoLock.lockFile) == "Cargo.lock"))
+  (check "flake: the unprivileged tests run in the package build, none skipped by a filter, Cargo.lock used"
+    (pkg.doCheck == true && pkg.cargoTestFlags == [ "--workspace" ] && !(pkg ? checkFlags)
+      && builtins.length pkg.nativeCheckInputs == 4
+      && baseNameOf (toString pkg.cargoLock.lockFile) == "Cargo.lock"))
   (check "flake: source is the workspace only" (top == [ "Cargo.lock" "Cargo.toml" "README.md" "daemon" "ebpf" ]))
   (check "flake: source has the committed eBPF object" (builtins.pathExists "${pkg.src}/ebpf/audit.bpf.o"))
   (check "flake: source has no target/" (!(builtins.pathExists "${pkg.src}/target")))

@@ -235,17 +235,7 @@ fn read_head(workspace: &Path) -> Option<String> {
     })
 }
 
-/// An error and all its sources, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use loom_core::error_chain;
 
 /// A state directory inside the workspace must not be committed (its spool changes every
 /// iteration, which would also blind the no-change breaker): list it in `.git/info/exclude`.

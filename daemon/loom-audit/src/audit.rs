@@ -412,16 +412,7 @@ impl Audit {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use loom_core::error_chain;
 
 /// How often the ring buffer is drained when the kernel did not wake us (it
 /// wakes us only once the ring is an eighth full, see `submit` in the C code).

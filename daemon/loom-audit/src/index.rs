@@ -39,32 +39,42 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
-/// The `audit_events` table over a connection the caller owns.
+/// This index's row in the shared `schema_versions` table.
+pub const COMPONENT: &str = "audit";
+
+const MIGRATIONS: &[&str] = &[
+    // 1. `IF NOT EXISTS`: before the shared scheme the table was created on every batch, so
+    // an older database has it with no version row; this step adopts it as it is.
+    "CREATE TABLE IF NOT EXISTS audit_events (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        time_unix_ns INTEGER NOT NULL,
+        weaver TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        ppid INTEGER NOT NULL,
+        event TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS audit_events_weaver_time ON audit_events(weaver, time_unix_ns);
+    CREATE INDEX IF NOT EXISTS audit_events_kind_time ON audit_events(kind, time_unix_ns);
+    CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events(time_unix_ns);",
+];
+
+/// Brings the `audit_events` table up to this crate's version; once, when the caller opens
+/// the connection it will index into.
+pub fn migrate(conn: &mut Connection) -> Result<(), loom_sqlite::MigrateError> {
+    loom_sqlite::migrate(conn, COMPONENT, MIGRATIONS)
+}
+
+/// The `audit_events` table over a connection the caller owns and has [`migrate`]d.
 #[derive(Debug)]
 pub struct AuditIndex<'c> {
     conn: &'c Connection,
 }
 
 impl<'c> AuditIndex<'c> {
-    /// Use the table, creating it first if needed.
-    pub fn new(conn: &'c Connection) -> Result<Self, IndexError> {
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS audit_events (
-                id INTEGER PRIMARY KEY,
-                seq INTEGER NOT NULL,
-                time_unix_ns INTEGER NOT NULL,
-                weaver TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                pid INTEGER NOT NULL,
-                ppid INTEGER NOT NULL,
-                event TEXT NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS audit_events_weaver_time ON audit_events(weaver, time_unix_ns);
-            CREATE INDEX IF NOT EXISTS audit_events_kind_time ON audit_events(kind, time_unix_ns);
-            CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events(time_unix_ns);",
-        )
-        .map_err(sql("creating the audit_events table"))?;
-        Ok(Self { conn })
+    pub fn new(conn: &'c Connection) -> Self {
+        Self { conn }
     }
 
     /// Insert a batch in one transaction; returns the last row id.
@@ -246,9 +256,10 @@ mod tests {
 
     #[test]
     fn filters_by_weaver_kind_since_and_follow_position() {
-        let conn = Connection::open_in_memory().unwrap();
-        let idx = AuditIndex::new(&conn).unwrap();
-        AuditIndex::new(&conn).unwrap(); // idempotent
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap(); // idempotent
+        let idx = AuditIndex::new(&conn);
         idx.insert(&[ev(1, "a", 10, listen()), ev(2, "b", 20, listen()), ev(3, "a", 30, bpf())]).unwrap();
         let seqs = |q: AuditQuery| -> Vec<u64> { idx.query(&q).unwrap().into_iter().map(|(_, e)| e.seq).collect() };
         assert_eq!(seqs(AuditQuery::default()), vec![1, 2, 3]);
@@ -262,6 +273,23 @@ mod tests {
         assert_eq!(seqs(AuditQuery::default()), vec![3]);
         let got = idx.query(&AuditQuery::default()).unwrap();
         assert_eq!(got[0].1, ev(3, "a", 30, bpf()));
+    }
+
+    /// An index from before the shared scheme (table, no version row) keeps its rows.
+    #[test]
+    fn an_unversioned_index_is_adopted_with_its_rows_and_a_newer_one_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        AuditIndex::new(&conn).insert(&[ev(1, "a", 10, listen())]).unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(AuditIndex::new(&conn).query(&AuditQuery::default()).unwrap().len(), 1);
+        let version = |c: &Connection| -> i64 {
+            c.query_row("SELECT version FROM schema_versions WHERE component = 'audit'", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(version(&conn), 1);
+        conn.execute("UPDATE schema_versions SET version = 2 WHERE component = 'audit'", []).unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(matches!(err, loom_sqlite::MigrateError::TooNew { found: 2, known: 1, .. }), "{err:?}");
     }
 
     #[test]

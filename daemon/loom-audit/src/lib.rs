@@ -29,7 +29,8 @@
 //! tokio::spawn(async move {
 //!     pump(events, sink.as_mut(), |batch| {
 //!         let conn = conn.lock().unwrap();
-//!         if let Err(e) = AuditIndex::new(&conn).and_then(|index| index.insert(batch)) {
+//!         // `conn` was migrated once at open (`loom_audit::index::migrate`).
+//!         if let Err(e) = AuditIndex::new(&conn).insert(batch) {
 //!             tracing::error!(error = %e, "audit index insert failed");
 //!         }
 //!     })

@@ -179,20 +179,21 @@ async fn weaver_actions_arrive_with_their_fields_and_outside_actions_do_not() {
     // the real events through the sinks and the index, as loomd wires them
     let out = tempfile::tempdir().unwrap();
     let mut sink = loom_audit::NdjsonSink::open(&out.path().join("audit.ndjson")).unwrap();
-    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    loom_audit::index::migrate(&mut conn).unwrap();
     let (tx, queue) = tokio::sync::mpsc::channel(events.len());
     for e in &events {
         tx.try_send(e.clone()).unwrap();
     }
     drop(tx);
     loom_audit::pump(queue, &mut sink, |batch| {
-        loom_audit::AuditIndex::new(&conn).unwrap().insert(batch).unwrap();
+        loom_audit::AuditIndex::new(&conn).insert(batch).unwrap();
     })
     .await;
     let text = std::fs::read_to_string(out.path().join("audit.ndjson")).unwrap();
     let back: Vec<AuditEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(back, events);
-    let index = loom_audit::AuditIndex::new(&conn).unwrap();
+    let index = loom_audit::AuditIndex::new(&conn);
     let execs = index
         .query(&loom_audit::AuditQuery {
             weaver: Some("weaver-actions".into()),

@@ -11,7 +11,7 @@
 //! [`BootedSystemd::system_bus_address`]: root on the host is root inside (no user namespace),
 //! so the bus accepts a connection from the host.
 //!
-//! Uses only std, so any test can use it.
+//! Uses only std and loom-core's pure parsers, so any test can use it.
 
 use std::fs;
 use std::io::{self, Read};
@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use loom_core::mounts::parse_mountinfo;
 
 /// What went wrong booting or using the container.
 #[derive(Debug, thiserror::Error)]
@@ -520,13 +522,7 @@ fn own_cgroup_path<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str
 }
 
 fn is_cgroup_v1_mount(mountinfo: &str, target: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.get(4) == Some(&target) && fields.get(sep + 1) == Some(&"cgroup")
-    })
+    parse_mountinfo(mountinfo).iter().any(|m| m.target == Path::new(target) && m.fstype == "cgroup")
 }
 
 /// Removes cgroup directories and whatever the container's systemd left below them, deepest
@@ -557,15 +553,9 @@ fn remove_cgroups(dirs: &[PathBuf]) {
 /// True when `/proc/PID/mountinfo` shows a cgroup (v1) mount at `target` whose mount point is
 /// read-only.
 fn is_read_only_cgroup_mount(mountinfo: &str, target: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.get(4) == Some(&target)
-            && fields.get(5).is_some_and(|opts| opts.split(',').any(|o| o == "ro"))
-            && fields.get(sep + 1) == Some(&"cgroup")
-    })
+    parse_mountinfo(mountinfo)
+        .iter()
+        .any(|m| m.target == Path::new(target) && m.fstype == "cgroup" && m.has_option("ro"))
 }
 
 fn parent_of(pid: u32) -> Option<u32> {

@@ -18,9 +18,9 @@ pub enum ThreadsError {
         #[source]
         source: rusqlite::Error,
     },
-    /// The database was written by a newer loom; upgrade loomd instead of downgrading it.
-    #[error("thread store schema version {found} is newer than this loomd knows ({known}); run a newer loomd")]
-    SchemaTooNew { found: i64, known: i64 },
+    /// The schema could not be migrated, or was written by a newer loom.
+    #[error(transparent)]
+    Schema(#[from] loom_sqlite::MigrateError),
     /// This SQLite has no FTS5; loom needs rusqlite's bundled SQLite (which has it).
     #[error("SQLite lacks FTS5; build with rusqlite's `bundled` feature")]
     NoFts5,
@@ -103,7 +103,10 @@ pub fn configure_connection(conn: &Connection) -> Result<(), ThreadsError> {
 /// The schema version this crate writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the schema on `conn` up to [`SCHEMA_VERSION`], each step in its own transaction.
+/// This store's row in the shared `schema_versions` table.
+pub const COMPONENT: &str = "threads";
+
+/// Brings the schema on `conn` up to [`SCHEMA_VERSION`] through `loom_sqlite`'s scheme.
 /// Safe to call on every start; loomd owns the connection (and its WAL mode).
 pub fn migrate(conn: &mut Connection) -> Result<(), ThreadsError> {
     let fts5: bool = conn
@@ -112,17 +115,13 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ThreadsError> {
     if !fts5 {
         return Err(ThreadsError::NoFts5);
     }
-    let found: i64 =
+    // Before the shared scheme this store kept its version in `PRAGMA user_version`.
+    let legacy: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema version"))?;
-    if found > SCHEMA_VERSION {
-        return Err(ThreadsError::SchemaTooNew { found, known: SCHEMA_VERSION });
+    if legacy > 0 {
+        loom_sqlite::adopt(conn, COMPONENT, legacy)?;
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction().map_err(sql("starting a migration"))?;
-        tx.execute_batch(step).map_err(sql("applying a migration"))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql("recording the schema version"))?;
-        tx.commit().map_err(sql("committing a migration"))?;
-    }
+    loom_sqlite::migrate(conn, COMPONENT, MIGRATIONS)?;
     Ok(())
 }
 

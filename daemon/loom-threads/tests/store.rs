@@ -49,14 +49,32 @@ fn hits(conn: &Connection, q: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+fn schema_version(conn: &Connection) -> i64 {
+    conn.query_row("SELECT version FROM schema_versions WHERE component = 'threads'", [], |r| r.get(0)).unwrap()
+}
+
 #[test]
-fn migrate_is_idempotent_and_fts5_is_there() {
+fn migrate_is_idempotent_and_a_newer_schema_is_refused() {
     let (_d, mut conn) = open();
     migrate(&mut conn).unwrap();
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(v, SCHEMA_VERSION);
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
-    assert!(matches!(migrate(&mut conn), Err(ThreadsError::SchemaTooNew { .. })));
+    assert_eq!(schema_version(&conn), SCHEMA_VERSION);
+    conn.execute("UPDATE schema_versions SET version = ?1 WHERE component = 'threads'", [SCHEMA_VERSION + 1]).unwrap();
+    let err = migrate(&mut conn).unwrap_err();
+    assert!(matches!(err, ThreadsError::Schema(loom_sqlite::MigrateError::TooNew { .. })), "{err:?}");
+    assert!(err.to_string().contains("threads schema version"), "{err}");
+}
+
+/// A store from before the shared scheme: versioned by `PRAGMA user_version`, no row in
+/// `schema_versions`. It is adopted at its version, not migrated from scratch over its tables.
+#[test]
+fn a_store_versioned_by_user_version_is_adopted_with_its_threads() {
+    let (_d, mut conn) = open();
+    sample(&mut conn);
+    conn.execute_batch("DROP TABLE schema_versions").unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    migrate(&mut conn).unwrap();
+    assert_eq!(schema_version(&conn), SCHEMA_VERSION);
+    assert_eq!(hits(&conn, "parse_config").len(), 2);
 }
 
 #[test]

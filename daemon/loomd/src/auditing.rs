@@ -22,6 +22,8 @@ pub enum AuditingError {
     Sink(#[source] loom_audit::SinkError),
     #[error("the audit index could not be opened")]
     Index(#[source] rusqlite::Error),
+    #[error("the audit index could not be migrated")]
+    Schema(#[source] loom_sqlite::MigrateError),
     #[error("invalid audit query: {0}")]
     Query(String),
 }
@@ -48,11 +50,13 @@ impl Auditor {
         if !config.enabled {
             return Ok(None);
         }
-        let mut audit = Audit::start(&config).map_err(AuditingError::Start)?;
-        let mut sink = open_sink(&config, state_dir).map_err(AuditingError::Sink)?;
-        let conn = Connection::open(db).map_err(AuditingError::Index)?;
+        // The index first: a schema it cannot use is refused before any program is loaded.
+        let mut conn = Connection::open(db).map_err(AuditingError::Index)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
             .map_err(AuditingError::Index)?;
+        loom_audit::index::migrate(&mut conn).map_err(AuditingError::Schema)?;
+        let mut audit = Audit::start(&config).map_err(AuditingError::Start)?;
+        let mut sink = open_sink(&config, state_dir).map_err(AuditingError::Sink)?;
         let conn = Arc::new(Mutex::new(conn));
         if let Some(events) = audit.take_events() {
             let index_conn = conn.clone();
@@ -63,7 +67,7 @@ impl Auditor {
                         return;
                     }
                     let conn = index_conn.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = AuditIndex::new(&conn).and_then(|i| i.insert(batch)) {
+                    if let Err(e) = AuditIndex::new(&conn).insert(batch) {
                         tracing::error!(error = %e, "audit index insert failed");
                     }
                 })
@@ -108,7 +112,7 @@ impl Auditor {
         let since_unix_ns =
             since.map(|s| parse_since(s, now)).transpose().map_err(|e| AuditingError::Query(e.to_string()))?;
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let index = AuditIndex::new(&conn).map_err(|e| AuditingError::Query(e.to_string()))?;
+        let index = AuditIndex::new(&conn);
         let rows = index
             .query(&AuditQuery {
                 weaver,

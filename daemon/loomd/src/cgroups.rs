@@ -83,20 +83,16 @@ impl CgroupHost {
         let mut unified_root = None;
         let mut v1 = Vec::new();
         let mut named_systemd = None;
-        for line in mounts.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() < 4 {
-                continue;
-            }
-            match f[2] {
-                "cgroup2" => unified_root = Some(PathBuf::from(f[1])),
+        for m in loom_core::mounts::parse_mounts(&mounts) {
+            match m.fstype.as_str() {
+                "cgroup2" => unified_root = Some(m.target),
                 "cgroup" => {
-                    if f[3].split(',').any(|o| o == "name=systemd") {
-                        named_systemd = Some(PathBuf::from(f[1]));
+                    if m.has_option("name=systemd") {
+                        named_systemd = Some(m.target.clone());
                     }
-                    for opt in f[3].split(',') {
-                        if ["memory", "pids", "cpu", "devices"].contains(&opt) {
-                            v1.push((opt.to_string(), PathBuf::from(f[1])));
+                    for opt in &m.options {
+                        if ["memory", "pids", "cpu", "devices"].contains(&opt.as_str()) {
+                            v1.push((opt.clone(), m.target.clone()));
                         }
                     }
                 }

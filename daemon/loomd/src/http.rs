@@ -140,36 +140,27 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     Ok((value, parts))
 }
 
-fn query_flag(req: &HttpRequest<Incoming>, name: &str) -> bool {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
-}
-
+/// A query parameter, decoded (`%XX` and `+`) as the CLI encodes it; the first one wins.
 fn query_value(req: &HttpRequest<Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_string)
+    query_param(req.uri().query()?, name)
 }
 
-/// Decodes `%XX` escapes (query values the CLI escapes, like RFC 3339 times with `:`/`+`).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// `?name`, `?name=true` or `?name=1`.
+fn query_flag(req: &HttpRequest<Incoming>, name: &str) -> bool {
+    query_value(req, name).is_some_and(|v| is_set(&v))
+}
+
+fn is_set(flag: &str) -> bool {
+    matches!(flag, "" | "true" | "1")
+}
+
+/// A path segment with its `%XX` escapes decoded (an id or name the CLI escaped).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 async fn route(daemon: Arc<Daemon>, caller: Caller, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
@@ -196,7 +187,7 @@ async fn route_inner(
             Request::Audit {
                 weaver: query_value(&req, "weaver"),
                 kind: query_value(&req, "kind"),
-                since: query_value(&req, "since").map(|s| percent_decode(&s)),
+                since: query_value(&req, "since"),
                 after_id: query_value(&req, "after").and_then(|v| v.parse().ok()),
                 limit: query_value(&req, "limit").and_then(|v| v.parse().ok()),
             },
@@ -207,7 +198,7 @@ async fn route_inner(
         }
         (&Method::GET, ["v1", "threads", "search"]) => (
             Request::ThreadSearch {
-                query: query_value(&req, "q").map(|q| percent_decode(&q)).unwrap_or_default(),
+                query: query_value(&req, "q").unwrap_or_default(),
                 weaver: query_value(&req, "weaver"),
                 since: query_value(&req, "since"),
                 limit: query_value(&req, "limit").and_then(|v| v.parse().ok()),
@@ -483,4 +474,23 @@ fn command_output_stream(
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_set, percent_decode, query_param};
+
+    /// What `loom` sends: every byte but `[A-Za-z0-9-]` as `%XX` (loom-cli's `path_key`).
+    #[test]
+    fn query_values_and_path_segments_are_decoded_as_the_cli_encodes_them() {
+        let q = "since=2026-01-01T00%3A00%3A00%2B02%3A00&weaver=a%5Fb&q=two+words%21&force&since=later";
+        assert_eq!(query_param(q, "since").as_deref(), Some("2026-01-01T00:00:00+02:00"));
+        assert_eq!(query_param(q, "weaver").as_deref(), Some("a_b"));
+        assert_eq!(query_param(q, "q").as_deref(), Some("two words!"));
+        assert_eq!(query_param(q, "force").as_deref(), Some(""));
+        assert_eq!(query_param(q, "forc"), None, "a prefix of a name is not the name");
+        assert_eq!(query_param("a=%zz%e2%82%ac", "a").as_deref(), Some("%zz€"));
+        assert_eq!(percent_decode("my%20weaver%2F..%ff"), "my weaver/..\u{fffd}");
+        assert!(is_set("") && is_set("1") && is_set("true") && !is_set("0") && !is_set("false"));
+    }
 }

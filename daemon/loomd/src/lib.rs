@@ -26,14 +26,4 @@ pub mod uploads;
 pub mod weaverfs;
 mod weaverfs_walk;
 
-/// An error with all its sources, for a log line: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
+pub use loom_core::error_chain;

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::daemon::WeaverHooks;
 use crate::secrets::Secrets;
-use crate::store::{WeaverRecord, migrate};
+use crate::store::WeaverRecord;
 
 /// The port the proxy listens on inside every weaver's own network namespace.
 pub const WEAVER_PROXY_PORT: u16 = 4141;
@@ -28,6 +28,8 @@ pub enum LlmError {
     Proxy(#[source] loom_proxy::ProxyError),
     #[error("the usage store could not be opened")]
     Store(#[source] rusqlite::Error),
+    #[error("the usage store could not be migrated")]
+    Schema(#[source] loom_sqlite::MigrateError),
     #[error("binding the proxy's host listener")]
     Bind(#[source] std::io::Error),
 }
@@ -78,10 +80,11 @@ pub struct UsageSummary {
 }
 
 impl UsageStore {
-    pub fn open(db: &Path) -> Result<UsageStore, rusqlite::Error> {
-        let mut conn = Connection::open(db)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
-        migrate(&mut conn, "usage", USAGE_MIGRATIONS)?;
+    pub fn open(db: &Path) -> Result<UsageStore, LlmError> {
+        let mut conn = Connection::open(db).map_err(LlmError::Store)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .map_err(LlmError::Store)?;
+        loom_sqlite::migrate(&mut conn, "usage", USAGE_MIGRATIONS).map_err(LlmError::Schema)?;
         Ok(UsageStore { conn: Mutex::new(conn) })
     }
 
@@ -216,7 +219,7 @@ impl Llm {
         local: Arc<dyn loom_proxy::LocalRoutes>,
     ) -> Result<Arc<Llm>, LlmError> {
         let pc = loom_proxy::ProxyConfig::from_toml(&config.providers, &config.proxy).map_err(LlmError::Config)?;
-        let usage = Arc::new(UsageStore::open(db).map_err(LlmError::Store)?);
+        let usage = Arc::new(UsageStore::open(db)?);
         let proxy = Arc::new(
             Proxy::builder(pc, secrets)
                 .usage_sink(usage.clone())

@@ -153,7 +153,9 @@ async fn make_backend(kind: BackendKind, config: &Config) -> anyhow::Result<Arc<
             Ok(Arc::new(backend))
         }
         BackendKind::Kubernetes => {
-            bail!("the kubernetes backend is not available in this build: run with --backend nspawn")
+            bail!(
+                "backend \"kubernetes\" is accepted by the config but not built yet: use --backend systemd (where systemd is PID 1) or --backend nspawn, or set `backend` to one of them in the config"
+            )
         }
     }
 }
@@ -260,7 +262,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         })
     };
-    crate::notify::notify("READY=1");
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.notify("READY=1");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -269,7 +272,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                crate::notify::notify("RELOADING=1");
+                notifier.notify("RELOADING=1");
                 match load_config(args.config.as_deref()).map(|c| apply_flags(c, &args)) {
                     Ok(c) => {
                         let groups = resolve_groups(&c);
@@ -280,12 +283,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the old config"),
                 }
-                crate::notify::notify("READY=1");
+                notifier.notify("READY=1");
             }
         }
     }
     // Weavers keep running: their shims or units outlive loomd, and the next loomd adopts them.
-    crate::notify::notify("STOPPING=1");
+    notifier.notify("STOPPING=1");
     let _ = stop_tx.send(true);
     expiry.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

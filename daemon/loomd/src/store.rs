@@ -1,12 +1,12 @@
 //! The SQLite store in the state directory: weavers now, and the tables other subsystems
-//! (threads, usage, the audit index) migrate in through [`migrate`].
+//! (threads, usage, the audit index) migrate into the same file through `loom_sqlite`.
 
 use std::path::Path;
 
 use loom_core::api::WeaverInfo;
 use loom_core::restart::RestartTracker;
 use loom_core::weaver::{WeaverId, WeaverSpec, WeaverState};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::backend::RunHandle;
 
@@ -20,6 +20,8 @@ pub enum StoreError {
     },
     #[error("a weaver named {0:?} already exists: pick another --name or `loom weaver rm` the old one")]
     NameTaken(String),
+    #[error(transparent)]
+    Schema(#[from] loom_sqlite::MigrateError),
     #[error("store query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("a stored record is corrupt: {0}")]
@@ -52,29 +54,6 @@ const WEAVER_MIGRATIONS: &[&str] = &["CREATE TABLE weavers (
         tracker TEXT NOT NULL
     )"];
 
-/// Applies a component's migrations in order, each once, each in its own transaction.
-/// Components version independently, so crates add tables without touching each other.
-pub fn migrate(conn: &mut Connection, component: &str, steps: &[&str]) -> Result<(), rusqlite::Error> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
-    )?;
-    let current: i64 = conn
-        .query_row("SELECT version FROM schema_versions WHERE component = ?1", [component], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    for (i, step) in steps.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(step)?;
-        tx.execute(
-            "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
-             ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-            params![component, i as i64 + 1],
-        )?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
@@ -86,7 +65,7 @@ impl Store {
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(open_err)?;
-        migrate(&mut conn, "weavers", WEAVER_MIGRATIONS).map_err(open_err)?;
+        loom_sqlite::migrate(&mut conn, "weavers", WEAVER_MIGRATIONS)?;
         Ok(Store { conn })
     }
 
@@ -350,5 +329,30 @@ mod tests {
         Store::open(&path).unwrap().insert(&record(3, "kept")).unwrap();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list().unwrap()[0].info.name, "kept");
+    }
+
+    /// One file, one `schema_versions` table, one row per component, each applied once at open.
+    #[test]
+    fn every_component_migrates_into_one_table_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.db");
+        for _ in 0..2 {
+            Store::open(&path).unwrap();
+            crate::llm::UsageStore::open(&path).unwrap();
+            crate::threads::Threads::open(&path).unwrap();
+            loom_audit::index::migrate(&mut Connection::open(&path).unwrap()).unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn.prepare("SELECT component, version FROM schema_versions ORDER BY component").unwrap();
+        let rows: Vec<(String, i64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap();
+        let names: Vec<&str> = rows.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["audit", "threads", "usage", "weavers"]);
+        assert!(rows.iter().all(|(_, v)| *v >= 1), "{rows:?}");
+
+        conn.execute("UPDATE schema_versions SET version = version + 1 WHERE component = 'weavers'", []).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Schema(loom_sqlite::MigrateError::TooNew { .. })), "{err:?}");
+        assert!(err.to_string().contains("weavers schema version 2 is newer than this binary knows (1)"), "{err}");
     }
 }

@@ -32,10 +32,7 @@ pub fn privileged(test: &str) -> bool {
 /// systems, `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-    })
+    loom_core::mounts::parse_mounts(&mounts).into_iter().find(|m| m.fstype == "cgroup2").map(|m| m.target)
 }
 
 /// A v2 cgroup that is removed (after its processes are gone) on drop.

@@ -28,14 +28,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            eprintln!("loom-systemd-probe: {msg}");
+            eprintln!("loom-systemd-probe: {}", loom_core::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,8 @@ pub fn privileged(what: &str) -> bool {
     if Command::new("systemd-nspawn").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
         missing.push("systemd-nspawn (apt-get install systemd-container)".into());
     }
-    if !std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().contains("cgroup2") {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if !loom_core::mounts::parse_mounts(&mounts).iter().any(|m| m.fstype == "cgroup2") {
         missing.push("a cgroup v2 mount".into());
     }
     if missing.is_empty() {
