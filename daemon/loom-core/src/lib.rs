@@ -5,5 +5,6 @@ pub mod access;
 pub mod api;
 pub mod config;
 pub mod restart;
+pub mod sse;
 pub mod units;
 pub mod weaver;
