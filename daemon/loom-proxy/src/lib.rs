@@ -14,7 +14,11 @@
 //! - [`charge`]: what a call costs, also when its response reports no usage (pure).
 //! - [`usage`]: usage extraction from JSON and SSE as bytes pass (pure), records, the sink.
 //! - [`limits`]: the per-weaver ledger: budgets, requests per minute, concurrency (pure).
-//! - `proxy`: identity, the request pipeline, retries and fallbacks, the serving loop.
+//! - `retry`: which upstream failures are retried, how long to wait, when to fall back (pure).
+//! - `proxy`: weavers and tokens, the serving loop, and the request pipeline in typed stages:
+//!   `stages` (authenticate → route → admit, each refusal a `Rejection`), `plan` (provider,
+//!   model, budget reservation, what goes upstream), `send` (attempts as `retry` says, the
+//!   response passed on).
 //! - `call`: one request's accounting, settled exactly once.
 //! - `body`: the response body that forwards upstream frames as they come and settles the
 //!   request's accounting when it ends, breaks or is dropped.
@@ -57,6 +61,7 @@ pub mod config;
 mod errors;
 pub mod limits;
 mod proxy;
+mod retry;
 pub mod route;
 pub mod usage;
 mod vertex;
