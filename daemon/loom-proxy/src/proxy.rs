@@ -257,22 +257,13 @@ impl Proxy {
 
     /// Gives a weaver a fresh random token. The token works until [`Proxy::unregister_weaver`].
     pub fn register_weaver(&self, weaver_id: &str, limits: WeaverLimits) -> Result<WeaverToken, ProxyError> {
-        self.insert_weaver(weaver_id, WeaverToken(new_token()), limits, WeaverTotals::default())
+        self.restore_weaver(weaver_id, WeaverToken(new_token()), limits, WeaverTotals::default())
     }
 
     /// Registers a weaver again after loomd restarted, with the token its environment already
     /// holds and the totals loomd persisted, so its budget keeps counting from where it was.
+    /// (A new weaver is the same with a new token and no totals.)
     pub fn restore_weaver(
-        &self,
-        weaver_id: &str,
-        token: WeaverToken,
-        limits: WeaverLimits,
-        totals: WeaverTotals,
-    ) -> Result<WeaverToken, ProxyError> {
-        self.insert_weaver(weaver_id, token, limits, totals)
-    }
-
-    fn insert_weaver(
         &self,
         weaver_id: &str,
         token: WeaverToken,
