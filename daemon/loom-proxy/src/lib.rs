@@ -8,7 +8,8 @@
 //! OpenAI requests OpenAI-style ones; nothing is translated.
 //!
 //! # Map
-//! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure), price table.
+//! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure).
+//! - [`prices`]: the price table, defaults and lookup (pure).
 //! - [`route`]: endpoint classification, provider choice, upstream paths (pure).
 //! - [`allow`]: the endpoints forwarded per provider surface, matched exactly (pure).
 //! - [`charge`]: what a call costs, also when its response reports no usage (pure).
@@ -60,6 +61,7 @@ pub mod charge;
 pub mod config;
 mod errors;
 pub mod limits;
+pub mod prices;
 mod proxy;
 mod retry;
 pub mod route;
