@@ -1,5 +1,5 @@
 //! Property tests of the agent's reply accumulator (behind `loom_core::sse`, whose own
-//! properties are in loom-core's `tests/sse_fuzz.rs`): any events never panic, and HTTP error
+//! properties are in loom-core's `tests/fuzz.rs`): any events never panic, and HTTP error
 //! answers always classify.
 
 use loom_agent::llm::{Protocol, StreamAccumulator, classify_http_error, parse_retry_after};
