@@ -128,34 +128,18 @@ async fn main() {
     assert_eq!(out.commits, n);
     let mut byo_iters = iteration_times(&state);
 
-    let b50 = pct(&mut base, 0.5);
+    let row = |label: &str, mean: f64, times: &mut Vec<f64>| {
+        println!("{label:<52} {mean:>9.2} {:>9.2} {:>9.2}", pct(times, 0.5), pct(times, 0.99));
+    };
     println!("iterations per run: {n}");
     println!("{:<52} {:>9} {:>9} {:>9}", "", "mean ms", "p50 ms", "p99 ms");
-    println!(
-        "{:<52} {:>9.2} {:>9.2} {:>9.2}",
-        "baseline: git status+add+commit only",
-        base.iter().sum::<f64>() / base.len() as f64,
-        b50,
-        pct(&mut base, 0.99)
-    );
-    let a_mean = agent_total.as_secs_f64() * 1000.0 / n as f64;
-    println!(
-        "{:<52} {:>9.2} {:>9.2} {:>9.2}",
-        "built-in agent, 2 model calls + 1 tool, 0-latency model",
-        a_mean,
-        pct(&mut agent_iters, 0.5),
-        pct(&mut agent_iters, 0.99)
-    );
-    let c_mean = byo_total.as_secs_f64() * 1000.0 / n as f64;
-    println!(
-        "{:<52} {:>9.2} {:>9.2} {:>9.2}",
-        "bring-your-own command (sh), no model",
-        c_mean,
-        pct(&mut byo_iters, 0.5),
-        pct(&mut byo_iters, 0.99)
-    );
-    println!("(p50/p99 from thread event timestamps, ms resolution; means from wall time)");
     let b_mean = base.iter().sum::<f64>() / base.len() as f64;
+    row("baseline: git status+add+commit only", b_mean, &mut base);
+    let a_mean = agent_total.as_secs_f64() * 1000.0 / n as f64;
+    row("built-in agent, 2 model calls + 1 tool, 0-latency model", a_mean, &mut agent_iters);
+    let c_mean = byo_total.as_secs_f64() * 1000.0 / n as f64;
+    row("bring-your-own command (sh), no model", c_mean, &mut byo_iters);
+    println!("(p50/p99 from thread event timestamps, ms resolution; means from wall time)");
     println!("ratio built-in agent / git baseline (mean): {:.1}x", a_mean / b_mean);
     println!(
         "the loop's own cost beyond the git baseline (mean): built-in {:.1} ms, bring-your-own {:.1} ms",

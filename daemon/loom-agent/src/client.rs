@@ -6,7 +6,7 @@ use crate::http::{Tls, join_url, post_json_tls};
 use crate::llm::{
     ModelError, ModelReply, ModelRequest, ModelSpec, Protocol, StreamAccumulator, classify_http_error, request_body,
 };
-use crate::sse::SseParser;
+use loom_core::sse::SseParser;
 
 /// Where and how to reach the model.
 #[derive(Clone)]

@@ -3,8 +3,8 @@
 //! Map (pure modules first; they do no I/O and are unit-tested without it):
 //! - [`machine`]: the agent of one iteration as a state machine, and context-window fitting.
 //! - [`policy`]: the loop's stop rules (until, marker, max iterations, budget, breakers, clock).
-//! - [`llm`] / [`sse`]: Anthropic Messages and OpenAI Chat Completions bodies, SSE parsing,
-//!   stream accumulation, error classification (429, budget).
+//! - [`llm`]: Anthropic Messages and OpenAI Chat Completions bodies, stream accumulation over
+//!   `loom_core::sse` (the SSE parser the proxy uses too), error classification (429, budget).
 //! - [`tools`]: the six tools, confined to the workspace root.
 //! - [`http`] / [`client`]: plain-HTTP hyper client, one streaming model call.
 //! - [`spool`]: thread events to a local append-only spool, then POSTed to loomd.
@@ -20,7 +20,6 @@ pub mod machine;
 pub mod policy;
 pub mod runner;
 pub mod spool;
-pub mod sse;
 pub mod tools;
 
 pub use runner::{AgentSettings, Body, LoopConfig, LoopError, LoopOutcome, run_loop};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::sse::SseEvent;
+use loom_core::sse::SseEvent;
 
 /// Which wire protocol a model is spoken to with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,7 +476,7 @@ fn parse_args(json: &str) -> Result<Value, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
+    use loom_core::sse::SseParser;
 
     fn feed(protocol: Protocol, wire: &str) -> Result<ModelReply, ModelError> {
         let mut p = SseParser::new();

@@ -9,6 +9,7 @@ pub mod error;
 pub mod mounts;
 pub mod repo;
 pub mod restart;
+pub mod sse;
 pub mod terminal;
 pub mod units;
 pub mod weaver;

@@ -8,13 +8,18 @@
 //! OpenAI requests OpenAI-style ones; nothing is translated.
 //!
 //! # Map
-//! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure), price table.
+//! - [`config`]: `[providers.NAME]` and `[proxy]` parsing (pure).
+//! - [`prices`]: the price table, defaults and lookup (pure).
 //! - [`route`]: endpoint classification, provider choice, upstream paths (pure).
 //! - [`allow`]: the endpoints forwarded per provider surface, matched exactly (pure).
 //! - [`charge`]: what a call costs, also when its response reports no usage (pure).
 //! - [`usage`]: usage extraction from JSON and SSE as bytes pass (pure), records, the sink.
 //! - [`limits`]: the per-weaver ledger: budgets, requests per minute, concurrency (pure).
-//! - `proxy`: identity, the request pipeline, retries and fallbacks, the serving loop.
+//! - `retry`: which upstream failures are retried, how long to wait, when to fall back (pure).
+//! - `proxy`: weavers and tokens, the serving loop, and the request pipeline in typed stages:
+//!   `stages` (authenticate → route → admit, each refusal a `Rejection`), `plan` (provider,
+//!   model, budget reservation, what goes upstream), `send` (attempts as `retry` says, the
+//!   response passed on).
 //! - `call`: one request's accounting, settled exactly once.
 //! - `body`: the response body that forwards upstream frames as they come and settles the
 //!   request's accounting when it ends, breaks or is dropped.
@@ -56,7 +61,9 @@ pub mod charge;
 pub mod config;
 mod errors;
 pub mod limits;
+pub mod prices;
 mod proxy;
+mod retry;
 pub mod route;
 pub mod usage;
 mod vertex;

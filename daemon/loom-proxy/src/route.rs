@@ -77,11 +77,11 @@ impl Endpoint {
 /// The provider and upstream model a model name selects: a `provider/` prefix naming a
 /// configured provider wins and is stripped; anything else goes to the endpoint's default
 /// provider unchanged (so `meta-llama/llama-3` reaches an OpenRouter default as is).
-pub fn pick_provider<'a>(
-    config: &'a ProxyConfig,
+pub fn pick_provider<'c, 'm>(
+    config: &'c ProxyConfig,
     family: ApiFamily,
-    model: Option<&'a str>,
-) -> Result<(&'a str, Option<&'a str>), String> {
+    model: Option<&'m str>,
+) -> Result<(&'c str, Option<&'m str>), String> {
     if let Some(m) = model
         && let Some((prefix, rest)) = m.split_once('/')
         && !rest.is_empty()

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use loom_core::sse::SseParser;
 use serde_json::Value;
 
 /// Tokens of one request, in the four classes providers bill separately.
@@ -88,7 +89,8 @@ pub struct ScanOutcome {
     pub upstream_error: Option<String>,
 }
 
-/// Longest SSE line or JSON body the scanner looks into; past it usage is unknown.
+/// Largest JSON body the scanner looks into (SSE lines and events: the parser's own bound);
+/// past it usage is unknown.
 const MAX_SCAN: usize = 8 * 1024 * 1024;
 
 #[derive(Debug)]
@@ -103,15 +105,14 @@ enum Mode {
 #[derive(Debug)]
 pub struct UsageScanner {
     mode: Mode,
-    line: Vec<u8>,
-    data: String,
+    sse: SseParser,
+    /// The stream or body grew past what the scanner looks into: usage is what was seen before.
     overflow: bool,
     usage: Option<Usage>,
     model_stream: bool,
     terminal: bool,
     error: Option<String>,
     json: Vec<u8>,
-    skip_lf: bool,
 }
 
 impl UsageScanner {
@@ -126,15 +127,13 @@ impl UsageScanner {
         };
         Self {
             mode,
-            line: Vec::new(),
-            data: String::new(),
+            sse: SseParser::new(),
             overflow: false,
             usage: None,
             model_stream: false,
             terminal: false,
             error: None,
             json: Vec::new(),
-            skip_lf: false,
         }
     }
 
@@ -165,72 +164,18 @@ impl UsageScanner {
         }
     }
 
-    fn feed_sse(&mut self, mut chunk: &[u8]) {
-        while !chunk.is_empty() {
-            if self.skip_lf {
-                self.skip_lf = false;
-                if chunk[0] == b'\n' {
-                    chunk = &chunk[1..];
-                    continue;
-                }
-            }
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
-                Some(i) => {
-                    if self.line.is_empty() {
-                        self.on_line_owned(&chunk[..i]);
-                    } else {
-                        self.line.extend_from_slice(&chunk[..i]);
-                        let line = std::mem::take(&mut self.line);
-                        self.on_line_owned(&line);
-                    }
-                    if chunk[i] == b'\r' {
-                        self.skip_lf = true;
-                    }
-                    chunk = &chunk[i + 1..];
-                }
-                None => {
-                    if self.line.len() + chunk.len() > MAX_SCAN {
-                        self.overflow = true;
-                        self.line = Vec::new();
-                        return;
-                    }
-                    self.line.extend_from_slice(chunk);
-                    return;
-                }
-            }
+    fn feed_sse(&mut self, chunk: &[u8]) {
+        let mut sse = std::mem::take(&mut self.sse);
+        // `event:` names carry nothing the scanner needs: every payload of the supported APIs
+        // names its own type.
+        if sse.feed_with(chunk, |e| self.on_data(e.data)).is_err() {
+            self.overflow = true;
         }
-    }
-
-    fn on_line_owned(&mut self, line: &[u8]) {
-        if line.is_empty() {
-            self.dispatch();
-            return;
-        }
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if self.data.len() + rest.len() > MAX_SCAN {
-                self.overflow = true;
-                return;
-            }
-            if !self.data.is_empty() {
-                self.data.push('\n');
-            }
-            self.data.push_str(&String::from_utf8_lossy(rest));
-        }
-        // `event:`, `id:`, `retry:` and comments carry nothing the scanner needs: every
-        // payload of the supported APIs names its own type.
-    }
-
-    fn dispatch(&mut self) {
-        if self.data.is_empty() {
-            return;
-        }
-        let data = std::mem::take(&mut self.data);
-        self.on_data(&data);
+        self.sse = sse;
     }
 
     fn on_data(&mut self, data: &str) {
-        if data == "[DONE]" {
+        if data.trim() == "[DONE]" {
             self.terminal = true;
             return;
         }
@@ -304,11 +249,11 @@ impl UsageScanner {
     pub fn finish(&mut self) -> ScanOutcome {
         match self.mode {
             Mode::Sse => {
-                if !self.line.is_empty() {
-                    let line = std::mem::take(&mut self.line);
-                    self.on_line_owned(&line);
+                if !self.overflow {
+                    // An upstream that ends without the last blank line still sent its event.
+                    let mut sse = std::mem::take(&mut self.sse);
+                    let _ = sse.finish_with(|e| self.on_data(e.data));
                 }
-                self.dispatch();
                 ScanOutcome {
                     usage: self.usage,
                     cut: self.model_stream && !self.terminal && self.error.is_none(),

@@ -216,8 +216,7 @@ async fn local_routes_have_the_model_calls_limits_counted_apart() {
     assert!(body.contains("concurrency limit"), "{body}");
     // A model call has its own slot meanwhile.
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1)]);
-    let (status, _, _) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
     held.write_all(b"  ").await.unwrap();

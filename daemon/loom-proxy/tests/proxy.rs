@@ -9,13 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fake_provider::{FakeProvider, Part, Reply};
 use harness::*;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
+use http_body_util::BodyExt;
 use loom_proxy::charge::FLOOR_TOKENS;
 use loom_proxy::{Proxy, ProxyConfig, UsageStatus, WeaverLimits, WeaverToken};
 use tokio::net::TcpListener;
@@ -115,10 +112,7 @@ async fn openai_stream_goes_through_and_usage_is_asked_for() {
 async fn model_prefix_routes_to_provider_and_is_stripped() {
     let mut h = harness("", WeaverLimits::unlimited()).await;
     h.up.script([Reply::openai_json("glm-4.6", "hi", 10, 5)]);
-    let bearer = format!("Bearer {}", h.t1.expose());
-    let (status, _, body) = h
-        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("zai/glm-4.6", false))
-        .await;
+    let (status, _, body) = h.chat(h.bound, &h.t1, "zai/glm-4.6", false).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let s = &h.up.seen()[0];
     assert_eq!(s.path, "/api/paas/v4/chat/completions");
@@ -162,8 +156,7 @@ async fn retry_429_honours_retry_after() {
         Reply::anthropic_json("claude-sonnet-4", "hi", 10, 3),
     ]);
     let t0 = Instant::now();
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     let took = t0.elapsed();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(took >= Duration::from_millis(950), "retry-after: 1 was not honoured ({took:?})");
@@ -177,16 +170,14 @@ async fn retry_429_honours_retry_after() {
 async fn retry_503_then_success_and_exhaustion_passes_the_error_on() {
     let mut h = harness(fast_retry(), WeaverLimits::unlimited()).await;
     h.up.script([Reply::openai_error(503, "unavailable"), Reply::openai_json("gpt-4o", "hi", 4, 2)]);
-    let bearer = format!("Bearer {}", h.t1.expose());
-    let auth = [("authorization", bearer.as_str())];
-    let (status, _, _) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
+    let (status, _, _) = h.chat(h.bound, &h.t1, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
     assert_eq!((r.attempts, r.status.clone()), (2, UsageStatus::Ok));
 
     // Three 503s: the retries are spent and the client sees the provider's own answer.
     h.up.script((0..3).map(|_| Reply::openai_error(503, "still unavailable")));
-    let (status, _, body) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
+    let (status, _, body) = h.chat(h.bound, &h.t1, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("still unavailable"));
     assert_eq!(h.up.seen().len(), 5);
@@ -209,12 +200,9 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
         harness(&format!("{}\n[fallbacks]\n\"openai\" = [\"zai/glm-4.6\"]\n", fast_retry()), WeaverLimits::unlimited())
             .await;
     // Point openai at the dead port by routing through a config with it.
-    let providers: toml::Table = format!(
+    let providers = providers(&format!(
         "[openai]\nbase_url = \"http://{dead_addr}\"\nsecret = \"k\"\n[anthropic]\nbase_url = \"http://{dead_addr}\"\nsecret = \"k\"\n"
-    )
-    .parse()
-    .unwrap();
-    let providers = providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
+    ));
     let config = ProxyConfig::from_toml(&providers, &fast_retry().parse().unwrap()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let p = Proxy::builder(config, Arc::new(Keys(HashMap::from([("k", "sk-REALKEY-dead")]))))
@@ -222,12 +210,8 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
         .build()
         .unwrap();
     let tok = p.register_weaver("w9", WeaverLimits::unlimited()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p2 = p.clone();
-    tokio::spawn(async move { p2.serve(l, Some("w9".into())).await });
-    let (status, _, body) =
-        h.call(addr, "POST", "/v1/messages", &anth_headers(&tok), &anth_body("claude-sonnet-4", true)).await;
+    let addr = serve(&p, Some("w9")).await;
+    let (status, _, body) = h.message(addr, &tok, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "error");
@@ -243,10 +227,7 @@ async fn connection_errors_are_retried_then_answered_in_provider_shape() {
     // The harness's own fallback: openai answers 503 three times, zai takes over.
     h.up.script((0..3).map(|_| Reply::openai_error(503, "down")));
     h.up.script([Reply::openai_json("glm-4.6", "hi", 3, 1)]);
-    let bearer = format!("Bearer {}", h.t1.expose());
-    let (status, _, _) = h
-        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", false))
-        .await;
+    let (status, _, _) = h.chat(h.bound, &h.t1, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::OK);
     let seen = h.up.seen();
     assert_eq!(seen.len(), 4);
@@ -265,8 +246,7 @@ async fn fallback_to_another_anthropic_provider() {
     .await;
     h.up.script((0..3).map(|_| Reply::anthropic_error(529, "overloaded_error", "Overloaded")));
     h.up2.script([Reply::anthropic_stream("claude-sonnet-4", &["x"], usage4(9, 4, 0, 0))]);
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-opus-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-opus-4", true).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("message_stop"));
     let s = &h.up2.seen()[0];
@@ -282,8 +262,7 @@ async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
     let mut h = harness(fast_retry(), WeaverLimits::unlimited()).await;
     // message_start, content_block_start, ping, one delta, then the connection breaks.
     h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a", "b", "c"], usage4(40, 9, 0, 0)).cut_after(4)]);
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("event: message_start"));
     assert!(!body.contains("message_stop"));
@@ -298,9 +277,7 @@ async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
 
     // OpenAI: a data: error chunk, and no [DONE].
     h.up.script([Reply::openai_stream("gpt-4o", &["a", "b"], 3, 3).cut_after(2)]);
-    let bearer = format!("Bearer {}", h.t1.expose());
-    let (_, _, body) =
-        h.call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", true)).await;
+    let (_, _, body) = h.chat(h.bound, &h.t1, "gpt-4o", true).await;
     assert!(!body.contains("[DONE]"));
     let last = body.trim_end().rsplit("\n\n").next().unwrap();
     let v: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
@@ -312,8 +289,7 @@ async fn stream_cut_midway_ends_with_an_error_event_and_is_recorded_failed() {
     let mut reply = Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0));
     reply.parts.truncate(3);
     h.up.script([reply]);
-    let (_, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (_, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert!(body.contains("event: error"), "{body}");
     let r = h.record().await;
     assert!(matches!(r.status, UsageStatus::Failed(ref m) if m.contains("before its final event")));
@@ -328,8 +304,7 @@ async fn slow_first_byte_is_waited_for_then_timed_out() {
     .await;
     h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(1, 1, 0, 0))
         .delay_headers(Duration::from_millis(400))]);
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("message_stop"));
     let r = h.record().await;
@@ -340,8 +315,7 @@ async fn slow_first_byte_is_waited_for_then_timed_out() {
     h.up.script(
         (0..2).map(|_| Reply::anthropic_json("claude-sonnet-4", "late", 1, 1).delay_headers(Duration::from_secs(3))),
     );
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "timeout_error");
@@ -354,8 +328,7 @@ async fn slow_first_byte_is_waited_for_then_timed_out() {
 async fn garbage_body_passes_through_is_recorded_failed_and_charged_the_reservation() {
     let mut h = harness("", WeaverLimits::unlimited()).await;
     h.up.script([Reply::garbage()]);
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("upstream proxy error"));
     let r = h.record().await;
@@ -369,15 +342,13 @@ async fn garbage_body_passes_through_is_recorded_failed_and_charged_the_reservat
 async fn budgets_are_enforced_in_the_providers_shape_on_every_route() {
     let mut h = harness("", WeaverLimits { max_tokens: Some(2000), ..WeaverLimits::unlimited() }).await;
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 900, 600)]);
-    let (status, _, _) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
     assert_eq!(h.proxy.usage("w1").unwrap().totals.tokens, 1500);
 
     // 500 left; max_tokens 1024 cannot be reserved.
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "error");
@@ -403,16 +374,14 @@ async fn budgets_are_enforced_in_the_providers_shape_on_every_route() {
 
     // Another weaver's budget is its own.
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1)]);
-    let (status, _, _) =
-        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.shared, &h.t2, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
 
     // Raising the limit lets w1 go on.
     h.proxy.set_limits("w1", WeaverLimits { max_tokens: Some(100_000), ..WeaverLimits::unlimited() }).unwrap();
     h.up.script([Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1)]);
-    let (status, _, _) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -421,13 +390,11 @@ async fn usd_budget_is_reconciled_from_stream_usage() {
     let mut h = harness("", WeaverLimits { max_usd: Some(0.05), ..WeaverLimits::unlimited() }).await;
     // 1M cache-read tokens of claude-sonnet-4 cost $0.30: more than the budget.
     h.up.script([Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(10, 10, 1_000_000, 0))]);
-    let (status, _, _) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, _) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::OK);
     let r = h.record().await;
     assert!(r.cost_usd > 0.3);
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert!(body.contains("USD budget exhausted"), "{body}");
     assert!(body.contains("--max-usd"));
@@ -438,16 +405,12 @@ async fn another_weavers_token_is_refused() {
     let h = harness("", WeaverLimits::unlimited()).await;
     h.up.set_default(Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1));
     // w2's token on w1's listener is no credential there, and is answered like an unknown one.
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, body) = h.message(h.bound, &h.t2, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
     assert!(body.contains("unknown or revoked weaver token"), "{body}");
-    let bearer = format!("Bearer {}", h.t2.expose());
-    let (status, _, body) = h
-        .call(h.bound, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body("gpt-4o", false))
-        .await;
+    let (status, _, body) = h.chat(h.bound, &h.t2, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("can use only its own"), "{body}");
     // Both tokens in one request cannot smuggle w2 in either: x-api-key decides.
@@ -500,16 +463,14 @@ async fn missing_unknown_and_revoked_tokens_are_refused() {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     // The shared listener accepts w2 by its token alone.
-    let (status, _, _) =
-        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.shared, &h.t2, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h.record().await.weaver, "w2");
 
     // Unregistering kills the token and w1's bound listener.
     let final_usage = h.proxy.unregister_weaver("w1").unwrap();
     assert_eq!(final_usage.totals.requests, 0);
-    let (status, _, _) =
-        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.shared, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The bound serve loop notices the removal and drops its listener.
     let mut refused = Ok(());
@@ -543,8 +504,7 @@ async fn missing_unknown_and_revoked_tokens_are_refused() {
             )
             .is_err()
     );
-    let (status, _, _) =
-        h.call(h.shared, "POST", "/v1/messages", &anth_headers(&h.t2), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.shared, &h.t2, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
     assert_eq!(h.proxy.usage("w2").unwrap().totals.requests, 2);
@@ -557,17 +517,14 @@ async fn a_key_in_an_upstream_error_never_reaches_the_client() {
         Reply::openai_error(401, &format!("Incorrect API key provided: {OPENAI_KEY}")),
         Reply::openai_error(400, &format!("bad request with key {OPENAI_KEY} echoed")),
     ]);
-    let bearer = format!("Bearer {}", h.t1.expose());
-    let auth = [("authorization", bearer.as_str())];
-    let (status, headers, body) =
-        h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
+    let (status, headers, body) = h.chat(h.bound, &h.t1, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("refused loom's key"), "{body}");
     assert!(body.contains("providers.openai.key"));
     assert_no_keys(&body);
     assert_no_keys(&format!("{headers:?}"));
     assert_eq!(h.record().await.status, UsageStatus::UpstreamError(401));
-    let (status, _, body) = h.call(h.bound, "POST", "/v1/chat/completions", &auth, &oai_body("gpt-4o", false)).await;
+    let (status, _, body) = h.chat(h.bound, &h.t1, "gpt-4o", false).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("[REDACTED]"));
     assert_no_keys(&body);
@@ -588,19 +545,16 @@ async fn rate_and_concurrency_limits() {
         Reply::anthropic_json("claude-sonnet-4", "hi", 1, 1),
     ]);
     let held = h.open(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body.contains("rate_limit_error") && body.contains("concurrency limit"), "{body}");
     gate.notify_one();
     read_all(held.into_body()).await;
     h.record().await;
-    let (status, _, _) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, _, _) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::OK);
     h.record().await;
-    let (status, headers, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", false)).await;
+    let (status, headers, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", false).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body.contains("2 requests per minute"), "{body}");
     assert!(headers.contains_key("retry-after"));
@@ -720,8 +674,7 @@ async fn a_stalled_stream_is_ended_by_the_idle_timeout() {
         Reply::anthropic_stream("claude-sonnet-4", &["a"], usage4(12, 1, 0, 0)).insert(2, Part::WaitFor(never.clone()))
     ]);
     let t0 = Instant::now();
-    let (status, _, body) =
-        h.call(h.bound, "POST", "/v1/messages", &anth_headers(&h.t1), &anth_body("claude-sonnet-4", true)).await;
+    let (status, _, body) = h.message(h.bound, &h.t1, "claude-sonnet-4", true).await;
     assert_eq!(status, StatusCode::OK);
     assert!(t0.elapsed() >= Duration::from_millis(300));
     assert!(body.contains("event: content_block_start"));
@@ -741,24 +694,14 @@ async fn https_to_a_provider_behind_a_private_ca() {
     let base = format!("https://localhost:{}/v1", up.addr.port());
     let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-ca.pem");
     let make = |ca_line: &str| {
-        let t: toml::Table =
-            format!("[local]\nkind = \"openai-compatible\"\nbase_url = \"{base}\"\n{ca_line}").parse().unwrap();
-        let providers = t.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
+        let providers = providers(&format!("[local]\nkind = \"openai-compatible\"\nbase_url = \"{base}\"\n{ca_line}"));
         ProxyConfig::from_toml(&providers, &"[retry]\nmax_attempts = 1\n".parse().unwrap()).unwrap()
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     for (ca_line, trusted) in [(format!("ca_file = \"{ca}\""), true), (String::new(), false)] {
         let proxy = Proxy::builder(make(&ca_line), Arc::new(Keys(HashMap::new()))).build().unwrap();
         let token = proxy.register_weaver("w", WeaverLimits::unlimited()).unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let p = proxy.clone();
-        tokio::spawn(async move { p.serve(l, None).await });
-        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
-            .header("authorization", format!("Bearer {}", token.expose()))
-            .body(Full::new(Bytes::from(oai_body("llama3", true))))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
+        let addr = serve(&proxy, None).await;
+        let resp = post_bearer(addr, &token, "/v1/chat/completions", oai_body("llama3", true)).await;
         let status = resp.status();
         let body = read_all(resp.into_body()).await;
         if trusted {

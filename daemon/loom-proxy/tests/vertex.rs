@@ -3,19 +3,16 @@
 //! injected as the bearer; the fake checks the JWT's RS256 signature for real.
 
 mod fake_provider;
+mod harness;
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use fake_provider::{FakeProvider, Reply};
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use loom_proxy::{KeySource, Proxy, ProxyConfig, WeaverLimits};
+use harness::{post_bearer, providers, serve};
+use http_body_util::BodyExt;
+use loom_proxy::{KeySource, Proxy, ProxyConfig, WeaverLimits, WeaverToken};
 use rustls::pki_types::pem::PemObject;
-use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 const PEM: &str = include_str!("data/vertex-test-service-account-key.pem");
@@ -50,6 +47,19 @@ fn b64url_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// A proxy with one Vertex provider at `base_url`, exchanging the service account `sa` at
+/// `token_url`; its weaver's token and listener.
+async fn vertex_proxy(base_url: &str, token_url: &str, sa: String, bound: bool) -> (WeaverToken, SocketAddr) {
+    let providers = providers(&format!(
+        "[vertex]\nbase_url = \"{base_url}\"\nsecret = \"gcp.vertex_sa\"\ntoken_url = \"{token_url}\"\n"
+    ));
+    let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
+    let proxy = Proxy::builder(config, Arc::new(SaKey(sa))).build().unwrap();
+    let token = proxy.register_weaver("wv", WeaverLimits::unlimited()).unwrap();
+    let addr = serve(&proxy, bound.then_some("wv")).await;
+    (token, addr)
+}
+
 #[tokio::test]
 async fn vertex_service_account_is_exchanged_for_a_cached_bearer_token() {
     let up = FakeProvider::start().await;
@@ -71,31 +81,11 @@ async fn vertex_service_account_is_exchanged_for_a_cached_bearer_token() {
     })
     .to_string();
     let token_url = format!("{}/token", oauth.base_url());
-    let providers: toml::Table = format!(
-        "[vertex]\nbase_url = \"{}/v1/projects/loom-test/locations/us-central1/endpoints/openapi\"\nsecret = \"gcp.vertex_sa\"\ntoken_url = \"{token_url}\"\n",
-        up.base_url()
-    )
-    .parse()
-    .unwrap();
-    let providers: BTreeMap<String, toml::Table> =
-        providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
-    let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
-    let proxy = Proxy::builder(config, Arc::new(SaKey(sa))).build().unwrap();
-    let token = proxy.register_weaver("wv", WeaverLimits::unlimited()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(l, Some("wv".into())).await });
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let base_url = format!("{}/v1/projects/loom-test/locations/us-central1/endpoints/openapi", up.base_url());
+    let (token, addr) = vertex_proxy(&base_url, &token_url, sa, true).await;
     for _ in 0..2 {
-        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
-            .header("authorization", format!("Bearer {}", token.expose()))
-            .body(Full::new(Bytes::from(
-                r#"{"model":"vertex/google/gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#,
-            )))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
+        let body = r#"{"model":"vertex/google/gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#;
+        let resp = post_bearer(addr, &token, "/v1/chat/completions", body.into()).await;
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(!String::from_utf8_lossy(&body).contains("ya29"));
@@ -139,29 +129,11 @@ async fn vertex_token_refusal_is_a_clear_error() {
     let up = FakeProvider::start().await;
     let oauth = FakeProvider::start().await;
     oauth.set_default(Reply::new(400, "application/json", r#"{"error":"invalid_grant"}"#));
-    let providers: toml::Table = format!(
-        "[vertex]\nbase_url = \"{}/openapi\"\nsecret = \"gcp.vertex_sa\"\ntoken_url = \"{}/token\"\n",
-        up.base_url(),
-        oauth.base_url()
-    )
-    .parse()
-    .unwrap();
-    let providers: BTreeMap<String, toml::Table> =
-        providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
-    let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
     let sa = serde_json::json!({"client_email": "x@y", "private_key": PEM}).to_string();
-    let proxy = Proxy::builder(config, Arc::new(SaKey(sa))).build().unwrap();
-    let token = proxy.register_weaver("wv", WeaverLimits::unlimited()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(l, None).await });
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("authorization", format!("Bearer {}", token.expose()))
-        .body(Full::new(Bytes::from(r#"{"model":"gemini-2.5-flash","messages":[]}"#)))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
+    let (base_url, token_url) = (format!("{}/openapi", up.base_url()), format!("{}/token", oauth.base_url()));
+    let (token, addr) = vertex_proxy(&base_url, &token_url, sa, false).await;
+    let body = r#"{"model":"gemini-2.5-flash","messages":[]}"#;
+    let resp = post_bearer(addr, &token, "/v1/chat/completions", body.into()).await;
     assert_eq!(resp.status(), 502);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8_lossy(&body);
@@ -180,29 +152,12 @@ async fn vertex_token_expires_in_18446744073709551615_does_not_panic() {
         r#"{"access_token":"ya29.fake","expires_in":18446744073709551615,"token_type":"Bearer"}"#,
     ));
     up.set_default(Reply::openai_json("gemini-2.5-flash", "hi", 7, 3));
-    let providers: toml::Table = format!(
-        "[vertex]\nbase_url = \"{}/openapi\"\nsecret = \"gcp.vertex_sa\"\ntoken_url = \"{}/token\"\n",
-        up.base_url(),
-        oauth.base_url()
-    )
-    .parse()
-    .unwrap();
-    let providers: BTreeMap<String, toml::Table> =
-        providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
-    let config = ProxyConfig::from_toml(&providers, &toml::Table::new()).unwrap();
     let sa = serde_json::json!({"client_email": "x@y", "private_key": PEM}).to_string();
-    let proxy = Proxy::builder(config, Arc::new(SaKey(sa))).build().unwrap();
-    let token = proxy.register_weaver("wv", WeaverLimits::unlimited()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(l, None).await });
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("authorization", format!("Bearer {}", token.expose()))
-        .body(Full::new(Bytes::from(r#"{"model":"gemini-2.5-flash","messages":[]}"#)))
-        .unwrap();
-    let resp = client.request(req).await.expect("the proxy answers instead of dying on the token's lifetime");
+    let (base_url, token_url) = (format!("{}/openapi", up.base_url()), format!("{}/token", oauth.base_url()));
+    let (token, addr) = vertex_proxy(&base_url, &token_url, sa, false).await;
+    let body = r#"{"model":"gemini-2.5-flash","messages":[]}"#;
+    // post_bearer fails the test if the proxy does not answer (it would die on the lifetime).
+    let resp = post_bearer(addr, &token, "/v1/chat/completions", body.into()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(up.seen()[0].headers["authorization"], "Bearer ya29.fake");
 }

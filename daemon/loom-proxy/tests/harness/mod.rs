@@ -2,7 +2,7 @@
 //! w1 (with a listener bound to it) and w2, a shared listener, and a client.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub struct H {
 pub async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
     let up = FakeProvider::start().await;
     let up2 = FakeProvider::start().await;
-    let providers: toml::Table = format!(
+    let providers = providers(&format!(
         r#"
         [anthropic]
         base_url = "{u}"
@@ -77,10 +77,7 @@ pub async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
         "#,
         u = up.base_url(),
         u2 = up2.base_url()
-    )
-    .parse()
-    .unwrap();
-    let providers = providers.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect();
+    ));
     let config = ProxyConfig::from_toml(&providers, &proxy_toml.parse().unwrap()).unwrap();
     let keys = Keys(HashMap::from([
         ("anthropic_api_key", ANTHROPIC_KEY),
@@ -93,26 +90,41 @@ pub async fn harness(proxy_toml: &str, limits: WeaverLimits) -> H {
         Proxy::builder(config, Arc::new(keys)).usage_sink(Arc::new(tx)).local_routes(local.clone()).build().unwrap();
     let t1 = proxy.register_weaver("w1", limits.clone()).unwrap();
     let t2 = proxy.register_weaver("w2", limits).unwrap();
-    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bound = l1.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(l1, Some("w1".into())).await });
-    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shared = l2.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(l2, None).await });
-    H {
-        proxy,
-        up,
-        up2,
-        bound,
-        shared,
-        t1,
-        t2,
-        records,
-        local,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-    }
+    let bound = serve(&proxy, Some("w1")).await;
+    let shared = serve(&proxy, None).await;
+    H { proxy, up, up2, bound, shared, t1, t2, records, local, client: client() }
+}
+
+/// `[providers.NAME]` tables from TOML text.
+pub fn providers(toml: &str) -> BTreeMap<String, toml::Table> {
+    let t: toml::Table = toml.parse().unwrap();
+    t.into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect()
+}
+
+/// Serves `proxy` on a new listener on 127.0.0.1, bound to `weaver` if given.
+pub async fn serve(proxy: &Proxy, weaver: Option<&str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (p, weaver) = (proxy.clone(), weaver.map(str::to_string));
+    tokio::spawn(async move { p.serve(l, weaver).await });
+    addr
+}
+
+/// A plain-HTTP client for the proxy's listeners.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `POST path` to the proxy at `addr` with `token` as the bearer.
+pub async fn post_bearer(addr: SocketAddr, token: &WeaverToken, path: &str, body: String) -> Response<Incoming> {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {}", token.expose()))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("proxy answered in time")
+        .expect("proxy reachable")
 }
 
 pub fn fast_retry() -> &'static str {
@@ -151,6 +163,29 @@ impl H {
         let (parts, body) = r.into_parts();
         let text = read_all(body).await;
         (parts.status, parts.headers, text)
+    }
+
+    /// An Anthropic `POST /v1/messages` for `model` with `token`.
+    pub async fn message(
+        &self,
+        addr: SocketAddr,
+        token: &WeaverToken,
+        model: &str,
+        stream: bool,
+    ) -> (StatusCode, HeaderMap, String) {
+        self.call(addr, "POST", "/v1/messages", &anth_headers(token), &anth_body(model, stream)).await
+    }
+
+    /// An OpenAI `POST /v1/chat/completions` for `model` with `token`.
+    pub async fn chat(
+        &self,
+        addr: SocketAddr,
+        token: &WeaverToken,
+        model: &str,
+        stream: bool,
+    ) -> (StatusCode, HeaderMap, String) {
+        let bearer = format!("Bearer {}", token.expose());
+        self.call(addr, "POST", "/v1/chat/completions", &[("authorization", &bearer)], &oai_body(model, stream)).await
     }
 
     pub async fn record(&mut self) -> UsageRecord {
