@@ -9,44 +9,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use loom_core::access::{AccessGroups, Caller, Role, may_touch};
 use loom_core::api::{CreateWeaver, ErrorCode, ExecRequest, Status, WeaverInfo};
 use loom_core::config::Config;
-use loom_core::restart::{Decision, RestartTracker};
-use loom_core::weaver::{Image, NetworkMode, WeaverId, WeaverState, resolve_spec};
+use loom_core::restart::RestartTracker;
+use loom_core::weaver::{Image, NetworkMode, RunId, WeaverId, WeaverState, resolve_spec};
 
-use crate::backend::{Backend, ExecPlan, Launch, Observed, RunHandle};
+use crate::backend::{Backend, ExecPlan};
 use crate::rootfs;
 use crate::store::{Lookup, Store, StoreError, WeaverRecord};
 
+#[path = "daemon_agent.rs"]
+mod agent;
 #[path = "daemon_files.rs"]
 mod files;
-
-/// The loop's command line inside the weaver; a command given with it is the loop body.
-fn agent_command(agent: &loom_core::weaver::AgentSpec, body: &[String]) -> Vec<String> {
-    let mut argv =
-        vec![AGENT_PATH.to_string(), "--prompt".into(), AGENT_PROMPT.into(), "--model".into(), agent.model.clone()];
-    if let Some(n) = agent.max_iterations {
-        argv.extend(["--max-iterations".into(), n.to_string()]);
-    }
-    if let Some(until) = &agent.until {
-        argv.extend(["--until".into(), until.clone()]);
-    }
-    if let Some(check) = &agent.check {
-        argv.extend(["--check".into(), check.clone()]);
-    }
-    if let Some(w) = &agent.wall_clock {
-        argv.extend(["--wall-clock".into(), w.clone()]);
-    }
-    if let Some(m) = &agent.completion_marker {
-        argv.extend(["--completion-marker".into(), m.clone()]);
-    }
-    if !agent.context_threads.is_empty() {
-        argv.extend(["--context-file".into(), AGENT_CONTEXT.into()]);
-    }
-    if !body.is_empty() {
-        argv.push("--".into());
-        argv.extend(body.iter().cloned());
-    }
-    argv
-}
+#[path = "daemon_supervisor.rs"]
+mod supervisor;
 
 /// Every request loomd serves over its socket, apart from the two streams (logs, exec).
 #[derive(Debug)]
@@ -139,18 +114,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// What other subsystems (the proxy, audit) do when a weaver starts and stops.
+/// What other subsystems (the agent loop, the proxy, audit) do when a weaver starts and
+/// stops. Calls for one run carry its [`RunId`], in this order: `before_start`, `on_cgroup`
+/// (when the backend knows the cgroup before the first process), `after_start` (only if the
+/// start succeeded; also for a run adopted after a loomd restart, with no call before it),
+/// and exactly one `after_stop`, also when the start failed. What a hook acquires for a run it
+/// releases in that run's `after_stop`, so that nothing grows with the number of runs.
 #[async_trait::async_trait]
 pub trait WeaverHooks: Send + Sync + std::fmt::Debug {
-    /// Extra environment for the weaver's next run; an error refuses the start.
-    async fn before_start(&self, _id: &WeaverId, _rec: &WeaverRecord) -> Result<Vec<(String, String)>, String> {
+    /// Extra environment for the run; an error refuses the start.
+    async fn before_start(
+        &self,
+        _id: &WeaverId,
+        _run: RunId,
+        _rec: &WeaverRecord,
+    ) -> Result<Vec<(String, String)>, String> {
         Ok(vec![])
     }
-    /// The weaver's cgroup exists and its first process has not run yet.
-    async fn on_cgroup(&self, _id: &WeaverId, _cgroup_id: u64) {}
-    async fn after_start(&self, _id: &WeaverId, _leader_pid: i32, _cgroup_id: Option<u64>) {}
-    async fn after_stop(&self, _id: &WeaverId) {}
-    async fn on_remove(&self, _id: &WeaverId) {}
+    /// The run's cgroup exists and its first process has not run yet.
+    async fn on_cgroup(&self, _id: &WeaverId, _run: RunId, _cgroup_id: u64) {}
+    async fn after_start(&self, _id: &WeaverId, _run: RunId, _leader_pid: i32, _cgroup_id: Option<u64>) {}
+    /// The run ended (or never started): release what it holds.
+    async fn after_stop(&self, _id: &WeaverId, _run: RunId, _rec: &WeaverRecord) {}
+    /// The weaver is removed; `last_run` is its latest run, already stopped.
+    async fn on_remove(&self, _id: &WeaverId, _last_run: Option<RunId>) {}
     /// A section for `loom status`.
     fn status(&self) -> Option<(String, serde_json::Value)> {
         None
@@ -179,8 +166,6 @@ pub const AGENT_PATH: &str = "/.loom/bin/loom-agent";
 const AGENT_PROMPT: &str = "/.loom/PROMPT.md";
 const AGENT_STATE: &str = "/.loom/agent";
 const AGENT_CONTEXT: &str = "/.loom/CONTEXT.md";
-/// The most of an agent's spool loomd reads when its run ends.
-const MAX_SPOOL_BYTES: u64 = 64 << 20;
 /// How much of earlier threads a loop gets as context.
 const CONTEXT_BYTES: usize = 64 * 1024;
 
@@ -201,6 +186,8 @@ pub struct Daemon {
     threads: Option<Arc<crate::threads::Threads>>,
     /// What runs degraded (a subsystem that could not start), for `loom status`.
     warnings: Vec<String>,
+    /// Each weaver's live run: started (or starting) and not yet released by `end_run`.
+    runs: Mutex<HashMap<WeaverId, RunId>>,
     /// Weavers waiting out a restart backoff; a stop takes them out of here.
     pending_restarts: Mutex<std::collections::HashSet<WeaverId>>,
     disk_watch: files::DiskWatch,
@@ -227,10 +214,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Daemon {
     pub fn new(parts: DaemonParts) -> Arc<Daemon> {
-        let DaemonParts { config, groups, store, backend, hooks, binds_ro, secrets, llm, auditor, threads, warnings } =
-            parts;
+        let DaemonParts {
+            config,
+            groups,
+            store,
+            backend,
+            mut hooks,
+            binds_ro,
+            secrets,
+            llm,
+            auditor,
+            threads,
+            warnings,
+        } = parts;
         let weavers_dir = config.state_dir.join("weavers");
         let uploads = crate::uploads::Uploads::new(config.state_dir.join("uploads"));
+        let installed = binds_ro.iter().any(|(_, inside)| inside == AGENT_PATH);
+        hooks.insert(0, Arc::new(agent::AgentLoop::new(weavers_dir.clone(), threads.clone(), installed)));
         Arc::new(Daemon {
             config: RwLock::new(config),
             groups: RwLock::new(groups),
@@ -241,6 +241,7 @@ impl Daemon {
             started: Instant::now(),
             locks: Mutex::new(HashMap::new()),
             binds_ro,
+            runs: Mutex::new(HashMap::new()),
             pending_restarts: Mutex::new(Default::default()),
             disk_watch: Default::default(),
             secrets,
@@ -591,6 +592,7 @@ impl Daemon {
                 agent_status: None,
             },
             handle: None,
+            run: None,
             tracker: RestartTracker::default(),
         };
         let guard = self.weaver_lock(&id);
@@ -632,313 +634,6 @@ impl Daemon {
         }
         self.launch(&mut rec).await?;
         Ok(rec.info)
-    }
-
-    /// Starts one run of a weaver whose lock the caller holds, and the watcher for its end.
-    async fn launch(self: &Arc<Self>, rec: &mut WeaverRecord) -> Result<(), ApiError> {
-        let id = rec.info.id.clone();
-        let mut env = vec![];
-        for h in &self.hooks {
-            match h.before_start(&id, rec).await {
-                Ok(more) => env.extend(more),
-                Err(reason) => return self.fail(rec, reason),
-            }
-        }
-        let mut spec = rec.info.spec.clone();
-        if let Image::Dir(dir) = &spec.image
-            && let Err(e) = crate::image::check(dir, &[], true)
-        {
-            return self.fail(rec, e.to_string());
-        }
-        if let Some(agent) = &spec.agent {
-            if !self.binds_ro.iter().any(|(_, inside)| inside == AGENT_PATH) {
-                return self.fail(
-                    rec,
-                    "the loom-agent binary is not installed next to loomd, so the agent loop cannot run".into(),
-                );
-            }
-            spec.command = agent_command(agent, &spec.command);
-            env.push(("LOOM_STATE_DIR".into(), AGENT_STATE.into()));
-        }
-        let vars: Vec<(&str, &str)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .collect();
-        let env_text = crate::backend::nspawn_args::env_file(&vars);
-        if let Err(reason) = self.prepare_root(&spec, &id, env_text).await {
-            return self.fail(rec, reason);
-        }
-        let launch = Launch { id: id.clone(), spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone() };
-        match self.backend.prepare(&launch).await {
-            Ok(Some(cgroup_id)) => {
-                for h in &self.hooks {
-                    h.on_cgroup(&id, cgroup_id).await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return self.fail(rec, e.to_string()),
-        }
-        match self.backend.start(&launch).await {
-            Ok(started) => {
-                rec.info.state = WeaverState::Running;
-                rec.info.pid = (started.leader_pid > 0).then_some(started.leader_pid);
-                rec.info.started_at = Some(now_secs());
-                rec.info.exit_code = None;
-                rec.info.reason = None;
-                rec.handle = Some(started.handle.clone());
-                self.with_store(|s| s.update(rec))?;
-                tracing::info!(weaver = %id, name = %rec.info.name, pid = started.leader_pid, "weaver running");
-                for h in &self.hooks {
-                    h.after_start(&id, started.leader_pid, started.cgroup_id).await;
-                }
-                self.watch(id, started.handle);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.backend.cleanup(&id).await;
-                self.fail(rec, e.to_string())
-            }
-        }
-    }
-
-    fn fail(&self, rec: &mut WeaverRecord, reason: String) -> Result<(), ApiError> {
-        tracing::warn!(weaver = %rec.info.id, name = %rec.info.name, %reason, "weaver failed to start");
-        rec.info.state = WeaverState::Failed;
-        rec.info.pid = None;
-        rec.info.reason = Some(reason.clone());
-        self.with_store(|s| s.update(rec))?;
-        Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("weaver {} ({}) failed to start: {reason}", rec.info.name, rec.info.id),
-        ))
-    }
-
-    /// Waits for the run to end, then records how and applies the restart policy.
-    fn watch(self: &Arc<Self>, id: WeaverId, handle: RunHandle) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let observed = this.backend.wait(&id, &handle).await;
-            this.run_ended(id, handle, observed).await;
-        });
-    }
-
-    async fn run_ended(self: &Arc<Self>, id: WeaverId, handle: RunHandle, observed: Observed) {
-        let guard = self.weaver_lock(&id);
-        let _g = guard.lock().await;
-        let Ok(Some(mut rec)) = self.with_store(|s| s.get(&id)) else {
-            return;
-        };
-        if rec.handle.as_ref() != Some(&handle) {
-            return; // A newer run replaced this one.
-        }
-        for h in &self.hooks {
-            h.after_stop(&id).await;
-        }
-        let (code, lost) = match observed {
-            Observed::Exited { code } => (Some(code), None),
-            Observed::Lost { reason } => (None, Some(reason)),
-            Observed::Running { .. } => return,
-        };
-        rec.info.pid = None;
-        rec.info.exit_code = code;
-        // Stopped (or failed) by loomd itself: that decision stands, whatever the exit.
-        if !rec.info.state.is_active() {
-            let _ = self.with_store(|s| s.update(&rec));
-            self.ingest_spool(&rec).await;
-            return;
-        }
-        rec.info.state = if lost.is_some() { WeaverState::Failed } else { WeaverState::Exited };
-        rec.info.reason = lost.clone().or_else(|| code.map(|c| format!("exited with code {c}")));
-        let now = now_secs();
-        let ran = now.saturating_sub(rec.info.started_at.unwrap_or(now));
-        let decision = rec.tracker.on_exit(rec.info.spec.restart, code.unwrap_or(-1), ran, now, rand::random::<f64>());
-        match decision {
-            Decision::Stay => {}
-            Decision::GiveUp { reason } => {
-                rec.info.state = WeaverState::Failed;
-                rec.info.reason = Some(reason);
-            }
-            Decision::Restart { after_ms } => {
-                rec.info.reason = Some(format!(
-                    "{}; restarting in {:.1}s",
-                    rec.info.reason.unwrap_or_default(),
-                    after_ms as f64 / 1000.0
-                ));
-                let this = self.clone();
-                let id = id.clone();
-                lock(&self.pending_restarts).insert(id.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                    this.restart_after_backoff(id, handle).await;
-                });
-            }
-        }
-        tracing::info!(weaver = %id, state = %rec.info.state, exit_code = ?code, "weaver run ended");
-        let _ = self.with_store(|s| s.update(&rec));
-        self.ingest_spool(&rec).await;
-    }
-
-    async fn restart_after_backoff(self: &Arc<Self>, id: WeaverId, previous: RunHandle) {
-        let guard = self.weaver_lock(&id);
-        let _g = guard.lock().await;
-        if !lock(&self.pending_restarts).remove(&id) {
-            return; // Stopped or removed while waiting.
-        }
-        let Ok(Some(mut rec)) = self.with_store(|s| s.get(&id)) else {
-            return;
-        };
-        // Stopped, removed or started by hand in the meantime: the operator's word wins.
-        if rec.handle.as_ref() != Some(&previous)
-            || rec.info.state.is_active()
-            || rec.info.state == WeaverState::Stopped
-        {
-            return;
-        }
-        rec.info.restarts += 1;
-        let _ = self.launch(&mut rec).await;
-    }
-
-    async fn stop(self: &Arc<Self>, id: &WeaverId, reason: String) -> Result<WeaverInfo, ApiError> {
-        let guard = self.weaver_lock(id);
-        let _g = guard.lock().await;
-        let Some(mut rec) = self.with_store(|s| s.get(id))? else {
-            return Err(ApiError::new(ErrorCode::NotFound, format!("weaver {id} was removed")));
-        };
-        let was_pending = lock(&self.pending_restarts).remove(id);
-        if !rec.info.state.is_active() && !was_pending {
-            return Ok(rec.info);
-        }
-        rec.info.state = WeaverState::Stopped;
-        rec.info.reason = Some(reason);
-        self.with_store(|s| s.update(&rec))?;
-        if let Some(handle) = &rec.handle {
-            if let Err(e) = self.backend.stop(id, handle, STOP_GRACE).await {
-                tracing::error!(weaver = %id, error = %crate::error_chain(&e), "stopping failed");
-            }
-            if let Observed::Exited { code } = self.backend.observe(id, handle).await {
-                rec.info.exit_code = Some(code);
-            }
-        }
-        rec.info.pid = None;
-        self.with_store(|s| s.update(&rec))?;
-        Ok(rec.info)
-    }
-
-    async fn start(self: &Arc<Self>, id: &WeaverId) -> Result<WeaverInfo, ApiError> {
-        let guard = self.weaver_lock(id);
-        let _g = guard.lock().await;
-        let Some(mut rec) = self.with_store(|s| s.get(id))? else {
-            return Err(ApiError::new(ErrorCode::NotFound, format!("weaver {id} was removed")));
-        };
-        if rec.info.state.is_active() {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("weaver {} is already {}", rec.info.name, rec.info.state),
-            ));
-        }
-        if let Some(exp) = rec.info.expires_at
-            && exp <= now_secs()
-        {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("weaver {} outlived its ttl: create a new one", rec.info.name),
-            ));
-        }
-        // A start by hand is a fresh chance: the operator has looked at the failures.
-        rec.tracker = RestartTracker::default();
-        rec.info.state = WeaverState::Creating;
-        self.with_store(|s| s.update(&rec))?;
-        self.launch(&mut rec).await?;
-        Ok(rec.info)
-    }
-
-    async fn remove(self: &Arc<Self>, id: &WeaverId, force: bool) -> Result<WeaverId, ApiError> {
-        let active = self.with_store(|s| s.get(id))?.is_some_and(|r| r.info.state.is_active());
-        if active {
-            if !force {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("weaver {id} is running: stop it first, or remove it with --force"),
-                ));
-            }
-            self.stop(id, "removed".into()).await?;
-        }
-        let guard = self.weaver_lock(id);
-        let _g = guard.lock().await;
-        if let Err(e) = self.backend.cleanup(id).await {
-            tracing::warn!(weaver = %id, error = %crate::error_chain(&e), "cleanup left something behind");
-        }
-        for h in &self.hooks {
-            h.on_remove(id).await;
-        }
-        let dir = self.dir_of(id);
-        tokio::task::spawn_blocking(move || rootfs::remove(&dir))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        self.with_store(|s| s.delete(id))?;
-        lock(&self.locks).remove(id);
-        Ok(id.clone())
-    }
-
-    /// After a restart of loomd: finds every weaver that was running, re-attaches to the ones
-    /// still running, and records how the others ended while loomd was away.
-    pub async fn adopt(self: &Arc<Self>) -> Result<(usize, usize), StoreError> {
-        let (mut adopted, mut ended) = (0, 0);
-        for rec in self.with_store(|s| s.list())? {
-            if !rec.info.state.is_active() {
-                continue;
-            }
-            let id = rec.info.id.clone();
-            let Some(handle) = rec.handle.clone() else {
-                let guard = self.weaver_lock(&id);
-                let _g = guard.lock().await;
-                let mut rec = rec;
-                rec.info.state = WeaverState::Failed;
-                rec.info.reason = Some("loomd stopped while creating it: `loom weaver start` it again".into());
-                self.with_store(|s| s.update(&rec))?;
-                ended += 1;
-                continue;
-            };
-            match self.backend.observe(&id, &handle).await {
-                Observed::Running { leader_pid } => {
-                    let mut rec = rec;
-                    if leader_pid.is_some() {
-                        rec.info.pid = leader_pid;
-                    }
-                    rec.info.state = WeaverState::Running;
-                    self.with_store(|s| s.update(&rec))?;
-                    for h in &self.hooks {
-                        h.after_start(&id, rec.info.pid.unwrap_or(0), self.backend.cgroup_id(&id)).await;
-                    }
-                    self.watch(id, handle);
-                    adopted += 1;
-                }
-                done => {
-                    self.run_ended(id, handle, done).await;
-                    ended += 1;
-                }
-            }
-        }
-        Ok((adopted, ended))
-    }
-
-    /// Stops weavers whose ttl has passed. Called periodically.
-    pub async fn expire(self: &Arc<Self>) {
-        let now = now_secs();
-        let due: Vec<WeaverRecord> = self
-            .with_store(|s| s.list())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.info.state.is_active() && r.info.expires_at.is_some_and(|e| e <= now))
-            .collect();
-        for rec in due {
-            let ttl = rec.info.spec.ttl.map(|t| t.to_string()).unwrap_or_default();
-            tracing::info!(weaver = %rec.info.id, %ttl, "ttl expired");
-            let _ = self.stop(&rec.info.id, format!("its ttl of {ttl} expired")).await;
-        }
     }
 
     /// The log file of a weaver the caller may see, and whether it still runs.

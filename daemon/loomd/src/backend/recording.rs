@@ -67,7 +67,11 @@ impl Backend for RecordingBackend {
         };
         let (tx, _) = watch::channel(None);
         self.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, tx);
-        Ok(Started { handle: RunHandle::Shim { pid, start_ticks: 1 }, leader_pid: pid, cgroup_id: Some(pid as u64) })
+        Ok(Started {
+            handle: RunHandle::Shim { run: launch.run, pid, start_ticks: 1 },
+            leader_pid: pid,
+            cgroup_id: Some(pid as u64),
+        })
     }
 
     async fn observe(&self, _id: &WeaverId, handle: &RunHandle) -> Observed {
