@@ -374,3 +374,7 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;
