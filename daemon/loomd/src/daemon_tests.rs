@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use loom_core::access::{AccessGroups, Caller};
-use loom_core::api::{CreateWeaver, ErrorCode};
+use loom_core::api::{CreateWeaver, ErrorCode, WeaverInfo};
 use loom_core::config::Config;
 use loom_core::weaver::{RunId, WeaverState};
 
