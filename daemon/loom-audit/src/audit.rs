@@ -370,6 +370,11 @@ impl Audit {
         })
     }
 
+    /// How many cgroups the kernel's `watched` map holds (at most `max_weavers`).
+    pub fn watched_in_kernel(&self) -> usize {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner()).keys().filter(|k| k.is_ok()).count()
+    }
+
     /// Stop recording the cgroup; events already in flight keep their weaver.
     pub fn unwatch(&self, cgroup_id: u64) -> Result<(), AuditError> {
         let mut map = self.watched.lock().unwrap_or_else(|e| e.into_inner());

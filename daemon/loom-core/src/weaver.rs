@@ -51,6 +51,53 @@ impl fmt::Display for WeaverId {
     }
 }
 
+/// One run of a weaver: minted by loomd for every start, 64 random bits shown as 16 hex
+/// digits. Everything a run holds (its audit watch, its proxy token and listener) is keyed by
+/// it, so that the end of one run can never release what a newer run of the same weaver holds.
+/// `RunId::UNKNOWN` (all zeros) stands for a run recorded before loom had run ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(u64);
+
+impl RunId {
+    pub const UNKNOWN: RunId = RunId(0);
+
+    /// A run id from random bits the caller drew; never [`RunId::UNKNOWN`].
+    pub fn from_random(bits: u64) -> RunId {
+        RunId(bits.max(1))
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        s.parse()
+    }
+}
+
+impl FromStr for RunId {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        if s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            u64::from_str_radix(s, 16).map(RunId).map_err(|_| SpecError::RunId(s.to_string()))
+        } else {
+            Err(SpecError::RunId(s.to_string()))
+        }
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> String {
+        id.to_string()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// The limits a spec may ask for. Past the maximums a value stops being a limit at all
 /// (a memory limit the kernel reads as "max") or overflows the clock arithmetic done with it
 /// (a ttl added to the current time).
@@ -65,6 +112,8 @@ pub const MAX_TTL: Span = Span(365 * 86400);
 pub enum SpecError {
     #[error("invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it")]
     Id(String),
+    #[error("invalid run id {0:?}: a run id is 16 lowercase hex digits")]
+    RunId(String),
     #[error(
         "invalid weaver name {0:?}: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'"
     )]
@@ -345,6 +394,19 @@ mod tests {
         for bad in ["", "1abc", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64), "a/b", "ünï"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn run_ids() {
+        let r = RunId::from_random(0xdead_beef);
+        assert_eq!(r.to_string(), "00000000deadbeef");
+        assert_eq!("00000000deadbeef".parse::<RunId>().unwrap(), r);
+        assert_eq!(RunId::from_random(0), RunId::from_random(1), "0 is kept for UNKNOWN");
+        assert_ne!(RunId::from_random(0), RunId::UNKNOWN);
+        for bad in ["deadbeef", "00000000DEADBEEF", "+0000000deadbeef", "00000000deadbeef0"] {
+            assert!(bad.parse::<RunId>().is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"00000000deadbeef\"");
     }
 
     #[test]

@@ -200,8 +200,9 @@ impl SystemdManager for DbusSystemd {
         self.wait_job(stream, &job, &unit, JobKind::Start).await?;
 
         let status = self.unit_status(&unit).await?;
-        let (main_pid, control_group) = status.map(|s| (s.main_pid, s.control_group)).unwrap_or_default();
-        Ok(StartedUnit { name: unit, job: job.as_str().to_string(), main_pid, control_group })
+        let (main_pid, control_group, invocation_id) =
+            status.map(|s| (s.main_pid, s.control_group, s.invocation_id)).unwrap_or_default();
+        Ok(StartedUnit { name: unit, job: job.as_str().to_string(), main_pid, control_group, invocation_id })
     }
 
     async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {
@@ -239,6 +240,12 @@ impl SystemdManager for DbusSystemd {
             exit: unit::exit_status(code, status),
             control_group: str_prop(&s, "ControlGroup"),
             weaver_id: unit::weaver_id_from_extra_fields(&extra),
+            invocation_id: u
+                .get("InvocationID")
+                .and_then(|v| v.try_clone().ok())
+                .and_then(|v| Vec::<u8>::try_from(v).ok())
+                .map(|b| unit::invocation_hex(&b))
+                .unwrap_or_default(),
         }))
     }
 

@@ -111,6 +111,8 @@ impl SystemdManager for RecordingSystemd {
             exit: None,
             control_group: control_group.clone(),
             weaver_id: Some(spec.weaver_id.clone()),
+            // A new one per start, as systemd makes.
+            invocation_id: format!("{:032x}", 0xc0de_0000_u64 + u64::from(main_pid)),
         };
         if let Some(result) = failed {
             status.active_state = "failed".into();
@@ -122,9 +124,16 @@ impl SystemdManager for RecordingSystemd {
             st.units.insert(name.clone(), status);
             return Err(SystemdError::JobFailed { unit: name, kind: JobKind::Start, result });
         }
+        let invocation_id = status.invocation_id.clone();
         st.units.insert(name.clone(), status);
         st.machines.insert(name.clone(), spec.weaver_name.clone());
-        Ok(StartedUnit { job: format!("/org/freedesktop/systemd1/job/{main_pid}"), name, main_pid, control_group })
+        Ok(StartedUnit {
+            job: format!("/org/freedesktop/systemd1/job/{main_pid}"),
+            name,
+            main_pid,
+            control_group,
+            invocation_id,
+        })
     }
 
     async fn unit_status(&self, unit: &str) -> Result<Option<UnitStatus>, SystemdError> {

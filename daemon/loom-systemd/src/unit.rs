@@ -313,6 +313,9 @@ pub struct UnitStatus {
     pub control_group: String,
     /// The weaver id from `LogExtraFields`, if set.
     pub weaver_id: Option<String>,
+    /// `InvocationID` as 32 hex digits: systemd's id of the unit's current (or last)
+    /// activation, different for every run under the same unit name; empty if unknown.
+    pub invocation_id: String,
 }
 
 /// A weaver's condition as loomd cares about it, folded from a unit's states.
@@ -366,6 +369,16 @@ pub struct StartedUnit {
     /// 0 if the process already exited (a very short command with `Type=simple`).
     pub main_pid: u32,
     pub control_group: String,
+    /// The run's `InvocationID` (see [`UnitStatus::invocation_id`]).
+    pub invocation_id: String,
+}
+
+/// `InvocationID` (16 bytes) as the 32 hex digits journald shows; empty if not 16 bytes.
+pub fn invocation_hex(bytes: &[u8]) -> String {
+    if bytes.len() != 16 || bytes.iter().all(|b| *b == 0) {
+        return String::new();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -483,6 +496,7 @@ mod tests {
             exit,
             control_group: String::new(),
             weaver_id: None,
+            invocation_id: String::new(),
         };
         let ok = Some(ExitStatus::Code(0));
         let bad = Some(ExitStatus::Code(2));

@@ -1,5 +1,5 @@
-//! The eBPF audit as loomd runs it: each weaver's cgroup is watched from before its first
-//! process runs until it is removed; events go to journald (or NDJSON) and to the store's
+//! The eBPF audit as loomd runs it: each run's cgroup is watched from before its first
+//! process runs until the run ends; events go to journald (or NDJSON) and to the store's
 //! index behind `loom audit`.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use loom_audit::{Audit, AuditConfig, AuditEvent, AuditIndex, AuditQuery, EventKind, open_sink, parse_since, pump};
-use loom_core::weaver::WeaverId;
+use loom_core::weaver::{RunId, WeaverId};
 use rusqlite::Connection;
 
 use crate::daemon::WeaverHooks;
@@ -32,7 +32,9 @@ pub enum AuditingError {
 pub struct Auditor {
     audit: Audit,
     conn: Arc<Mutex<Connection>>,
-    watched: Mutex<HashMap<WeaverId, u64>>,
+    /// The cgroup each weaver's live run is watched by: one entry per weaver, whatever the
+    /// number of its runs, since a run's `after_stop` unwatches it.
+    watched: Mutex<HashMap<WeaverId, (RunId, u64)>>,
 }
 
 /// One row of `loom audit`: its index id (for following) and the event.
@@ -80,17 +82,36 @@ impl Auditor {
         Ok(Some(Arc::new(Auditor { audit, conn, watched: Mutex::new(HashMap::new()) })))
     }
 
-    fn watch(&self, id: &WeaverId, cgroup_id: u64) {
+    fn watch(&self, id: &WeaverId, run: RunId, cgroup_id: u64) {
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        if watched.get(id) == Some(&cgroup_id) {
-            return;
+        match watched.get(id) {
+            Some(&(r, cg)) if r == run && cg == cgroup_id => return,
+            // A cgroup of an earlier run (or an earlier cgroup of this one) is not the
+            // weaver's any more: left in the map it would fill it.
+            Some(&(_, cg)) if cg != cgroup_id => self.unwatch(id, cg),
+            _ => {}
         }
         match self.audit.watch(cgroup_id, id.as_str()) {
             Ok(()) => {
-                watched.insert(id.clone(), cgroup_id);
+                watched.insert(id.clone(), (run, cgroup_id));
             }
-            Err(e) => tracing::error!(weaver = %id, error = %crate::error_chain(&e), "the weaver runs unaudited"),
+            Err(e) => {
+                watched.remove(id);
+                tracing::error!(weaver = %id, %run, error = %crate::error_chain(&e), "the weaver runs unaudited")
+            }
         }
+    }
+
+    fn unwatch(&self, id: &WeaverId, cgroup_id: u64) {
+        if let Err(e) = self.audit.unwatch(cgroup_id) {
+            tracing::warn!(weaver = %id, error = %e, "unwatching the weaver's cgroup failed");
+        }
+    }
+
+    /// How many cgroups loomd has the audit watch (its own table and the kernel's map).
+    pub fn watched(&self) -> (usize, usize) {
+        let mine = self.watched.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (mine, self.audit.watched_in_kernel())
     }
 
     pub fn query(
@@ -128,24 +149,32 @@ impl Auditor {
 
 #[async_trait::async_trait]
 impl WeaverHooks for Auditor {
-    async fn on_cgroup(&self, id: &WeaverId, cgroup_id: u64) {
-        self.watch(id, cgroup_id);
+    async fn on_cgroup(&self, id: &WeaverId, run: RunId, cgroup_id: u64) {
+        self.watch(id, run, cgroup_id);
     }
 
-    async fn after_start(&self, id: &WeaverId, _leader_pid: i32, cgroup_id: Option<u64>) {
+    async fn after_start(&self, id: &WeaverId, run: RunId, _leader_pid: i32, cgroup_id: Option<u64>) {
         // Backends that cannot name the cgroup before the first process (systemd units)
         // and weavers adopted after a restart are watched from here.
         if let Some(cg) = cgroup_id {
-            self.watch(id, cg);
+            self.watch(id, run, cg);
         }
     }
 
-    async fn on_remove(&self, id: &WeaverId) {
-        let cg = self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        if let Some(cg) = cg
-            && let Err(e) = self.audit.unwatch(cg)
+    async fn after_stop(&self, id: &WeaverId, run: RunId, _rec: &crate::store::WeaverRecord) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(r, cg)) = watched.get(id)
+            && r == run
         {
-            tracing::warn!(weaver = %id, error = %e, "unwatching the weaver's cgroup failed");
+            watched.remove(id);
+            self.unwatch(id, cg);
+        }
+    }
+
+    async fn on_remove(&self, id: &WeaverId, _last_run: Option<RunId>) {
+        let cg = self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        if let Some((_, cg)) = cg {
+            self.unwatch(id, cg);
         }
     }
 

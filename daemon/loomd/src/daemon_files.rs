@@ -1,5 +1,5 @@
 //! The daemon's dealings with the files in a weaver's root, all through [`WeaverRoot`]: loom's
-//! own files before each run, the agent's status and spool, and the disk cap.
+//! own files before each run, the agent's status, and the disk cap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,10 +10,9 @@ use loom_core::api::WeaverInfo;
 use loom_core::units::ByteSize;
 use loom_core::weaver::{WeaverId, WeaverSpec, WeaverState};
 
-use super::{AGENT_CONTEXT, AGENT_PATH, AGENT_PROMPT, AGENT_STATE, Daemon, MAX_SPOOL_BYTES, lock};
+use super::{AGENT_CONTEXT, AGENT_PATH, AGENT_PROMPT, AGENT_STATE, Daemon, lock};
 use crate::backend::nspawn_args::ENV_FILE;
 use crate::rootfs;
-use crate::store::WeaverRecord;
 use crate::weaverfs::{UsageError, WeaverRoot};
 
 /// The most of an agent's status file loomd reads.
@@ -124,45 +123,6 @@ impl Daemon {
         info
     }
 
-    /// Stores what the agent spooled but could not deliver before its run ended (loomd down,
-    /// a refused write, a crash). Appends are idempotent and owner-checked, so events that did
-    /// arrive are not doubled and a weaver can only add to its own threads.
-    pub(super) async fn ingest_spool(&self, rec: &WeaverRecord) {
-        let (Some(threads), Some(_)) = (self.threads.clone(), rec.info.spec.agent.as_ref()) else { return };
-        let root = self.root_of(&rec.info.id);
-        let weaver = rec.info.id.to_string();
-        let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-            let spool = format!("{AGENT_STATE}/spool.jsonl");
-            // The undelivered events are the newest: past the cap, the spool's end is read.
-            let (bytes, cut) = match WeaverRoot::open(&root).and_then(|r| r.read_last(&spool, MAX_SPOOL_BYTES)) {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => return Ok(0),
-                Err(e) => return Err(crate::error_chain(&e)),
-            };
-            let text = String::from_utf8_lossy(&bytes);
-            let text = if cut { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
-            let events: Vec<loom_threads::ThreadEvent> =
-                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-            let mut stored = 0;
-            for batch in events.chunks(loom_threads::wire::MAX_BATCH_EVENTS) {
-                stored += threads
-                    .with(|c| loom_threads::append_events(c, &weaver, batch))
-                    .map_err(|e| e.to_string())?
-                    .inserted;
-            }
-            Ok(stored)
-        })
-        .await;
-        match result {
-            Ok(Ok(stored)) if stored > 0 => {
-                tracing::info!(weaver = %rec.info.id, stored, "stored thread events the agent had not delivered")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(weaver = %rec.info.id, error = %e, "the agent's spool could not be stored"),
-            Err(e) => tracing::warn!(weaver = %rec.info.id, error = %e, "reading the agent's spool failed"),
-        }
-    }
-
     /// Measures the roots of running weavers that are due, off the async threads and one at a
     /// time, and stops each one past its disk cap as `failed`. Called every tick; returns at
     /// once while a walk is under way.
@@ -218,19 +178,5 @@ impl Daemon {
                 }
             }
         });
-    }
-
-    /// Stops a weaver and marks it `failed` with `reason`, unless it was stopped, removed or
-    /// started again meanwhile.
-    async fn stop_failed(self: &Arc<Self>, id: &WeaverId, reason: String) {
-        let Ok(info) = self.stop(id, reason.clone()).await else { return };
-        let guard = self.weaver_lock(id);
-        let _g = guard.lock().await;
-        let Ok(Some(mut rec)) = self.with_store(|s| s.get(id)) else { return };
-        if rec.info.state == WeaverState::Stopped && rec.info.reason.as_deref() == Some(&reason) {
-            rec.info.state = WeaverState::Failed;
-            rec.info.exit_code = rec.info.exit_code.or(info.exit_code);
-            let _ = self.with_store(|s| s.update(&rec));
-        }
     }
 }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use loom_core::access::{AccessGroups, Caller};
-use loom_core::api::{CreateWeaver, ErrorCode};
+use loom_core::api::{CreateWeaver, ErrorCode, WeaverInfo};
 use loom_core::config::Config;
-use loom_core::weaver::WeaverState;
+use loom_core::weaver::{RunId, WeaverState};
 
+use super::agent::agent_command;
 use super::*;
 use crate::backend::recording::RecordingBackend;
 
@@ -139,7 +140,7 @@ async fn adoption_marks_vanished_runs_failed_and_keeps_running_ones() {
     let mut lost = f.daemon.with_store(|s| s.get(&kept.id)).unwrap().unwrap();
     lost.info.id = loom_core::weaver::WeaverId::from_random([9; 6]);
     lost.info.name = "lost".into();
-    lost.handle = Some(crate::backend::RunHandle::Shim { pid: 999_999, start_ticks: 1 });
+    lost.handle = Some(crate::backend::RunHandle::Shim { run: RunId::from_random(9), pid: 999_999, start_ticks: 1 });
     f.daemon.with_store(|s| s.insert(&lost)).unwrap();
     let (adopted, ended) = f.daemon.adopt().await.unwrap();
     assert_eq!((adopted, ended), (1, 1));

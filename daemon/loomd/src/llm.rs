@@ -7,7 +7,7 @@ use std::net::TcpListener as StdListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use loom_core::weaver::{NetworkMode, WeaverId};
+use loom_core::weaver::{NetworkMode, RunId, WeaverId};
 use loom_proxy::{KeySource, Proxy, UsageRecord, UsageSink, WeaverToken, WeaverTotals};
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -174,9 +174,19 @@ pub struct Llm {
     usage: Arc<UsageStore>,
     /// The host-side listener's port, for weavers on the host network.
     host_port: u16,
-    networks: Mutex<HashMap<WeaverId, NetworkMode>>,
+    /// What each weaver's live run holds here; its `after_stop` takes it out.
+    runs: Mutex<HashMap<WeaverId, LiveRun>>,
     /// Limits an admin set for a weaver; they outlive its runs (not loomd restarts).
     limits: Mutex<HashMap<WeaverId, loom_proxy::WeaverLimits>>,
+}
+
+/// One run's registration: its token is the proxy's entry for the weaver, and its listener
+/// (inside the weaver's network namespace) keeps that namespace alive while it is open.
+#[derive(Debug)]
+struct LiveRun {
+    run: RunId,
+    network: Option<NetworkMode>,
+    listener: Option<tokio::task::AbortHandle>,
 }
 
 /// A change to a weaver's limits; `Some(0)` means unlimited, `None` leaves it as it is.
@@ -245,7 +255,7 @@ impl Llm {
             proxy,
             usage,
             host_port,
-            networks: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
         }))
     }
@@ -288,8 +298,20 @@ impl Llm {
         ]
     }
 
+    /// What the proxy holds for weavers: (runs loomd tracks, tokens the proxy knows,
+    /// listeners open), for `loom status` and the tests that check nothing leaks.
+    pub fn held(&self) -> (usize, usize, usize) {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let listeners = runs.values().filter(|r| r.listener.as_ref().is_some_and(|l| !l.is_finished())).count();
+        (runs.len(), self.proxy.usage_all().len(), listeners)
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<WeaverId, LiveRun>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens the weaver's own listener inside its network namespace and serves it.
-    fn serve_in_netns(&self, id: &WeaverId, leader_pid: i32) -> std::io::Result<()> {
+    fn serve_in_netns(&self, id: &WeaverId, leader_pid: i32) -> std::io::Result<tokio::task::AbortHandle> {
         let ns = std::fs::File::open(format!("/proc/{leader_pid}/ns/net"))?;
         // A thread of its own enters the namespace, binds and ends, so no other work ever
         // runs in the weaver's namespace; the socket stays in the namespace it was made in.
@@ -304,12 +326,31 @@ impl Llm {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let proxy = self.proxy.clone();
         let id = id.to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = proxy.serve(listener, Some(id.clone())).await {
                 tracing::warn!(weaver = %id, error = %e, "the weaver's proxy listener stopped");
             }
         });
-        Ok(())
+        Ok(task.abort_handle())
+    }
+}
+
+impl Llm {
+    /// Ends the weaver's registration (its token stops working) and closes its listener, for
+    /// the run `only` if given (a stale run's end leaves a newer run alone), else for any.
+    fn release(&self, id: &WeaverId, only: Option<RunId>) {
+        let live = {
+            let mut runs = self.runs();
+            match runs.get(id) {
+                Some(l) if only.is_none_or(|r| r == l.run) => runs.remove(id),
+                Some(_) => return,
+                None => None,
+            }
+        };
+        self.proxy.unregister_weaver(id.as_str());
+        if let Some(listener) = live.and_then(|l| l.listener) {
+            listener.abort();
+        }
     }
 }
 
@@ -328,11 +369,16 @@ fn token_from_environ(pid: i32) -> Option<WeaverToken> {
 
 #[async_trait::async_trait]
 impl WeaverHooks for Llm {
-    async fn before_start(&self, id: &WeaverId, rec: &WeaverRecord) -> Result<Vec<(String, String)>, String> {
+    async fn before_start(
+        &self,
+        id: &WeaverId,
+        run: RunId,
+        rec: &WeaverRecord,
+    ) -> Result<Vec<(String, String)>, String> {
         let network = rec.info.spec.network;
-        self.networks.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), network);
-        // A new run gets a new token; the old run's listener ends with its registration.
-        self.proxy.unregister_weaver(id.as_str());
+        // A new run gets a new token; whatever an earlier run left is closed first.
+        self.release(id, None);
+        self.runs().insert(id.clone(), LiveRun { run, network: Some(network), listener: None });
         if network == NetworkMode::None {
             // `none` means no way out at all: no token, no listener, no proxy variables.
             return Ok(vec![]);
@@ -345,12 +391,18 @@ impl WeaverHooks for Llm {
         Ok(self.env_for(network, &token))
     }
 
-    async fn after_start(&self, id: &WeaverId, leader_pid: i32, _cgroup_id: Option<u64>) {
-        if leader_pid <= 0 {
-            return;
-        }
-        if self.proxy.usage(id.as_str()).is_none() {
+    async fn after_start(&self, id: &WeaverId, run: RunId, leader_pid: i32, _cgroup_id: Option<u64>) {
+        let network = match self.runs().get(id) {
+            Some(live) if live.run == run => live.network,
+            _ => None,
+        };
+        if network.is_none() {
             // Adopted after a loomd restart: the weaver keeps the token it was started with.
+            self.release(id, None);
+            self.runs().insert(id.clone(), LiveRun { run, network: None, listener: None });
+            if leader_pid <= 0 {
+                return;
+            }
             let Some(token) = token_from_environ(leader_pid) else { return };
             let totals = self.usage.totals(id.as_str());
             if let Err(e) = self.proxy.restore_weaver(id.as_str(), token, self.limits_of(id), totals) {
@@ -358,7 +410,9 @@ impl WeaverHooks for Llm {
                 return;
             }
         }
-        let network = self.networks.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied();
+        if leader_pid <= 0 {
+            return;
+        }
         let private = match network {
             Some(NetworkMode::None) => return,
             Some(n) => n != NetworkMode::Host,
@@ -368,14 +422,25 @@ impl WeaverHooks for Llm {
                     != std::fs::read_link("/proc/self/ns/net").ok()
             }
         };
-        if private && let Err(e) = self.serve_in_netns(id, leader_pid) {
-            tracing::warn!(weaver = %id, error = %e, "the weaver's proxy listener could not be opened");
+        if !private {
+            return;
+        }
+        match self.serve_in_netns(id, leader_pid) {
+            Ok(listener) => match self.runs().get_mut(id) {
+                Some(live) if live.run == run => live.listener = Some(listener),
+                // Ended while the listener opened: it must not outlive the run.
+                _ => listener.abort(),
+            },
+            Err(e) => tracing::warn!(weaver = %id, error = %e, "the weaver's proxy listener could not be opened"),
         }
     }
 
-    async fn on_remove(&self, id: &WeaverId) {
-        self.proxy.unregister_weaver(id.as_str());
-        self.networks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    async fn after_stop(&self, id: &WeaverId, run: RunId, _rec: &WeaverRecord) {
+        self.release(id, Some(run));
+    }
+
+    async fn on_remove(&self, id: &WeaverId, _last_run: Option<RunId>) {
+        self.release(id, None);
         self.limits.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use loom_core::api::WeaverInfo;
 use loom_core::restart::RestartTracker;
-use loom_core::weaver::{WeaverId, WeaverSpec, WeaverState};
+use loom_core::weaver::{RunId, WeaverId, WeaverSpec, WeaverState};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::backend::RunHandle;
@@ -33,10 +33,13 @@ pub enum StoreError {
 pub struct WeaverRecord {
     pub info: WeaverInfo,
     pub handle: Option<RunHandle>,
+    /// The weaver's latest run: the one running, or the last one that ran or tried to.
+    pub run: Option<RunId>,
     pub tracker: RestartTracker,
 }
 
-const WEAVER_MIGRATIONS: &[&str] = &["CREATE TABLE weavers (
+const WEAVER_MIGRATIONS: &[&str] = &[
+    "CREATE TABLE weavers (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         owner_uid INTEGER NOT NULL,
@@ -52,7 +55,9 @@ const WEAVER_MIGRATIONS: &[&str] = &["CREATE TABLE weavers (
         leader_pid INTEGER,
         handle TEXT,
         tracker TEXT NOT NULL
-    )"];
+    )",
+    "ALTER TABLE weavers ADD COLUMN run_id TEXT",
+];
 
 #[derive(Debug)]
 pub struct Store {
@@ -76,8 +81,8 @@ impl Store {
     pub fn insert(&mut self, rec: &WeaverRecord) -> Result<(), StoreError> {
         let r = self.conn.execute(
             "INSERT INTO weavers (id, name, owner_uid, spec, state, exit_code, reason, backend, created_at,
-                started_at, expires_at, restarts, leader_pid, handle, tracker)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                started_at, expires_at, restarts, leader_pid, handle, tracker, run_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params_of(rec)?,
         );
         match r {
@@ -93,7 +98,7 @@ impl Store {
         self.conn.execute(
             "UPDATE weavers SET name = ?2, owner_uid = ?3, spec = ?4, state = ?5, exit_code = ?6, reason = ?7,
                 backend = ?8, created_at = ?9, started_at = ?10, expires_at = ?11, restarts = ?12,
-                leader_pid = ?13, handle = ?14, tracker = ?15
+                leader_pid = ?13, handle = ?14, tracker = ?15, run_id = ?16
              WHERE id = ?1",
             params_of(rec)?,
         )?;
@@ -144,7 +149,7 @@ pub enum Lookup {
 }
 
 const SELECT: &str = "SELECT id, name, owner_uid, spec, state, exit_code, reason, backend, created_at, started_at,
-    expires_at, restarts, leader_pid, handle, tracker FROM weavers";
+    expires_at, restarts, leader_pid, handle, tracker, run_id FROM weavers";
 
 #[derive(Debug, Default)]
 struct RawRow {
@@ -163,6 +168,7 @@ struct RawRow {
     leader_pid: Option<i32>,
     handle: Option<String>,
     tracker: String,
+    run_id: Option<String>,
 }
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -182,6 +188,7 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         leader_pid: r.get(12)?,
         handle: r.get(13)?,
         tracker: r.get(14)?,
+        run_id: r.get(15)?,
     })
 }
 
@@ -193,6 +200,7 @@ fn raw_to_record(raw: RawRow) -> Result<WeaverRecord, StoreError> {
     let tracker = serde_json::from_str(&raw.tracker).map_err(|e| corrupt("restart tracker", &e))?;
     let id = WeaverId::try_from(raw.id.clone()).map_err(|e| corrupt("id", &e))?;
     let state: WeaverState = raw.state.parse().map_err(|e: String| corrupt("state", &e))?;
+    let run = raw.run_id.as_deref().map(str::parse::<RunId>).transpose().map_err(|e| corrupt("run id", &e))?;
     Ok(WeaverRecord {
         info: WeaverInfo {
             id,
@@ -211,6 +219,7 @@ fn raw_to_record(raw: RawRow) -> Result<WeaverRecord, StoreError> {
             agent_status: None,
         },
         handle,
+        run,
         tracker,
     })
 }
@@ -231,6 +240,7 @@ type Params = (
     Option<i32>,
     Option<String>,
     String,
+    Option<String>,
 );
 
 fn params_of(rec: &WeaverRecord) -> Result<Params, StoreError> {
@@ -252,6 +262,7 @@ fn params_of(rec: &WeaverRecord) -> Result<Params, StoreError> {
         i.pid,
         rec.handle.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?,
         json(serde_json::to_string(&rec.tracker))?,
+        rec.run.map(|r| r.to_string()),
     ))
 }
 
@@ -286,7 +297,8 @@ mod tests {
                 spec,
                 agent_status: None,
             },
-            handle: Some(RunHandle::Shim { pid: 42, start_ticks: 7 }),
+            handle: Some(RunHandle::Shim { run: RunId::from_random(0x5eed), pid: 42, start_ticks: 7 }),
+            run: Some(RunId::from_random(0x5eed)),
             tracker: RestartTracker::default(),
         }
     }
@@ -329,6 +341,32 @@ mod tests {
         Store::open(&path).unwrap().insert(&record(3, "kept")).unwrap();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list().unwrap()[0].info.name, "kept");
+        assert_eq!(store.list().unwrap()[0].run, Some(RunId::from_random(0x5eed)));
+    }
+
+    /// A store written before run ids keeps its weavers: their run id and their handle's
+    /// read as unknown, and adoption still finds the run by its handle.
+    #[test]
+    fn a_store_from_before_run_ids_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            loom_sqlite::migrate(&mut conn, "weavers", &WEAVER_MIGRATIONS[..1]).unwrap();
+            let rec = record(4, "old");
+            let mut p = params_of(&rec).unwrap();
+            p.13 = Some(r#"{"kind":"shim","pid":42,"start_ticks":7}"#.into());
+            conn.execute(
+                "INSERT INTO weavers (id, name, owner_uid, spec, state, exit_code, reason, backend, created_at,
+                    started_at, expires_at, restarts, leader_pid, handle, tracker)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                (p.0, p.1, p.2, p.3, p.4, p.5, p.6, p.7, p.8, p.9, p.10, p.11, p.12, p.13, p.14),
+            )
+            .unwrap();
+        }
+        let got = Store::open(&path).unwrap().list().unwrap().remove(0);
+        assert_eq!(got.run, None);
+        assert_eq!(got.handle, Some(RunHandle::Shim { run: RunId::UNKNOWN, pid: 42, start_ticks: 7 }));
     }
 
     /// One file, one `schema_versions` table, one row per component, each applied once at open.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use loom_core::config::BackendKind;
-use loom_core::weaver::{WeaverId, WeaverSpec};
+use loom_core::weaver::{RunId, WeaverId, WeaverSpec};
 use serde::{Deserialize, Serialize};
 
 /// Everything a backend needs to start one run of a weaver. Its environment is not here: the
@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub id: WeaverId,
+    /// The run this launch starts; its handle carries it.
+    pub run: RunId,
     pub spec: WeaverSpec,
     /// The weaver's directory in the state dir: `root/`, `run/`, `log`.
     pub dir: PathBuf,
@@ -39,15 +41,39 @@ impl Launch {
     }
 }
 
-/// How to find a run again after loomd restarts; kept in the store as JSON.
+/// How to find a run again after loomd restarts; kept in the store as JSON. Every handle
+/// names its run: two runs of one weaver never have equal handles, so a report about a run
+/// that ended is never taken for one about the run that replaced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RunHandle {
     /// The shim process that supervises systemd-nspawn, identified by pid and start time so
     /// that a recycled pid is never mistaken for it.
-    Shim { pid: i32, start_ticks: u64 },
-    /// A transient systemd unit.
-    Unit { name: String },
+    Shim {
+        /// Handles stored before run ids existed read as [`RunId::UNKNOWN`].
+        #[serde(default)]
+        run: RunId,
+        pid: i32,
+        start_ticks: u64,
+    },
+    /// A transient systemd unit; its name is the same for every run of a weaver, systemd's
+    /// `InvocationID` is not.
+    Unit {
+        #[serde(default)]
+        run: RunId,
+        name: String,
+        /// systemd's id of this activation of the unit (32 hex digits), when it was read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invocation: Option<String>,
+    },
+}
+
+impl RunHandle {
+    pub fn run(&self) -> RunId {
+        match self {
+            RunHandle::Shim { run, .. } | RunHandle::Unit { run, .. } => *run,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

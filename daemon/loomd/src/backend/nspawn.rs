@@ -144,7 +144,7 @@ impl Backend for NspawnBackend {
         let shim_pid = child.id().unwrap_or(0) as i32;
         drop(child);
         let start_ticks = procfs::start_ticks(shim_pid).unwrap_or(0);
-        let handle = RunHandle::Shim { pid: shim_pid, start_ticks };
+        let handle = RunHandle::Shim { run: launch.run, pid: shim_pid, start_ticks };
         let deadline = Instant::now() + self.start_timeout;
         let wanted_cmdline: Vec<u8> = spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
         let mut pause = Duration::from_millis(1);
@@ -181,7 +181,7 @@ impl Backend for NspawnBackend {
     }
 
     async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
-        let RunHandle::Shim { pid, start_ticks } = handle else {
+        let RunHandle::Shim { pid, start_ticks, .. } = handle else {
             return Observed::Lost { reason: "not a run of the nspawn backend".into() };
         };
         let run_dir = self.run_dir_for(id);
@@ -197,14 +197,14 @@ impl Backend for NspawnBackend {
     }
 
     async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
-        if let RunHandle::Shim { pid, start_ticks } = handle {
+        if let RunHandle::Shim { pid, start_ticks, .. } = handle {
             wait_for_exit(*pid, *start_ticks).await;
         }
         self.observe(id, handle).await
     }
 
     async fn stop(&self, id: &WeaverId, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
-        let RunHandle::Shim { pid, start_ticks } = handle else {
+        let RunHandle::Shim { pid, start_ticks, .. } = handle else {
             return Ok(());
         };
         if procfs::is_same_process(*pid, *start_ticks) {

@@ -108,6 +108,7 @@ mod tests {
         f(&mut req);
         Launch {
             id: WeaverId::from_random([1, 2, 3, 4, 5, 6]),
+            run: loom_core::weaver::RunId::from_random(1),
             spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
             dir: "/var/lib/loom/weavers/010203040506".into(),
             binds_ro: vec![],

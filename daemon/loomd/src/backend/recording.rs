@@ -18,6 +18,11 @@ pub struct RecordingBackend {
     runs: Mutex<HashMap<i32, watch::Sender<Option<i32>>>>,
     next_pid: Mutex<i32>,
     fail_starts: Mutex<Option<String>>,
+    /// A real process every run reports as its leader (its network namespace stands in for
+    /// the weaver's); 0: the run's own made-up pid.
+    leader: Mutex<i32>,
+    /// The pid (and cgroup id) `prepare` chose for the next start.
+    prepared: Mutex<Option<i32>>,
 }
 
 impl RecordingBackend {
@@ -35,6 +40,17 @@ impl RecordingBackend {
     /// Makes every later start fail with `reason` (None: succeed again).
     pub fn fail_starts(&self, reason: Option<&str>) {
         *self.fail_starts.lock().unwrap_or_else(|e| e.into_inner()) = reason.map(str::to_string);
+    }
+
+    /// Makes every later run report `pid` as its first process.
+    pub fn lead_with(&self, pid: i32) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
+
+    fn next_pid(&self) -> i32 {
+        let mut n = self.next_pid.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        1000 + *n
     }
 
     fn record(&self, call: String) {
@@ -55,19 +71,32 @@ impl Backend for RecordingBackend {
         BackendKind::Nspawn
     }
 
+    /// Names the next run's cgroup before it starts, as the nspawn backend does.
+    async fn prepare(&self, _launch: &Launch) -> Result<Option<u64>, BackendError> {
+        let pid = self.next_pid();
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+        Ok(Some(pid as u64))
+    }
+
     async fn start(&self, launch: &Launch) -> Result<Started, BackendError> {
         self.record(format!("start {} {}", launch.spec.name, launch.spec.command.join(" ")));
         if let Some(reason) = self.fail_starts.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(BackendError::StartFailed(reason));
         }
-        let pid = {
-            let mut n = self.next_pid.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            1000 + *n
-        };
+        let prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pid = prepared.unwrap_or_else(|| self.next_pid());
         let (tx, _) = watch::channel(None);
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, tx);
-        Ok(Started { handle: RunHandle::Shim { pid, start_ticks: 1 }, leader_pid: pid, cgroup_id: Some(pid as u64) })
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        // Runs that ended and that nobody waits for are forgotten: the fake does not grow.
+        runs.retain(|_, tx| tx.borrow().is_none() || tx.receiver_count() > 0);
+        runs.insert(pid, tx);
+        drop(runs);
+        let leader = *self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Started {
+            handle: RunHandle::Shim { run: launch.run, pid, start_ticks: 1 },
+            leader_pid: if leader > 0 { leader } else { pid },
+            cgroup_id: Some(pid as u64),
+        })
     }
 
     async fn observe(&self, _id: &WeaverId, handle: &RunHandle) -> Observed {
@@ -99,6 +128,7 @@ impl Backend for RecordingBackend {
 
     async fn cleanup(&self, id: &WeaverId) -> Result<(), BackendError> {
         self.record(format!("cleanup {id}"));
+
         Ok(())
     }
 

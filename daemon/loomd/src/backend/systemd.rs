@@ -144,10 +144,6 @@ pub struct SystemdBackend {
     cgroups: CgroupLayout,
     /// Each weaver's unit cgroup as systemd reported it, for the sync calls (exec, cgroup id).
     control_groups: Mutex<std::collections::HashMap<WeaverId, String>>,
-    /// Watchers ([`Backend::wait`]) in progress per unit. A unit's name is the same for every
-    /// run of a weaver, so a stop waits for the watcher of the run it ended to report, before
-    /// the weaver's lock lets a new run start under the same handle.
-    watchers: Arc<Watchers>,
 }
 
 impl std::fmt::Debug for SystemdBackend {
@@ -243,57 +239,14 @@ fn is_nspawn(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "systemd-nspawn")
 }
 
-/// Counts the watchers of each unit.
-#[derive(Debug, Default)]
-struct Watchers {
-    active: Mutex<std::collections::HashMap<String, usize>>,
-    changed: tokio::sync::Notify,
+/// Whether the unit is loaded for a run other than the handle's: its `InvocationID` differs
+/// (a handle or a systemd without one cannot tell, and says no).
+fn replaced(invocation: Option<&str>, st: Option<&UnitStatus>) -> bool {
+    matches!((invocation, st), (Some(mine), Some(s)) if !s.invocation_id.is_empty() && s.invocation_id != mine)
 }
 
-/// One watcher of a unit, counted until dropped.
-struct Watching {
-    watchers: Arc<Watchers>,
-    unit: String,
-}
-
-impl Watchers {
-    fn enter(self: &Arc<Self>, unit: &str) -> Watching {
-        *self.active.lock().unwrap_or_else(|e| e.into_inner()).entry(unit.to_string()).or_default() += 1;
-        Watching { watchers: self.clone(), unit: unit.to_string() }
-    }
-
-    fn count(&self, unit: &str) -> usize {
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).get(unit).copied().unwrap_or(0)
-    }
-
-    /// Waits until no watcher of `unit` is left; false on timeout.
-    async fn all_left(&self, unit: &str, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, async {
-            loop {
-                let notified = self.changed.notified();
-                if self.count(unit) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .is_ok()
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        let mut active = self.watchers.active.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = active.get_mut(&self.unit) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                active.remove(&self.unit);
-            }
-        }
-        drop(active);
-        self.watchers.changed.notify_waiters();
-    }
+fn replaced_reason(unit: &str) -> String {
+    format!("its unit {unit} was started again since, as a newer run")
 }
 
 fn running(phase: Phase) -> bool {
@@ -317,7 +270,6 @@ impl SystemdBackend {
             journalctl: find_program("journalctl", "/usr/bin/journalctl"),
             cgroups: CgroupLayout::detect(),
             control_groups: Mutex::default(),
-            watchers: Arc::default(),
         }
     }
 
@@ -550,7 +502,8 @@ impl Backend for SystemdBackend {
             tracing::warn!(weaver = %id, unit, prepared = p.ino(), started = ?cgroup_id, "the unit's cgroup id changed after prepare; audit may have missed its first processes");
         }
         let wanted_cmdline: Vec<u8> = launch.spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
-        let handle = RunHandle::Unit { name: unit.clone() };
+        let invocation = Some(started.invocation_id.clone()).filter(|i| !i.is_empty());
+        let handle = RunHandle::Unit { run: launch.run, name: unit.clone(), invocation };
         let mut pause = Duration::from_millis(1);
         let mut marked_at: Option<Instant> = None;
         let mut last_check = Instant::now();
@@ -589,10 +542,11 @@ impl Backend for SystemdBackend {
     }
 
     async fn observe(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
-        let RunHandle::Unit { name } = handle else {
+        let RunHandle::Unit { name, invocation, .. } = handle else {
             return Observed::Lost { reason: "not a run of the systemd backend".into() };
         };
         match self.sd.unit_status(name).await {
+            Ok(st) if replaced(invocation.as_deref(), st.as_ref()) => Observed::Lost { reason: replaced_reason(name) },
             Ok(st) => match self.observed(id, name, st).await {
                 Ok(o) => o,
                 Err(_) => Observed::Running { leader_pid: self.find_leader(id, None).await },
@@ -605,13 +559,13 @@ impl Backend for SystemdBackend {
         }
     }
 
+    /// Waits for this run's end. A unit name is the same for every run of a weaver; the run is
+    /// the unit's `InvocationID`, and the daemon drops what a watcher says about any run but
+    /// the weaver's current one, so a watcher never has to work out whether it is stale.
     async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
-        let RunHandle::Unit { name } = handle else {
+        let RunHandle::Unit { name, invocation, .. } = handle else {
             return Observed::Lost { reason: "not a run of the systemd backend".into() };
         };
-        let watching = self.watchers.enter(name);
-        // The run being waited for is the one whose systemd-nspawn runs now.
-        let mut main_pid = None;
         let mut pid_usable = true;
         loop {
             let st = match self.sd.unit_status(name).await {
@@ -622,58 +576,35 @@ impl Backend for SystemdBackend {
                     continue;
                 }
             };
+            if replaced(invocation.as_deref(), st.as_ref()) {
+                return Observed::Lost { reason: replaced_reason(name) };
+            }
             let pid = st.as_ref().map_or(0, |s| s.main_pid);
-            match self.observed(id, name, st).await {
-                Ok(done) => {
-                    // The end seen may be the gap between this run and a newer one that has
-                    // its own watcher: look once more before reporting it.
-                    if let (Some(m), Ok(Some(now))) = (main_pid, self.sd.unit_status(name).await)
-                        && running(now.phase())
-                        && now.main_pid != m
-                    {
-                        tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
-                        drop(watching);
-                        return std::future::pending().await;
-                    }
-                    return done;
-                }
-                Err(_) if main_pid.is_some_and(|m| m != pid && pid != 0) => {
-                    // A newer run of this weaver replaced the one this watcher was for; that
-                    // run has its own watcher, and this one must not report its end.
-                    tracing::debug!(weaver = %id, unit = %name, "run replaced; watcher retires");
-                    drop(watching);
-                    return std::future::pending().await;
-                }
-                Err(_) => {}
+            if let Ok(done) = self.observed(id, name, st).await {
+                return done;
             }
-            if main_pid.is_none() && pid != 0 {
-                main_pid = Some(pid);
-            }
-            match main_pid {
-                Some(m) if pid_usable && pid == m && is_nspawn(m) => {
-                    if let PidWait::Unavailable = wait_pid(m).await {
-                        pid_usable = false;
-                    }
-                    // systemd needs a moment to reap its main process and update the unit.
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_secs(2) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        match self.sd.unit_status(name).await {
-                            Ok(Some(s)) if running(s.phase()) && s.main_pid == m => {}
-                            _ => break,
-                        }
-                    }
-                }
-                _ => {
+            if pid_usable && pid != 0 && is_nspawn(pid) {
+                if let PidWait::Unavailable = wait_pid(pid).await {
                     pid_usable = false;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                // systemd needs a moment to reap its main process and update the unit.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match self.sd.unit_status(name).await {
+                        Ok(Some(s)) if running(s.phase()) && s.main_pid == pid => {}
+                        _ => break,
+                    }
+                }
+            } else {
+                pid_usable = false;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 
     async fn stop(&self, id: &WeaverId, handle: &RunHandle, grace: Duration) -> Result<(), BackendError> {
-        let RunHandle::Unit { name } = handle else {
+        let RunHandle::Unit { name, .. } = handle else {
             return Ok(());
         };
         // KillMode=mixed: SIGTERM to systemd-nspawn, which tears the container down; systemd
@@ -699,9 +630,6 @@ impl Backend for SystemdBackend {
                 Ok(()) | Err(SystemdError::NoSuchUnit(_)) => {}
                 Err(e) => return Err(systemd_err(&e)),
             }
-        }
-        if !self.watchers.all_left(name, Duration::from_secs(5)).await {
-            tracing::warn!(weaver = %id, unit = %name, "the stopped run's watcher did not report in time");
         }
         Ok(())
     }
@@ -792,6 +720,7 @@ mod tests {
         fs::create_dir_all(dir.join("root")).unwrap();
         Launch {
             id: WeaverId::from_random([0xab, 2, 3, 4, 5, 6]),
+            run: loom_core::weaver::RunId::from_random(7),
             spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
             dir: dir.to_path_buf(),
             binds_ro: vec![],
@@ -907,7 +836,9 @@ mod tests {
             assert!(prepared.is_some());
             let started = b.start(&l).await.unwrap();
             assert_eq!(started.cgroup_id, prepared, "audit knows the id before the first process");
-            assert_eq!(started.handle, RunHandle::Unit { name: unit.clone() });
+            let RunHandle::Unit { name, invocation, run } = &started.handle else { panic!("{:?}", started.handle) };
+            assert_eq!((name, *run), (&unit, l.run));
+            assert!(invocation.is_some(), "the run is the unit's InvocationID");
             assert_eq!(started.cgroup_id, Some(fs::metadata(v2.join("loom.slice").join(&unit)).unwrap().ino()));
             let Some(Call::StartTransientService(spec)) =
                 fake.rec.calls().into_iter().find(|c| matches!(c, Call::StartTransientService(_)))
@@ -929,29 +860,21 @@ mod tests {
             assert_eq!(observed, Observed::Exited { code: 3 });
             assert_eq!(b.observe(&l.id, &started.handle).await, Observed::Exited { code: 3 });
 
-            // A second start clears the failed unit of the first run before starting again.
+            // A second start clears the failed unit of the first run before starting again,
+            // and is a different run under the same unit name.
             let again = b.start(&l).await.unwrap();
-            assert_eq!(again.handle, started.handle);
+            assert_ne!(again.handle, started.handle);
             let calls = fake.rec.calls();
             assert!(calls.contains(&Call::ResetFailed(unit.clone())), "{calls:?}");
+            // What the first run's handle says now is not the second run's state.
+            assert!(matches!(b.observe(&l.id, &started.handle).await, Observed::Lost { .. }));
+            let stale = tokio::time::timeout(Duration::from_secs(5), b.wait(&l.id, &started.handle)).await;
+            assert!(matches!(stale, Ok(Observed::Lost { .. })), "{stale:?}");
             fake.rec.exit_unit(&unit, ExitStatus::Signal { signal: 9, core_dumped: false }).unwrap();
             assert_eq!(b.observe(&l.id, &again.handle).await, Observed::Exited { code: 137 });
 
             b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();
             assert!(fake.rec.unit_status(&unit).await.unwrap().is_none(), "stop resets the failed unit");
-
-            // A stop returns only once the stopped run's watcher has reported, so that its
-            // report cannot land on a newer run with the same unit name.
-            let b = Arc::new(b);
-            let third = b.start(&l).await.unwrap();
-            let watcher = tokio::spawn({
-                let (b, id, h) = (b.clone(), l.id.clone(), third.handle.clone());
-                async move { b.wait(&id, &h).await }
-            });
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            b.stop(&l.id, &third.handle, Duration::from_secs(1)).await.unwrap();
-            assert!(watcher.is_finished(), "the watcher reported before stop returned");
-            assert!(matches!(watcher.await.unwrap(), Observed::Lost { .. }));
             assert!(matches!(b.observe(&l.id, &again.handle).await, Observed::Lost { .. }));
             // Stopping or cleaning up what is not there is fine.
             b.stop(&l.id, &again.handle, Duration::from_secs(1)).await.unwrap();
