@@ -575,7 +575,7 @@ fn should_be_encrypted(rule: &CryptRule, path: &[String], stack: &[Vec<String>],
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
@@ -585,14 +585,16 @@ mod tests {
     const KEY: [u8; 32] = [42; 32];
     const LASTMOD: &str = "2025-05-05T05:05:05Z";
 
-    fn ring_and_stanza() -> (KeyRing, String, String) {
+    /// A fresh age identity: its ring, its recipient, and `key` encrypted to it as the armored
+    /// stanza a sops file carries.
+    pub(crate) fn ring_and_stanza(key: &[u8; 32]) -> (KeyRing, String, String) {
         let id = age::x25519::Identity::generate();
         let recipient = id.to_public();
         let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as _)).unwrap();
         let mut out = Vec::new();
         let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
         let mut w = enc.wrap_output(armored).unwrap();
-        w.write_all(&KEY).unwrap();
+        w.write_all(key).unwrap();
         w.finish().unwrap().finish().unwrap();
         let mut ring = KeyRing::new();
         use age::secrecy::ExposeSecret;
@@ -603,7 +605,7 @@ mod tests {
     /// A JSON sops file: `body` is the data object's members (values already in their
     /// final, possibly encrypted, form); the MAC is computed over `mac_input`.
     fn file(body: &str, extra_meta: &str, mac_input: &[u8]) -> (KeyRing, String) {
-        let (ring, recipient, armored) = ring_and_stanza();
+        let (ring, recipient, armored) = ring_and_stanza(&KEY);
         let mac = hex_upper(&Sha512::digest(mac_input));
         let mac = encrypt(mac.as_bytes(), "str", &KEY, LASTMOD, [3; 32]);
         let text = format!(
@@ -691,7 +693,7 @@ mod tests {
 
     #[test]
     fn yaml_comments_in_nested_mappings_decrypt_with_their_path() {
-        let (ring, recipient, armored) = ring_and_stanza();
+        let (ring, recipient, armored) = ring_and_stanza(&KEY);
         let mac = hex_upper(&Sha512::digest(b"v"));
         let indented: String = armored.lines().map(|l| format!("        {l}\n")).collect();
         let text = format!(

@@ -2,7 +2,6 @@
 //! encrypted here with a known data key so that mangled copies reach the value cipher, the
 //! metadata and the MAC of each format: refused, or exactly the original values.
 
-use std::io::Write;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -26,20 +25,7 @@ fn cases(n: u32) -> ProptestConfig {
 /// One age identity for every case: its ring, recipient and the armored stanza of KEY.
 fn age() -> &'static (KeyRing, String, String) {
     static AGE: OnceLock<(KeyRing, String, String)> = OnceLock::new();
-    AGE.get_or_init(|| {
-        let id = age::x25519::Identity::generate();
-        let recipient = id.to_public();
-        let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as _)).unwrap();
-        let mut out = Vec::new();
-        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
-        let mut w = enc.wrap_output(armored).unwrap();
-        w.write_all(&KEY).unwrap();
-        w.finish().unwrap().finish().unwrap();
-        let mut ring = KeyRing::new();
-        use age::secrecy::ExposeSecret;
-        ring.add_age_identities_str(id.to_string().expose_secret(), "test").unwrap();
-        (ring, recipient.to_string(), String::from_utf8(out).unwrap())
-    })
+    AGE.get_or_init(|| crate::decrypt::tests::ring_and_stanza(&KEY))
 }
 
 /// The text of a sops file holding `values` (keys in order) in `format`, as sops writes it,
