@@ -68,8 +68,8 @@ fn the_weavers_environment_never_reaches_the_host_process_that_enters_it() {
 }
 
 #[test]
-fn exec_keeps_working_and_reports_exit_codes_after_the_first_process_is_replaced() {
-    if !privileged("exec_keeps_working_and_reports_exit_codes_after_the_first_process_is_replaced") {
+fn exec_reports_exit_codes_and_runs_as_root_in_the_workspace() {
+    if !privileged("exec_reports_exit_codes_and_runs_as_root_in_the_workspace") {
         return;
     }
     let d = support::loomd("");
