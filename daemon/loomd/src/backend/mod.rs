@@ -138,7 +138,7 @@ pub struct ExecPlan {
 }
 
 /// The shell line `argv` of an [`ExecPlan`] runs: the weaver's environment, then the command.
-const EXEC_SCRIPT: &str = "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; exec \"$@\"";
+const EXEC_SCRIPT: &str = concat!(nspawn_args::source_env!(), "exec \"$@\"");
 
 /// `argv` for an [`ExecPlan`] running `command`.
 pub fn exec_argv(command: &[String]) -> Vec<String> {

@@ -62,6 +62,15 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     a
 }
 
+/// The shell line that loads the weaver's environment file (see [`ENV_FILE`]); every script
+/// that runs a command inside a weaver starts with it. A macro, so `concat!` can use it.
+macro_rules! source_env {
+    () => {
+        "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; "
+    };
+}
+pub(crate) use source_env;
+
 /// What runs first inside the weaver: the sandbox entry, then [`START_SCRIPT`], then the command.
 pub fn start_wrapper(nested: bool) -> Vec<String> {
     let mut argv = vec![sandbox::SANDBOX_PATH.to_string(), sandbox::SANDBOX_ARG.to_string()];
@@ -87,7 +96,10 @@ pub const ENV_FILE: &str = ".loom/env";
 const START_SCRIPT: [&str; 4] = [
     "/bin/sh",
     "-c",
-    "if [ -f /.loom/env ]; then set -a; . /.loom/env; set +a; fi; command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\"",
+    concat!(
+        source_env!(),
+        "command -v \"$1\" >/dev/null 2>&1 || { echo \"loom: cannot run $1: command not found in the weaver\" >&2; exit 127; }; : > /.loom/started; exec \"$@\""
+    ),
     "loom-start",
 ];
 
