@@ -241,10 +241,12 @@ async fn nested_nspawn_weaver_is_registered_limited_and_logged() {
     assert_eq!(sd.machine_leader("no-such-machine").await.unwrap(), None);
     let log = eventually("the weaver's output under its SyslogIdentifier", || async {
         let log = journal(&c, "--identifier=nestw");
-        (log.contains("nested-hello") && log.contains("uidmap")).then_some(log)
+        // The three lines reach the journal one by one; wait for the last.
+        log.lines().any(|l| l.starts_with("host ")).then_some(log)
     })
     .await;
-    let uidmap = log.lines().find(|l| l.starts_with("uidmap")).unwrap();
+    assert!(log.contains("nested-hello"), "{log}");
+    let uidmap = log.lines().find(|l| l.starts_with("uidmap")).expect("the uid_map line");
     let fields: Vec<&str> = uidmap.split_whitespace().collect();
     assert_eq!(fields[1], "0", "{uidmap}");
     assert_ne!(fields[2], "0", "root inside is not root outside: {uidmap}");
