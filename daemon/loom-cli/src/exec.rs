@@ -44,6 +44,12 @@ fn term_size() -> Option<(u16, u16)> {
     (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
+/// What `loom weaver ssh` runs without a command: the weaver's bash as a login shell where it
+/// has one, else its sh.
+pub fn login_shell() -> Vec<String> {
+    ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; fi; exec /bin/sh -l"].map(String::from).to_vec()
+}
+
 pub async fn run(client: &Client, key: &str, command: Vec<String>, tty: bool) -> Result<i32, CliError> {
     let req = ExecRequest { command, tty, term_size: if tty { term_size() } else { None } };
     let body = serde_json::to_vec(&req).unwrap_or_default();
@@ -54,18 +60,45 @@ pub async fn run(client: &Client, key: &str, command: Vec<String>, tty: bool) ->
     let io = hyper::upgrade::on(resp).await.map_err(|e| CliError::new("unavailable", format!("exec stream: {e}")))?;
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(io));
     let _raw = RawMode::enter(tty);
+    // One writer, fed by stdin and (with a terminal) by window-size changes.
+    let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open: closing it would read as a client that left.
+        std::future::pending::<()>().await;
+    });
+    if tty {
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some((rows, cols)) = term_size() {
+                    let mut size = rows.to_be_bytes().to_vec();
+                    size.extend_from_slice(&cols.to_be_bytes());
+                    if frames.send(exec_frame::encode(exec_frame::RESIZE, &size)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    let _ = wr.write_all(&exec_frame::encode(exec_frame::STDIN_EOF, &[])).await;
-                    // Keep the write half open: closing it would read as a client that left.
-                    std::future::pending::<()>().await;
+                    let _ = frames.send(exec_frame::encode(exec_frame::STDIN_EOF, &[])).await;
+                    return;
                 }
                 Ok(n) => {
-                    if wr.write_all(&exec_frame::encode(exec_frame::STDIN, &buf[..n])).await.is_err() {
+                    if frames.send(exec_frame::encode(exec_frame::STDIN, &buf[..n])).await.is_err() {
                         return;
                     }
                 }

@@ -122,6 +122,13 @@ enum WeaverCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// A shell in a running weaver, through loomd (no sshd needed): a login shell with a
+    /// terminal, or COMMAND (with a terminal when stdin is one); exits with its exit code.
+    Ssh {
+        id: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Show a weaver's LLM budgets and rate limits, or (admins) change them; 0 = unlimited.
     Limits {
         id: String,
@@ -435,6 +442,12 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
             WeaverCmd::Exec { id, tty, command } => {
+                return exec::run(&client, &path_key(&id), command, tty).await;
+            }
+            WeaverCmd::Ssh { id, command } => {
+                use std::io::IsTerminal;
+                let tty = std::io::stdin().is_terminal();
+                let command = if command.is_empty() { exec::login_shell() } else { command };
                 return exec::run(&client, &path_key(&id), command, tty).await;
             }
         },

@@ -70,6 +70,7 @@ pub struct Config {
     pub proxy: toml::Table,
     /// `[audit]`, validated by the audit crate.
     pub audit: toml::Table,
+    pub network: NetworkConfig,
 }
 
 impl Default for Config {
@@ -84,6 +85,35 @@ impl Default for Config {
             providers: BTreeMap::new(),
             proxy: toml::Table::new(),
             audit: toml::Table::new(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+/// `[network]`: the bridge private weavers share and how their traffic leaves the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The host bridge every private weaver's veth joins; loomd creates it if missing.
+    pub bridge: String,
+    /// Weaver addresses come from here; the first host address is the bridge's (the
+    /// weavers' gateway and DNS server).
+    pub subnet: crate::net::Ipv4Net,
+    /// Masquerade the subnet out of the host's other interfaces (nftables).
+    pub nat: bool,
+    /// Where loomd's weaver DNS resolver forwards the names a weaver may resolve; empty: the
+    /// `nameserver` lines of the host's `/etc/resolv.conf`.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "loom0".into(),
+            subnet: crate::net::Ipv4Net::new(std::net::Ipv4Addr::new(10, 87, 0, 0), 16)
+                .unwrap_or_else(|_| unreachable!("a valid constant")),
+            nat: true,
+            dns_upstream: vec![],
         }
     }
 }
@@ -178,6 +208,15 @@ impl Config {
             return Err(ConfigError::Value {
                 field: "state_dir",
                 message: format!("{:?} is not an absolute path", self.state_dir),
+            });
+        }
+        if !crate::net::valid_ifname(&self.network.bridge) {
+            return Err(ConfigError::Value {
+                field: "network.bridge",
+                message: format!(
+                    "{:?} is not an interface name: up to 15 letters, digits, '-' or '_'",
+                    self.network.bridge
+                ),
             });
         }
         if !(MIN_TASKS..=MAX_TASKS).contains(&self.weaver.tasks) {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod mounts;
+pub mod net;
 pub mod repo;
 pub mod restart;
 pub mod sse;

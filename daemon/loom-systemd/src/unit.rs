@@ -37,6 +37,8 @@ pub enum SpecError {
     ZeroLimit { id: String, what: &'static str },
     #[error("the {what} for weaver {id} contains a NUL byte")]
     Nul { id: String, what: &'static str },
+    #[error("the network namespace of weaver {id} must be an absolute path without NUL bytes, not {path:?}")]
+    NetnsPath { id: String, path: String },
 }
 
 /// Checks a weaver id for use inside a unit name.
@@ -111,6 +113,8 @@ pub struct TransientServiceSpec {
     /// exit) until `stop_unit`/`reset_failed` unloads it. When false, a unit that exits cleanly
     /// is garbage-collected at once and reads back as not found.
     pub remain_after_exit: bool,
+    /// `NetworkNamespacePath=`: the namespace systemd starts the process in.
+    pub network_namespace_path: Option<String>,
 }
 
 impl TransientServiceSpec {
@@ -127,6 +131,7 @@ impl TransientServiceSpec {
             tasks_max: None,
             service_type: ServiceType::default(),
             remain_after_exit: true,
+            network_namespace_path: None,
         }
     }
 
@@ -230,6 +235,12 @@ pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static s
     if let Some(v) = spec.tasks_max {
         props.push(("TasksAccounting", PropValue::Bool(true)));
         props.push(("TasksMax", PropValue::U64(v)));
+    }
+    if let Some(ns) = &spec.network_namespace_path {
+        if !ns.starts_with('/') || ns.contains('\0') {
+            return Err(SpecError::NetnsPath { id: id.clone(), path: ns.clone() });
+        }
+        props.push(("NetworkNamespacePath", PropValue::Str(ns.clone())));
     }
     Ok(props)
 }

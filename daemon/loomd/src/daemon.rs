@@ -102,6 +102,8 @@ pub struct DaemonParts {
     pub llm: Option<Arc<crate::llm::Llm>>,
     pub auditor: Option<Arc<crate::auditing::Auditor>>,
     pub threads: Option<Arc<crate::threads::Threads>>,
+    /// Weaver networks: without it (unit tests) nspawn makes a private namespace itself.
+    pub net: Option<Arc<crate::net::WeaverNet>>,
     pub warnings: Vec<String>,
 }
 
@@ -128,6 +130,7 @@ pub struct Daemon {
     llm: Option<Arc<crate::llm::Llm>>,
     auditor: Option<Arc<crate::auditing::Auditor>>,
     threads: Option<Arc<crate::threads::Threads>>,
+    net: Option<Arc<crate::net::WeaverNet>>,
     /// What runs degraded (a subsystem that could not start), for `loom status`.
     warnings: Vec<String>,
     /// Each weaver's live run: started (or starting) and not yet released by `end_run`.
@@ -169,11 +172,16 @@ impl Daemon {
             llm,
             auditor,
             threads,
+            net,
             warnings,
         } = parts;
         let weavers_dir = config.state_dir.join("weavers");
         let uploads = crate::uploads::Uploads::new(config.state_dir.join("uploads"));
         let installed = binds_ro.iter().any(|(_, inside)| inside == AGENT_PATH);
+        // The network comes before the proxy, which binds its listener in the namespace.
+        if let Some(net) = &net {
+            hooks.insert(0, net.clone());
+        }
         hooks.insert(0, Arc::new(agent::AgentLoop::new(weavers_dir.clone(), threads.clone(), installed)));
         Arc::new(Daemon {
             config: RwLock::new(config),
@@ -192,6 +200,7 @@ impl Daemon {
             llm,
             auditor,
             threads,
+            net,
             warnings,
             uploads,
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use loom_core::api::{ErrorCode, WeaverInfo};
 use loom_core::restart::{Decision, RestartTracker};
-use loom_core::weaver::{Image, RunId, WeaverId, WeaverState};
+use loom_core::weaver::{Image, NetworkMode, RunId, WeaverId, WeaverState};
 
 use super::{ApiError, Daemon, STOP_GRACE, lock, now_secs};
 use crate::backend::{Launch, Observed, RunHandle};
@@ -52,7 +52,9 @@ impl Daemon {
         if let Err(reason) = self.prepare_root(&spec, &id, env_text).await {
             return self.fail(rec, reason).await;
         }
-        let launch = Launch { id: id.clone(), run, spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone() };
+        let netns = (self.net.is_some() && spec.network != NetworkMode::Host).then(|| crate::net::netns_path(&id));
+        let launch =
+            Launch { id: id.clone(), run, spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone(), netns };
         match self.backend.prepare(&launch).await {
             Ok(Some(cgroup_id)) => {
                 for h in &self.hooks {

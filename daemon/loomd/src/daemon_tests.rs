@@ -39,6 +39,7 @@ fn fixture_with(agent: bool) -> Fixture {
         llm: None,
         auditor: None,
         threads: agent.then(|| Arc::new(crate::threads::Threads::open(&dir.path().join("loom.db")).unwrap())),
+        net: None,
         warnings: vec![],
     });
     Fixture { _dir: dir, daemon, backend }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod image;
 pub mod llm;
 pub mod logcap;
+pub mod net;
 pub mod notify;
 pub mod procfs;
 pub mod rootfs;

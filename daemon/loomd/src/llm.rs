@@ -311,18 +311,12 @@ impl Llm {
     }
 
     /// Opens the weaver's own listener inside its network namespace and serves it.
-    fn serve_in_netns(&self, id: &WeaverId, leader_pid: i32) -> std::io::Result<tokio::task::AbortHandle> {
-        let ns = std::fs::File::open(format!("/proc/{leader_pid}/ns/net"))?;
-        // A thread of its own enters the namespace, binds and ends, so no other work ever
-        // runs in the weaver's namespace; the socket stays in the namespace it was made in.
-        let listener = std::thread::spawn(move || -> std::io::Result<StdListener> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+    fn serve_in_netns(&self, id: &WeaverId, netns: &Path) -> std::io::Result<tokio::task::AbortHandle> {
+        let listener = crate::net::in_netns(netns, || {
             let l = StdListener::bind(("127.0.0.1", WEAVER_PROXY_PORT))?;
             l.set_nonblocking(true)?;
             Ok(l)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+        })?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let proxy = self.proxy.clone();
         let id = id.to_string();
@@ -388,6 +382,17 @@ impl WeaverHooks for Llm {
             .proxy
             .restore_weaver(id.as_str(), fresh_token(), self.limits_of(id), totals)
             .map_err(|e| format!("registering with the LLM proxy: {e}"))?;
+        // loomd made the weaver's namespace already (`crate::net`): the listener is there
+        // before the first process, so the weaver's first call is never refused.
+        let netns = crate::net::netns_path(id);
+        if network != NetworkMode::Host && netns.exists() {
+            let listener = self
+                .serve_in_netns(id, &netns)
+                .map_err(|e| format!("opening the proxy listener in the weaver's network: {e}"))?;
+            if let Some(live) = self.runs().get_mut(id) {
+                live.listener = Some(listener);
+            }
+        }
         Ok(self.env_for(network, &token))
     }
 
@@ -396,6 +401,9 @@ impl WeaverHooks for Llm {
             Some(live) if live.run == run => live.network,
             _ => None,
         };
+        if matches!(self.runs().get(id), Some(live) if live.run == run && live.listener.is_some()) {
+            return;
+        }
         if network.is_none() {
             // Adopted after a loomd restart: the weaver keeps the token it was started with.
             self.release(id, None);
@@ -425,7 +433,11 @@ impl WeaverHooks for Llm {
         if !private {
             return;
         }
-        match self.serve_in_netns(id, leader_pid) {
+        let netns = match crate::net::netns_path(id) {
+            ns if ns.exists() => ns,
+            _ => format!("/proc/{leader_pid}/ns/net").into(),
+        };
+        match self.serve_in_netns(id, &netns) {
             Ok(listener) => match self.runs().get_mut(id) {
                 Some(live) if live.run == run => live.listener = Some(listener),
                 // Ended while the listener opened: it must not outlive the run.

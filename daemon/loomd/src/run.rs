@@ -244,6 +244,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         threads: Some(threads),
         llm: Some(llm),
         auditor,
+        net: Some(Arc::new(crate::net::WeaverNet::new(
+            Arc::new(crate::net::IpTool::from_path()),
+            config.network.clone(),
+        ))),
         warnings,
     });
     daemon.uploads().clear_stale().context("clearing the uploads an earlier loomd left")?;

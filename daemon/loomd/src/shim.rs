@@ -21,6 +21,9 @@ pub struct ShimPlan {
     /// Where the run's output goes, capped; without it, to the shim's own stdout and stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<ShimLog>,
+    /// The network namespace nspawn starts in (loomd made it; see `crate::net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// The weaver's log and its cap (see [`crate::logcap`]).
@@ -77,6 +80,14 @@ pub fn run(run_dir: &Path) -> i32 {
         return 125;
     };
     let cgroups = plan.join_cgroups.clone();
+    let netns = match plan.netns.as_ref().map(fs::File::open).transpose() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("loom shim: cannot open the weaver's network namespace: {e}");
+            write_exit(run_dir, 125);
+            return 125;
+        }
+    };
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(std::process::Stdio::null());
     let pump = plan.log.as_ref().and_then(|l| match capped_output(&mut cmd, l) {
@@ -90,7 +101,13 @@ pub fn run(run_dir: &Path) -> i32 {
     // a freshly forked single-threaded child (no allocation-dependent locks are held: the
     // shim is single-threaded).
     unsafe {
-        cmd.pre_exec(move || join_cgroups(&cgroups));
+        cmd.pre_exec(move || {
+            join_cgroups(&cgroups)?;
+            if let Some(ns) = &netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -38,6 +38,34 @@ pub struct WeaverRecord {
     pub tracker: RestartTracker,
 }
 
+#[cfg(test)]
+impl WeaverRecord {
+    /// A record that was never stored or run, for unit tests.
+    pub fn new_for_tests(id: WeaverId, spec: WeaverSpec) -> WeaverRecord {
+        WeaverRecord {
+            info: WeaverInfo {
+                id,
+                name: spec.name.clone(),
+                state: WeaverState::Creating,
+                exit_code: None,
+                reason: None,
+                owner_uid: 1000,
+                backend: "nspawn".into(),
+                created_at: 1,
+                started_at: None,
+                expires_at: None,
+                pid: None,
+                restarts: 0,
+                spec,
+                agent_status: None,
+            },
+            handle: None,
+            run: None,
+            tracker: RestartTracker::default(),
+        }
+    }
+}
+
 const WEAVER_MIGRATIONS: &[&str] = &[
     "CREATE TABLE weavers (
         id TEXT PRIMARY KEY,
@@ -281,25 +309,9 @@ mod tests {
         )
         .unwrap();
         WeaverRecord {
-            info: WeaverInfo {
-                id: WeaverId::from_random([id, 0, 0, 0, 0, id]),
-                name: name.into(),
-                state: WeaverState::Creating,
-                exit_code: None,
-                reason: None,
-                owner_uid: 1000,
-                backend: "nspawn".into(),
-                created_at: 1,
-                started_at: None,
-                expires_at: None,
-                pid: None,
-                restarts: 0,
-                spec,
-                agent_status: None,
-            },
             handle: Some(RunHandle::Shim { run: RunId::from_random(0x5eed), pid: 42, start_ticks: 7 }),
             run: Some(RunId::from_random(0x5eed)),
-            tracker: RestartTracker::default(),
+            ..WeaverRecord::new_for_tests(WeaverId::from_random([id, 0, 0, 0, 0, id]), spec)
         }
     }
 

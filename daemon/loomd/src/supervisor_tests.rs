@@ -100,6 +100,7 @@ fn fixture(audit: bool) -> Fixture {
         llm: Some(llm.clone()),
         auditor: auditor.clone(),
         threads: Some(threads),
+        net: None,
         warnings: vec![],
     });
     Fixture { _dir: dir, daemon, backend, recorder, llm, auditor }

@@ -27,6 +27,9 @@ pub struct Launch {
     pub dir: PathBuf,
     /// Extra read-only binds (`host path`, `path inside`), e.g. the agent binary.
     pub binds_ro: Vec<(PathBuf, String)>,
+    /// The network namespace loomd made for the run (`crate::net`); `None`: the host's for a
+    /// `host` weaver, else one nspawn makes (only where loomd runs without its network part).
+    pub netns: Option<PathBuf>,
 }
 
 impl Launch {

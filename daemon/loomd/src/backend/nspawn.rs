@@ -109,6 +109,7 @@ impl Backend for NspawnBackend {
             argv: nspawn_argv(launch, Register::No, self.nix_store),
             join_cgroups: cg.procs_files(),
             log: Some(shim::ShimLog { path: launch.log_path(), cap: spec.log_size.0 }),
+            netns: launch.netns.clone(),
         };
         fs::write(run_dir.join(shim::PLAN_FILE), serde_json::to_vec(&plan).unwrap_or_default()).map_err(|e| {
             BackendError::Io { context: format!("writing the launch plan in {}", run_dir.display()), source: e }

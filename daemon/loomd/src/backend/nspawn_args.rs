@@ -50,9 +50,11 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     for (host, inside) in &launch.binds_ro {
         a.push(format!("--bind-ro={}:{}", host.display(), inside));
     }
-    match spec.network {
-        NetworkMode::Private | NetworkMode::None => a.push("--private-network".into()),
-        NetworkMode::Host => {}
+    // With loomd's own namespace (`launch.netns`) the backend starts nspawn inside it and nspawn
+    // keeps it: `--network-namespace-path` cannot be combined with `--private-users` before
+    // systemd 258 (systemd#36363, nspawn joins it from inside the new user namespace).
+    if spec.network != NetworkMode::Host && launch.netns.is_none() {
+        a.push("--private-network".into());
     }
     // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
     // command line: any local user can read a process's argv.
@@ -124,6 +126,7 @@ mod tests {
             spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
             dir: "/var/lib/loom/weavers/010203040506".into(),
             binds_ro: vec![],
+            netns: None,
         }
     }
 
@@ -161,6 +164,14 @@ mod tests {
         assert_eq!(a[sep + 3], "--nested");
         let filter = a.iter().filter_map(|x| x.strip_prefix("--system-call-filter=")).nth(1).unwrap();
         assert!(!filter.split(' ').any(|c| c == "mount"), "{filter}");
+    }
+
+    #[test]
+    fn a_namespace_loomd_made_is_inherited_not_recreated() {
+        let mut l = launch(|_| {});
+        l.netns = Some("/run/netns/loom-010203040506".into());
+        let a = nspawn_argv(&l, Register::No, false);
+        assert!(!a.iter().any(|x| x == "--private-network" || x.starts_with("--network-")), "{a:?}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl SystemdBackend {
         unit.environment = vec![format!("{WEAVER_FIELD}={}", launch.id)];
         unit.memory_max = Some(spec.memory.0).filter(|&m| m > 0);
         unit.cpu_quota_per_sec_usec = Some(spec.cpus.quota_us(1_000_000)).filter(|&q| q > 0);
+        unit.network_namespace_path = launch.netns.as_ref().map(|p| p.display().to_string());
         unit.tasks_max = Some(spec.tasks).filter(|&t| t > 0);
         unit
     }

@@ -51,6 +51,7 @@ fn launch(dir: &Path, f: impl FnOnce(&mut CreateWeaver)) -> Launch {
         spec: resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap(),
         dir: dir.to_path_buf(),
         binds_ro: vec![],
+        netns: None,
     }
 }
 
