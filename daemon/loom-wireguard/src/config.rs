@@ -337,3 +337,7 @@ pub enum AllocError {
     )]
     Exhausted { network: Ipv4Net, peers: usize },
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -76,3 +76,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), WgError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("cannot sync its directory", e))?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
