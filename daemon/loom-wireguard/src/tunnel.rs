@@ -193,16 +193,37 @@ impl Tunnel {
         update.apply(&self.iface, backend).map_err(|source| WgError::Apply { interface, source })
     }
 
-    /// Key, port and the whole peer list (replacing whatever the interface had), then the
-    /// address, the link and forwarding.
+    /// Key, port and the peer list, then the address, the link and forwarding. Only what
+    /// differs from the interface is changed: a loomd that restarts onto a running interface
+    /// keeps the peers' sessions (replacing a peer drops its session keys, and its client then
+    /// stays cut off until it gives up on them, 15 s or more).
     fn configure(&self) -> Result<(), WgError> {
         let inner = self.lock()?;
-        let mut update = DeviceUpdate::new()
-            .set_private_key(self.key.to_key())
-            .set_listen_port(self.spec.listen_port)
-            .replace_peers();
-        for peer in self.spec.peers.iter().chain(&inner.added) {
-            update = update.add_peer(builder(peer));
+        let current = self.device().ok();
+        let mut update = DeviceUpdate::new();
+        if current.as_ref().and_then(|d| d.private_key.as_ref()).map(|k| k.0) != Some(self.key.to_key().0) {
+            update = update.set_private_key(self.key.to_key());
+        }
+        if current.as_ref().and_then(|d| d.listen_port) != Some(self.spec.listen_port) {
+            update = update.set_listen_port(self.spec.listen_port);
+        }
+        let wanted: Vec<&Peer> = self.spec.peers.iter().chain(&inner.added).collect();
+        let live = current.map(|d| d.peers).unwrap_or_default();
+        for old in &live {
+            if !wanted.iter().any(|p| p.public_key.0 == old.config.public_key.0) {
+                update = update.remove_peer_by_key(&old.config.public_key);
+            }
+        }
+        for peer in &wanted {
+            let same = live.iter().any(|l| {
+                l.config.public_key.0 == peer.public_key.0
+                    && l.config.allowed_ips.len() == 1
+                    && l.config.allowed_ips[0].address == IpAddr::V4(peer.address)
+                    && l.config.allowed_ips[0].cidr == 32
+            });
+            if !same {
+                update = update.add_peer(builder(peer));
+            }
         }
         self.apply(update)?;
         let name = self.spec.interface.as_str();
@@ -217,6 +238,15 @@ impl Tunnel {
         self.tools.ip(&["link", "set", "dev", name, "up"])?;
         crate::system::enable_forwarding(name)?;
         Ok(())
+    }
+
+    fn device(&self) -> Result<Device, WgError> {
+        let backend = match self.backend {
+            ActiveBackend::Kernel => Backend::Kernel,
+            ActiveBackend::Userspace => Backend::Userspace,
+        };
+        Device::get(&self.iface, backend)
+            .map_err(|source| WgError::Apply { interface: self.spec.interface.clone(), source })
     }
 
     /// Mints a peer: a fresh key pair, the lowest free tunnel address, added to the live
@@ -276,12 +306,7 @@ impl Tunnel {
     /// Every peer, config's first, with what the interface knows of it.
     pub fn list_peers(&self) -> Result<Vec<PeerStatus>, WgError> {
         let inner = self.lock()?;
-        let backend = match self.backend {
-            ActiveBackend::Kernel => Backend::Kernel,
-            ActiveBackend::Userspace => Backend::Userspace,
-        };
-        let device = Device::get(&self.iface, backend)
-            .map_err(|source| WgError::Apply { interface: self.spec.interface.clone(), source })?;
+        let device = self.device()?;
         let config = self.spec.peers.iter().map(|p| (p, PeerSource::Config));
         let added = inner.added.iter().map(|p| (p, PeerSource::Added));
         Ok(config
