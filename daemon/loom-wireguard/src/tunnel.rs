@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -99,6 +100,10 @@ impl Tunnel {
     /// generated key, the added peers and wireguard-go's log.
     pub fn up(spec: &TunnelSpec, state_dir: &Path, backend: BackendChoice) -> Result<Tunnel, WgError> {
         let tools = Tools::resolve(spec.ip_command.as_deref(), spec.wireguard_go.as_deref())?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(|e| WgError::State {
+            path: state_dir.to_path_buf(),
+            message: format!("cannot create the state directory: {e}"),
+        })?;
         let key_path = spec.private_key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE));
         let key = load_or_create_private_key(&key_path)?;
         if let Some(p) = spec.peers.iter().find(|p| p.public_key == key.public_key()) {

@@ -173,3 +173,41 @@ fn a_foreign_interface_or_a_missing_kernel_module_is_a_clear_error() {
         }
     }
 }
+
+#[test]
+fn a_wireguard_go_that_died_is_replaced_on_the_next_start() {
+    if !privileged("a_wireguard_go_that_died_is_replaced_on_the_next_start") {
+        return;
+    }
+    let lab = Lab::new(4);
+    // The operator's own key file and a state dir that does not exist yet.
+    let key_file = lab.state.path().join("host.key");
+    std::fs::write(&key_file, "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n").unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut spec = spec(&lab, "");
+    spec.private_key_file = Some(key_file);
+    let first = up(&lab, &spec, BackendChoice::Userspace).unwrap();
+    assert_eq!(first.public_key().to_string(), "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=");
+    let erin = first.add_peer("erin").unwrap();
+    let old = first.userspace_pid().unwrap();
+    // Killed outright: its TUN device goes with it, its socket file stays behind.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(old as i32), None);
+    assert!(matches!(first.add_peer("frank"), Err(WgError::InterfaceGone(_))), "a dead wireguard-go is reported");
+    drop(first);
+
+    let second = up(&lab, &spec, BackendChoice::Auto).unwrap();
+    let new = second.userspace_pid().expect("a new wireguard-go");
+    assert_ne!(new, old);
+    let peers = second.list_peers().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(
+        (peers[0].name.as_str(), peers[0].public_key),
+        ("erin", erin.public_key),
+        "erin is back from the state dir"
+    );
+    let links = lab.host_links();
+    assert_eq!(links.matches(&format!(": {}:", lab.wg_host)).count(), 1, "{links}");
+    in_netns(&lab.host, || second.down()).unwrap();
+    assert!(!pid_running(new));
+}

@@ -250,6 +250,11 @@ pub fn pid_running(pid: u32) -> bool {
     }
 }
 
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.echo_stop.store(true, Ordering::Relaxed);
@@ -261,6 +266,10 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for pid in self.tunnel_pids.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            // Only while it is still this process's child: a reaped pid may be anyone's now.
+            if parent_of(pid) != Some(std::process::id()) {
+                continue;
+            }
             let pid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
