@@ -127,7 +127,13 @@ impl Tunnel {
             key,
             inner: Mutex::new(Inner { added, wireguard_go, down: false }),
         };
-        tunnel.configure()?;
+        if let Err(e) = tunnel.configure() {
+            // A half-configured tunnel is worse than none: the next start begins afresh.
+            if let Err(down) = tunnel.down() {
+                tracing::warn!(interface = name, error = %down, "removing the half-configured tunnel failed");
+            }
+            return Err(e);
+        }
         let public_key = tunnel.key.public_key();
         tracing::info!(interface = name, backend = ?backend, %public_key, address = %spec.address, "WireGuard tunnel up");
         Ok(tunnel)
