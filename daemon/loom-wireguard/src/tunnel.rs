@@ -406,3 +406,9 @@ fn merge_added(config: &[Peer], stored: Vec<Peer>, spec: &TunnelSpec) -> Vec<Pee
     }
     added
 }
+
+// loomd shares one tunnel between its API tasks.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Tunnel>();
+};
