@@ -10,6 +10,8 @@
 //! It knows nothing of weavers: [`Policy::client`] maps a source address to an opaque
 //! [`Client`], and the rest is asked of the policy by that key.
 
+#[cfg(test)]
+mod fuzz_tests;
 mod message;
 mod resolv_conf;
 mod server;
