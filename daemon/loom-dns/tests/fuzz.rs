@@ -28,7 +28,7 @@ fn world() -> &'static World {
         )]));
         let limits = Limits { upstream_timeout: Duration::from_millis(300), ..Limits::default() };
         let resolver = Arc::new(Resolver::new(policy(&["www.example.test"]), vec![upstream.addr], limits).unwrap());
-        World { rt, resolver, upstream: upstream }
+        World { rt, resolver, upstream }
     })
 }
 
