@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use message::{CLASSIC_UDP_SIZE, EDNS_UDP_SIZE};
 pub use resolv_conf::upstreams_from_resolv_conf;
-pub use server::{Resolver, Transport, serve};
+pub use server::{Resolver, Stats, Transport, serve};
 
 /// Who is asking: an opaque key the policy chose (e.g. a weaver id and its run).
 /// Queries in flight are counted per key.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,41 @@ pub struct Resolver {
     upstreams: Arc<[SocketAddr]>,
     limits: Limits,
     slots: Arc<Slots>,
+    counters: Counters,
+}
+
+/// What the resolver has done since it started, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages received over UDP.
+    pub udp: u64,
+    /// Messages received over TCP.
+    pub tcp: u64,
+    /// Answers from an upstream passed on (any rcode the upstream gave).
+    pub answered: u64,
+    /// Questions REFUSED: unknown client, name not allowed, or over budget.
+    pub refused: u64,
+    /// Questions no upstream answered in time.
+    pub servfail: u64,
+    /// UDP answers cut to TC for the client to ask again over TCP.
+    pub truncated: u64,
+    /// Messages dropped or answered FORMERR/NOTIMP without a question we resolve.
+    pub rejected: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    udp: AtomicU64,
+    tcp: AtomicU64,
+    answered: AtomicU64,
+    refused: AtomicU64,
+    servfail: AtomicU64,
+    truncated: AtomicU64,
+    rejected: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for Resolver {
@@ -143,7 +179,7 @@ impl Resolver {
             return Err(ConfigError::NoUpstream);
         }
         limits.validate()?;
-        Ok(Self { policy, upstreams: upstreams.into(), limits, slots: Arc::default() })
+        Ok(Self { policy, upstreams: upstreams.into(), limits, slots: Arc::default(), counters: Counters::default() })
     }
 
     /// The number of clients holding a question in flight or a TCP connection (for tests and
@@ -152,9 +188,27 @@ impl Resolver {
         lock(&self.slots.per_client).len()
     }
 
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            udp: get(&c.udp),
+            tcp: get(&c.tcp),
+            answered: get(&c.answered),
+            refused: get(&c.refused),
+            servfail: get(&c.servfail),
+            truncated: get(&c.truncated),
+            rejected: get(&c.rejected),
+        }
+    }
+
     /// The reply to one message from `src`, or None when it gets none. What `serve` does for
     /// each message, without the sockets.
     pub async fn answer(&self, src: IpAddr, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        bump(match transport {
+            Transport::Udp => &self.counters.udp,
+            Transport::Tcp => &self.counters.tcp,
+        });
         match self.begin(src, msg) {
             Step::Done(reply) => reply,
             Step::Forward(f) => Some(self.finish(*f, transport).await),
@@ -165,20 +219,29 @@ impl Resolver {
     /// refused questions costs no tasks.
     fn begin(&self, src: IpAddr, msg: &[u8]) -> Step {
         let query = match inspect(msg) {
-            Inspected::Drop => return Step::Done(None),
-            Inspected::Reply(r) => return Step::Done(Some(r)),
+            Inspected::Drop => {
+                bump(&self.counters.rejected);
+                return Step::Done(None);
+            }
+            Inspected::Reply(r) => {
+                bump(&self.counters.rejected);
+                return Step::Done(Some(r));
+            }
             Inspected::Ask(q) => q,
         };
         let Some(client) = self.policy.client(src) else {
             tracing::debug!(%src, "DNS question from an unknown address refused");
+            bump(&self.counters.refused);
             return Step::Done(Some(query.reply_rcode(RCODE::Refused)));
         };
         if !self.policy.may_resolve(&client, &query.name) {
             tracing::debug!(client = client.key(), name = %query.name, "DNS name not allowed: refused");
+            bump(&self.counters.refused);
             return Step::Done(Some(query.reply_rcode(RCODE::Refused)));
         }
         let Some(slot) = self.slots.take(&client, Kind::Query, &self.limits) else {
             tracing::debug!(client = client.key(), "too many DNS questions in flight: refused");
+            bump(&self.counters.refused);
             return Step::Done(Some(query.reply_rcode(RCODE::Refused)));
         };
         Step::Forward(Box::new(Forward { query, client, _slot: slot }))
@@ -189,10 +252,12 @@ impl Resolver {
         let ttl = (self.limits.ttl_min, self.limits.ttl_max);
         let Some(answer) = resolve(&f.query, &self.upstreams, deadline, ttl).await else {
             tracing::debug!(client = f.client.key(), name = %f.query.name, "no upstream answered: SERVFAIL");
+            bump(&self.counters.servfail);
             return f.query.reply_rcode(RCODE::ServerFailure);
         };
         let udp_limit = (transport == Transport::Udp).then_some(self.limits.udp_max);
         let (reply, truncated) = f.query.reply_answer(&answer, udp_limit);
+        bump(if truncated { &self.counters.truncated } else { &self.counters.answered });
         // The weaver connects as soon as it reads the reply: admit first. A truncated reply
         // carries no address; the TCP retry admits them.
         if let (Some(ttl), false) = (answer.ttl, truncated) {
@@ -226,6 +291,7 @@ impl Resolver {
     }
 
     async fn on_datagram(self: &Arc<Self>, udp: &Arc<UdpSocket>, msg: &[u8], src: SocketAddr, tasks: &mut JoinSet<()>) {
+        bump(&self.counters.udp);
         match self.begin(src.ip(), msg) {
             Step::Done(None) => {}
             Step::Done(Some(reply)) => send(udp, &reply, src).await,
