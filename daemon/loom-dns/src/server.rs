@@ -218,6 +218,8 @@ impl Resolver {
     /// Everything that needs no upstream, done before a task is spawned so a flood of
     /// refused questions costs no tasks.
     fn begin(&self, src: IpAddr, msg: &[u8]) -> Step {
+        // A dual-stack socket reports an IPv4 weaver as ::ffff:a.b.c.d; the policy knows a.b.c.d.
+        let src = src.to_canonical();
         let query = match inspect(msg) {
             Inspected::Drop => {
                 bump(&self.counters.rejected);
@@ -306,7 +308,7 @@ impl Resolver {
     }
 
     fn on_connection(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, tasks: &mut JoinSet<()>) {
-        let Some(client) = self.policy.client(peer.ip()) else {
+        let Some(client) = self.policy.client(peer.ip().to_canonical()) else {
             tracing::debug!(%peer, "DNS TCP connection from an unknown address closed");
             return;
         };
@@ -330,9 +332,14 @@ impl Resolver {
                 Ok(Err(_)) | Err(_) => return,
             };
             let Some(reply) = self.answer(peer.ip(), &msg, Transport::Tcp).await else { continue };
-            if let Err(e) = write_frame(&mut stream, &reply).await {
-                tracing::debug!(%peer, error = %e, "DNS TCP reply not sent");
-                return;
+            // A client that stops reading must not hold its slot forever either.
+            match timeout(self.limits.tcp_idle, write_frame(&mut stream, &reply)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "DNS TCP reply not sent");
+                    return;
+                }
+                Err(_) => return,
             }
         }
     }

@@ -115,6 +115,8 @@ impl Drop for Net {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.weaver));
+        // Only removed when empty: another test's namespace may have its directory there.
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 }
 

@@ -398,3 +398,24 @@ async fn bad_configuration_is_refused_with_a_reason() {
     let e = Resolver::new(p, up, zero).unwrap_err();
     assert!(e.to_string().contains("max_in_flight_per_client"), "{e}");
 }
+
+#[tokio::test]
+async fn a_dual_stack_socket_still_knows_ipv4_weavers() {
+    let up = FakeUpstream::start(vec![("ok.test", answer(vec![("ok.test", 60, Rr::A("192.0.2.9".parse().unwrap()))]))])
+        .await;
+    let policy = policy(&["ok.test"]);
+    let (udp, tcp) = bind_pair_on(IpAddr::V6(Ipv6Addr::UNSPECIFIED)).await;
+    let port = udp.local_addr().unwrap().port();
+    let resolver =
+        std::sync::Arc::new(loom_dns::Resolver::new(policy.clone(), vec![up.addr], Limits::default()).unwrap());
+    let serving = tokio::spawn(resolver.serve(udp, tcp));
+    // The socket reports the sender as ::ffff:127.0.0.2; the policy is asked about 127.0.0.2.
+    let to = (Ipv4Addr::LOCALHOST, port).into();
+    let reply = ask_udp(WEAVER_A, to, &query(1, "ok.test", TYPE::A, None), WAIT).await.unwrap();
+    assert_eq!(addrs_of(&reply), vec![(v4("192.0.2.9"), 60)]);
+    let reply = ask_tcp(WEAVER_B, to, &query(2, "ok.test", TYPE::A, None)).await;
+    assert_eq!(addrs_of(&reply), vec![(v4("192.0.2.9"), 60)]);
+    let clients: Vec<String> = policy.admitted.lock().unwrap().iter().map(|a| a.client.clone()).collect();
+    assert_eq!(clients, ["weaver-a", "weaver-b"]);
+    serving.abort();
+}
