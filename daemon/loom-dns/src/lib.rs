@@ -9,6 +9,26 @@
 //!
 //! It knows nothing of weavers: [`Policy::client`] maps a source address to an opaque
 //! [`Client`], and the rest is asked of the policy by that key.
+//!
+//! Choices, and why:
+//! - **REFUSED, not NXDOMAIN**, for a name the policy does not allow (and for an unknown
+//!   client or a client over its budget). It is what RFC 1035 has for "not for policy
+//!   reasons", it tells an operator reading `dig` the truth, and nothing caches it: an
+//!   NXDOMAIN may be cached negatively by a stub cache in the weaver (RFC 2308), which would
+//!   outlive a policy change that allows the name while the weaver runs. glibc reports it as
+//!   EAI_AGAIN/"no address", as it does for a server that will not answer.
+//! - **Only A and AAAA** (class IN) are resolved; every other type gets NOTIMP without the
+//!   policy or the upstream seeing it. glibc's and musl's getaddrinfo ask only these two.
+//! - **A fresh upstream query**: the upstream gets a new message with its own id, the allowed
+//!   name in lower case, the type and our EDNS size, nothing else of the weaver's bytes.
+//!   The weaver gets a rebuilt reply: the CNAME chain from its name and the A/AAAA records at
+//!   the chain's end (the addresses admitted), and the SOA of a negative answer.
+//! - **No cache**: the host's resolver (systemd-resolved, nscd, the upstream) caches; a
+//!   cache here would have to expire admissions by itself.
+//! - **`simple-dns`** parses and builds the messages: one dependency (bitflags), no I/O or
+//!   runtime of its own, and it keeps unknown record types as opaque data. `hickory-proto`
+//!   with default features off still brings url, idna, ipnet, rand and its own async stack,
+//!   for a resolver that needs two record types and a header.
 
 #[cfg(test)]
 mod fuzz_tests;
