@@ -174,6 +174,9 @@ pub enum UpstreamError {
     /// the upstream cut the answer (TC): ask it again over TCP
     #[error("the upstream truncated its answer")]
     Truncated,
+    /// the upstream could not answer (SERVFAIL, REFUSED, …): the next upstream may
+    #[error("the upstream answered {0:?}")]
+    Failed(RCODE),
 }
 
 impl Query {
@@ -207,6 +210,9 @@ impl Query {
             return Err(UpstreamError::Truncated);
         }
         let rcode = packet.rcode();
+        if !matches!(rcode, RCODE::NoError | RCODE::NameError) {
+            return Err(UpstreamError::Failed(rcode));
+        }
         let mut records = Vec::new();
         let mut target = asked;
         for _ in 0..MAX_CHAIN {

@@ -294,7 +294,7 @@ async fn upstream_timeout_gives_servfail_within_the_timeout() {
     let reply = ask_udp(WEAVER_A, dns.addr, &query(1, "slow.test", TYPE::A, None), WAIT).await.unwrap();
     let took = t.elapsed();
     assert_eq!(rcode_of(&reply), RCODE::ServerFailure);
-    assert!(took >= Duration::from_millis(380) && took < Duration::from_millis(700), "SERVFAIL after {took:?}");
+    assert!(took >= Duration::from_millis(380) && took < Duration::from_millis(900), "SERVFAIL after {took:?}");
     assert!(policy.admitted.lock().unwrap().is_empty());
     assert_eq!(dns.resolver.clients_holding(), 0);
 }
@@ -305,19 +305,21 @@ async fn a_dead_first_upstream_leaves_time_for_the_second() {
         .await;
     // A silent first upstream (the datagram is swallowed) and then the real one.
     let black_hole = FakeUpstream::start(vec![("ok.test", Script::Silent)]).await;
-    let limits = Limits { upstream_timeout: Duration::from_millis(600), ..Limits::default() };
+    let limits = Limits { upstream_timeout: Duration::from_secs(1), ..Limits::default() };
     let dns = start_resolver(policy(&["ok.test"]), vec![black_hole.addr, up.addr], limits).await;
     let t = Instant::now();
     let reply = ask_udp(WEAVER_A, dns.addr, &query(1, "ok.test", TYPE::A, None), WAIT).await.unwrap();
     assert_eq!(addrs_of(&reply), vec![(v4("192.0.2.9"), 60)]);
-    assert!(t.elapsed() < Duration::from_millis(600), "took {:?}", t.elapsed());
+    // The black hole had its half of the deadline, and the second upstream the rest.
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(480) && took < Duration::from_secs(1), "took {took:?}");
     assert_eq!((black_hole.seen_names().len(), up.seen_names().len()), (1, 1));
 }
 
 #[tokio::test]
 async fn one_client_cannot_hold_more_than_its_in_flight_budget() {
     let slow = Script::Slow(
-        Duration::from_millis(500),
+        Duration::from_millis(800),
         Box::new(answer(vec![("slow.test", 60, Rr::A("192.0.2.1".parse().unwrap()))])),
     );
     let up = FakeUpstream::start(vec![("slow.test", slow)]).await;
@@ -338,19 +340,18 @@ async fn one_client_cannot_hold_more_than_its_in_flight_budget() {
     // Weaver B is not starved by A's flood.
     let b = ask_udp(WEAVER_B, dns.addr, &query(99, "slow.test", TYPE::A, None), WAIT).await.unwrap();
     assert_eq!(rcode_of(&b), RCODE::NoError);
-    let mut answered = 0;
-    let mut refused = 0;
+    let (mut answered, mut refused) = (vec![], vec![]);
     while let Some(r) = flood.join_next().await {
         match r.unwrap() {
-            (RCODE::NoError, _) => answered += 1,
-            (RCODE::Refused, at) => {
-                refused += 1;
-                assert!(at - t < Duration::from_millis(300), "a refusal over budget is immediate");
-            }
+            (RCODE::NoError, at) => answered.push(at),
+            (RCODE::Refused, at) => refused.push(at),
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((answered, refused), (3, 7));
+    assert_eq!((answered.len(), refused.len()), (3, 7));
+    // A refusal over budget does not wait for a slot: every one came before the first answer.
+    assert!(refused.iter().max() < answered.iter().min());
+    assert!(*answered.iter().min().unwrap() - t >= Duration::from_millis(800));
     assert_eq!(up.seen_names().len(), 4, "3 of A's and 1 of B's reached the upstream");
     assert_eq!(dns.resolver.clients_holding(), 0, "every slot was given back");
     // With the budget free again, A is answered.
@@ -418,4 +419,25 @@ async fn a_dual_stack_socket_still_knows_ipv4_weavers() {
     let clients: Vec<String> = policy.admitted.lock().unwrap().iter().map(|a| a.client.clone()).collect();
     assert_eq!(clients, ["weaver-a", "weaver-b"]);
     serving.abort();
+}
+
+#[tokio::test]
+async fn an_upstream_that_fails_is_passed_over_and_its_failure_is_servfail() {
+    let failing = |rcode| Script::Answer { rcode, records: vec![], soa: false };
+    let broken =
+        FakeUpstream::start(vec![("ok.test", failing(RCODE::ServerFailure)), ("only.test", failing(RCODE::Refused))])
+            .await;
+    let good =
+        FakeUpstream::start(vec![("ok.test", answer(vec![("ok.test", 60, Rr::A("192.0.2.9".parse().unwrap()))]))])
+            .await;
+    let dns = start_resolver(policy(&["ok.test", "only.test"]), vec![broken.addr, good.addr], Limits::default()).await;
+    let reply = ask_udp(WEAVER_A, dns.addr, &query(1, "ok.test", TYPE::A, None), WAIT).await.unwrap();
+    assert_eq!(addrs_of(&reply), vec![(v4("192.0.2.9"), 60)]);
+
+    // The upstream's REFUSED is not the policy's: the weaver gets SERVFAIL, at once.
+    let alone = start_resolver(policy(&["only.test"]), vec![broken.addr], Limits::default()).await;
+    let t = Instant::now();
+    let reply = ask_udp(WEAVER_A, alone.addr, &query(2, "only.test", TYPE::A, None), WAIT).await.unwrap();
+    assert_eq!(rcode_of(&reply), RCODE::ServerFailure);
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
 }
