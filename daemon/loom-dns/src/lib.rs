@@ -12,11 +12,11 @@
 //!
 //! Choices, and why:
 //! - **REFUSED, not NXDOMAIN**, for a name the policy does not allow (and for an unknown
-//!   client or a client over its budget). It is what RFC 1035 has for "not for policy
+//!   client or a client over its budget). It is RFC 1035's code for "refused for policy
 //!   reasons", it tells an operator reading `dig` the truth, and nothing caches it: an
 //!   NXDOMAIN may be cached negatively by a stub cache in the weaver (RFC 2308), which would
 //!   outlive a policy change that allows the name while the weaver runs. glibc reports it as
-//!   EAI_AGAIN/"no address", as it does for a server that will not answer.
+//!   a failed lookup (it treats REFUSED like SERVFAIL: EAI_AGAIN), and `getent` exits 2.
 //! - **Only A and AAAA** (class IN) are resolved; every other type gets NOTIMP without the
 //!   policy or the upstream seeing it. glibc's and musl's getaddrinfo ask only these two.
 //! - **A fresh upstream query**: the upstream gets a new message with its own id, the allowed
