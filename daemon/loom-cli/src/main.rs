@@ -65,6 +65,26 @@ enum Command {
     /// Provider keys from the SOPS file.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// The WireGuard operator tunnel into the weaver subnet (admins).
+    #[command(subcommand)]
+    Wireguard(WireguardCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum WireguardCmd {
+    /// Peers of the tunnel.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCmd {
+    /// Make a peer: prints its client config (with its private key, shown only now) and a QR code.
+    Add { name: String },
+    /// Remove a peer added with `add`.
+    Rm { name: String },
+    /// Every peer, with its last handshake and traffic.
+    Ls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,6 +390,20 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             let q = weaver.map(|w| format!("?weaver={}", path_key(&w))).unwrap_or_default();
             print(&client.json(Method::GET, &format!("/v1/usage{q}"), None).await?, &render::usage)
         }
+        Command::Wireguard(WireguardCmd::Peer(cmd)) => match cmd {
+            PeerCmd::Add { name } => {
+                let body = serde_json::json!({ "name": name });
+                let v = client.json(Method::POST, "/v1/wireguard/peers", Some(body)).await?;
+                print(&v, &|v| render::wireguard_peer(v, std::io::IsTerminal::is_terminal(&std::io::stdout())));
+            }
+            PeerCmd::Rm { name } => {
+                let v = client.json(Method::DELETE, &format!("/v1/wireguard/peers/{}", path_key(&name)), None).await?;
+                print(&v, &|v| format!("removed {}\n", v["removed"].as_str().unwrap_or("")));
+            }
+            PeerCmd::Ls => {
+                print(&client.json(Method::GET, "/v1/wireguard/peers", None).await?, &render::wireguard_peers)
+            }
+        },
         Command::Secrets(SecretsCmd::Check) => {
             print(&client.json(Method::GET, "/v1/secrets/check", None).await?, &render::secrets)
         }
@@ -456,6 +490,11 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
 }
 
 fn main() -> ExitCode {
+    // `loom ... | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
+    // SAFETY: restoring a default signal disposition touches no memory of ours.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let cli = Cli::parse();
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -190,6 +190,37 @@ pub fn hits(v: &Value) -> String {
     out
 }
 
+/// A new peer: the client config to save as `wg0.conf`, and its QR code on a terminal.
+pub fn wireguard_peer(v: &serde_json::Value, terminal: bool) -> String {
+    let mut out = format!(
+        "# peer {} ({}): save as /etc/wireguard/loom.conf and run `wg-quick up loom`;\n# its private key is shown only now\n{}",
+        v["name"].as_str().unwrap_or(""),
+        v["address"].as_str().unwrap_or(""),
+        v["client_config"].as_str().unwrap_or("")
+    );
+    if terminal && let Some(qr) = v["qr"].as_str() {
+        out += "\n";
+        out += qr;
+    }
+    out
+}
+
+pub fn wireguard_peers(v: &serde_json::Value) -> String {
+    let mut out = String::from("NAME\tADDRESS\tSOURCE\tLAST HANDSHAKE\n");
+    for p in v.as_array().into_iter().flatten() {
+        let handshake =
+            p["last_handshake"]["secs_since_epoch"].as_u64().map_or("never".to_string(), |s| format!("@{s}"));
+        out += &format!(
+            "{}\t{}\t{}\t{}\n",
+            p["name"].as_str().unwrap_or(""),
+            p["address"].as_str().unwrap_or(""),
+            p["source"].as_str().unwrap_or(""),
+            handshake
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,8 @@ pub struct Config {
     /// `[audit]`, validated by the audit crate.
     pub audit: toml::Table,
     pub network: NetworkConfig,
+    /// `[wireguard]`, the operator tunnel, validated by loom-wireguard.
+    pub wireguard: toml::Table,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             proxy: toml::Table::new(),
             audit: toml::Table::new(),
             network: NetworkConfig::default(),
+            wireguard: toml::Table::new(),
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct DaemonParts {
     pub threads: Option<Arc<crate::threads::Threads>>,
     /// Weaver networks: without it (unit tests) nspawn makes a private namespace itself.
     pub net: Option<Arc<crate::net::WeaverNet>>,
+    /// The operator tunnel, when `[wireguard] enable = true`.
+    pub wireguard: Option<Arc<loom_wireguard::Tunnel>>,
     pub warnings: Vec<String>,
 }
 
@@ -131,6 +133,7 @@ pub struct Daemon {
     auditor: Option<Arc<crate::auditing::Auditor>>,
     threads: Option<Arc<crate::threads::Threads>>,
     net: Option<Arc<crate::net::WeaverNet>>,
+    wireguard: Option<Arc<loom_wireguard::Tunnel>>,
     /// What runs degraded (a subsystem that could not start), for `loom status`.
     warnings: Vec<String>,
     /// Each weaver's live run: started (or starting) and not yet released by `end_run`.
@@ -173,6 +176,7 @@ impl Daemon {
             auditor,
             threads,
             net,
+            wireguard,
             warnings,
         } = parts;
         let weavers_dir = config.state_dir.join("weavers");
@@ -201,6 +205,7 @@ impl Daemon {
             auditor,
             threads,
             net,
+            wireguard,
             warnings,
             uploads,
         })

@@ -55,6 +55,16 @@ pub enum Request {
         after_id: Option<i64>,
         limit: Option<u32>,
     },
+    /// The operator tunnel's peers; admins only.
+    WireguardPeers,
+    /// A new peer: its key pair is made here and its client config (with the private key)
+    /// is in this one response only.
+    WireguardPeerAdd {
+        name: String,
+    },
+    WireguardPeerRemove {
+        name: String,
+    },
 }
 
 #[derive(Debug)]
@@ -62,14 +72,21 @@ pub enum Response {
     Status(Box<Status>),
     Weaver(Box<WeaverInfo>),
     Weavers(Vec<WeaverInfo>),
-    Removed { id: WeaverId },
+    Removed {
+        id: WeaverId,
+    },
     Secrets(Box<crate::secrets::SecretsReport>),
     Usage(Vec<crate::llm::UsageSummary>),
     Audit(Vec<crate::auditing::AuditRow>),
     Threads(Vec<loom_threads::ThreadSummary>),
     Limits(loom_proxy::WeaverLimits),
-    Thread { detail: Box<loom_threads::ThreadDetail>, markdown: String },
+    Thread {
+        detail: Box<loom_threads::ThreadDetail>,
+        markdown: String,
+    },
     ThreadHits(Vec<loom_threads::SearchHit>),
+    /// Answers whose shape is their handler's own.
+    Json(serde_json::Value),
 }
 
 impl Daemon {
@@ -220,6 +237,9 @@ impl Daemon {
                     .collect();
                 Ok(Response::Usage(all.into_iter().filter(|u| mine.contains(&u.weaver)).collect()))
             }
+            Request::WireguardPeers | Request::WireguardPeerAdd { .. } | Request::WireguardPeerRemove { .. } => {
+                self.wireguard(role, req).await.map(Response::Json)
+            }
             Request::RemoveWeaver { key, force } => {
                 let rec = self.lookup(caller, role, &key)?;
                 self.remove(&rec.info.id, force).await.map(|id| Response::Removed { id })
@@ -360,5 +380,49 @@ impl Daemon {
         }
         self.launch(&mut rec).await?;
         Ok(rec.info)
+    }
+
+    async fn wireguard(&self, role: Role, req: Request) -> Result<serde_json::Value, ApiError> {
+        if role != Role::Admin {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only root and the admin group may manage WireGuard peers",
+            ));
+        }
+        let tunnel = self.wireguard.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the WireGuard tunnel is off: set `[wireguard] enable = true` and restart loomd",
+            )
+        })?;
+        let bad = |e: loom_wireguard::WgError| match e {
+            loom_wireguard::WgError::Config(_) | loom_wireguard::WgError::Alloc(_) => {
+                ApiError::new(ErrorCode::BadRequest, e.to_string())
+            }
+            other => ApiError::new(ErrorCode::Internal, other.to_string()),
+        };
+        // Each call talks to the interface (and may wait for wireguard-go): off the runtime.
+        tokio::task::spawn_blocking(move || match req {
+            Request::WireguardPeerAdd { name } => {
+                let peer = tunnel.add_peer(&name).map_err(bad)?;
+                let qr = peer.qr_terminal().ok();
+                tracing::info!(peer = %name, address = %peer.address, "WireGuard peer added");
+                Ok(serde_json::json!({
+                    "name": peer.name,
+                    "address": peer.address.to_string(),
+                    "public_key": peer.public_key.to_string(),
+                    "client_config": peer.client_config.text(),
+                    "qr": qr,
+                }))
+            }
+            Request::WireguardPeerRemove { name } => {
+                tunnel.remove_peer(&name).map_err(bad)?;
+                tracing::info!(peer = %name, "WireGuard peer removed");
+                Ok(serde_json::json!({ "removed": name }))
+            }
+            _ => Ok(serde_json::to_value(tunnel.list_peers().map_err(bad)?).unwrap_or_default()),
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the WireGuard call failed: {e}")))?
     }
 }

@@ -40,6 +40,7 @@ fn fixture_with(agent: bool) -> Fixture {
         auditor: None,
         threads: agent.then(|| Arc::new(crate::threads::Threads::open(&dir.path().join("loom.db")).unwrap())),
         net: None,
+        wireguard: None,
         warnings: vec![],
     });
     Fixture { _dir: dir, daemon, backend }

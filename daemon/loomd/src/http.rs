@@ -163,6 +163,12 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedPeer {
+    name: String,
+}
+
 async fn route(daemon: Arc<Daemon>, caller: Caller, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     match route_inner(daemon, caller, req).await {
         Ok(resp) => resp,
@@ -206,6 +212,15 @@ async fn route_inner(
             REQUEST_TIMEOUT,
         ),
         (&Method::GET, ["v1", "threads", id]) => (Request::ThreadShow { id: percent_decode(id) }, REQUEST_TIMEOUT),
+        (&Method::GET, ["v1", "wireguard", "peers"]) => (Request::WireguardPeers, REQUEST_TIMEOUT),
+        (&Method::POST, ["v1", "wireguard", "peers"]) => {
+            daemon.authorize(&caller, &"wireguard")?;
+            let (body, _) = read_json::<NamedPeer>(req).await?;
+            (Request::WireguardPeerAdd { name: body.name }, REQUEST_TIMEOUT)
+        }
+        (&Method::DELETE, ["v1", "wireguard", "peers", name]) => {
+            (Request::WireguardPeerRemove { name: percent_decode(name) }, REQUEST_TIMEOUT)
+        }
         (&Method::GET, ["v1", "usage"]) => (Request::Usage { weaver: query_value(&req, "weaver") }, REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers"]) => {
             daemon.authorize(&caller, &"create")?;
@@ -254,6 +269,7 @@ async fn route_inner(
         Response::Threads(t) => json_response(StatusCode::OK, &t),
         Response::Limits(l) => json_response(StatusCode::OK, &l),
         Response::ThreadHits(h) => json_response(StatusCode::OK, &h),
+        Response::Json(v) => json_response(StatusCode::OK, &v),
         Response::Thread { detail, markdown } => {
             let mut v = serde_json::to_value(&detail).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {

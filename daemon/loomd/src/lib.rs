@@ -26,5 +26,6 @@ pub mod unpack;
 pub mod uploads;
 pub mod weaverfs;
 mod weaverfs_walk;
+pub mod wireguard;
 
 pub use loom_core::error_chain;

@@ -399,7 +399,8 @@ mod tests {
     use loom_core::weaver::resolve_spec;
 
     fn rec(network: &str) -> WeaverRecord {
-        let req = CreateWeaver { command: vec!["/bin/true".into()], network: Some(network.into()), ..Default::default() };
+        let req =
+            CreateWeaver { command: vec!["/bin/true".into()], network: Some(network.into()), ..Default::default() };
         let spec = resolve_spec(req, &WeaverDefaults::default(), "w1".into()).unwrap();
         WeaverRecord::new_for_tests(WeaverId::from_random([1, 2, 3, 4, 5, 6]), spec)
     }
@@ -417,10 +418,15 @@ mod tests {
         let run = RunId::from_random(1);
         net.before_start(&id, run, &r).await.unwrap();
         let calls = lock(&host.calls).clone();
-        for want in ["bridge loom0", "ip[host] netns add loom-010203040506", "ip[host] link add lw010203040506 type veth"] {
+        for want in
+            ["bridge loom0", "ip[host] netns add loom-010203040506", "ip[host] link add lw010203040506 type veth"]
+        {
             assert!(calls.iter().any(|c| c.starts_with(want)), "{want} in {calls:?}");
         }
-        assert!(calls.iter().any(|c| c.starts_with("ip[loom-010203040506] route add default via 10.87.0.1")), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c.starts_with("ip[loom-010203040506] route add default via 10.87.0.1")),
+            "{calls:?}"
+        );
         let addr = net.addr_of(&id).unwrap();
         assert!(NetworkConfig::default().subnet.contains(addr));
         assert_eq!(net.cookie_of(&id), Some(7));

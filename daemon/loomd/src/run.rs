@@ -73,6 +73,7 @@ pub fn resolve_groups(config: &Config) -> AccessGroups {
 fn check_sections(config: &Config) -> anyhow::Result<()> {
     loom_proxy::ProxyConfig::from_toml(&config.providers, &config.proxy).context("in [providers] or [proxy]")?;
     loom_audit::AuditConfig::from_toml(&config.audit).context("in [audit]")?;
+    crate::wireguard::config_of(config)?;
     Ok(())
 }
 
@@ -244,6 +245,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         threads: Some(threads),
         llm: Some(llm),
         auditor,
+        wireguard: {
+            let (c, dir) = (config.clone(), config.state_dir.clone());
+            tokio::task::spawn_blocking(move || crate::wireguard::start(&c, &dir)).await??
+        },
         net: Some(Arc::new(crate::net::WeaverNet::new(
             Arc::new(crate::net::IpTool::from_path()),
             config.network.clone(),

@@ -101,6 +101,7 @@ fn fixture(audit: bool) -> Fixture {
         auditor: auditor.clone(),
         threads: Some(threads),
         net: None,
+        wireguard: None,
         warnings: vec![],
     });
     Fixture { _dir: dir, daemon, backend, recorder, llm, auditor }
