@@ -96,7 +96,11 @@ impl IpNet {
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.prefix == self.max_prefix() { write!(f, "{}", self.addr) } else { write!(f, "{}/{}", self.addr, self.prefix) }
+        if self.prefix == self.max_prefix() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
     }
 }
 
@@ -163,7 +167,9 @@ pub enum EgressRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}`: {reason}; write CIDR[:PORT] or DOMAIN[:PORT] (IPv6 in brackets with a port: [fd00::/8]:53), optionally followed by /tcp or /udp")]
+#[error(
+    "`{input}`: {reason}; write CIDR[:PORT] or DOMAIN[:PORT] (IPv6 in brackets with a port: [fd00::/8]:53), optionally followed by /tcp or /udp"
+)]
 pub struct EgressRuleError {
     /// The rule as given, cut to [`MAX_RULE_LEN`] characters.
     pub input: String,
@@ -196,7 +202,9 @@ fn parse_net(input: &str, s: &str) -> Result<IpNet, EgressRuleError> {
         None => (s, None),
     };
     // The input itself needs no repeating: "`300.1.1.1`: not an IPv4 address".
-    let what = |family| if a == input.trim() { format!("not an {family} address") } else { format!("`{a}` is not an {family} address") };
+    let what = |family| {
+        if a == input.trim() { format!("not an {family} address") } else { format!("`{a}` is not an {family} address") }
+    };
     let addr: IpAddr = if a.contains(':') {
         a.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| err(input, what("IPv6")))?
     } else {
@@ -263,7 +271,10 @@ impl FromStr for EgressRule {
             let (inner, after) = rest.split_once(']').ok_or_else(|| err(input, "`[` without a closing `]`"))?;
             let port = match after {
                 "" => None,
-                a => Some(parse_port(input, a.strip_prefix(':').ok_or_else(|| err(input, "expected `:PORT` after `]`"))?)?),
+                a => Some(parse_port(
+                    input,
+                    a.strip_prefix(':').ok_or_else(|| err(input, "expected `:PORT` after `]`"))?,
+                )?),
             };
             if !inner.contains(':') {
                 return Err(err(input, "brackets are for IPv6 addresses"));
@@ -283,8 +294,14 @@ impl FromStr for EgressRule {
     }
 }
 
-fn host_rule(input: &str, host: &str, port: Option<u16>, protocol: Option<Protocol>) -> Result<EgressRule, EgressRuleError> {
-    let looks_v4 = host.split('/').next().is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+fn host_rule(
+    input: &str,
+    host: &str,
+    port: Option<u16>,
+    protocol: Option<Protocol>,
+) -> Result<EgressRule, EgressRuleError> {
+    let looks_v4 =
+        host.split('/').next().is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
     if looks_v4 || host.contains('/') {
         return Ok(EgressRule::Net(NetRule { net: parse_net(input, host)?, port, protocol }));
     }
@@ -333,7 +350,10 @@ pub fn domain_matches(rule: &EgressRule, name: &str) -> bool {
     let EgressRule::Domain(r) = rule else { return false };
     let name = normalize_name(name);
     let domain = normalize_name(&r.domain);
-    name == domain || (name.len() > domain.len() && name.ends_with(&domain) && name.as_bytes()[name.len() - domain.len() - 1] == b'.')
+    name == domain
+        || (name.len() > domain.len()
+            && name.ends_with(&domain)
+            && name.as_bytes()[name.len() - domain.len() - 1] == b'.')
 }
 
 #[cfg(test)]

@@ -47,9 +47,16 @@ fn net() -> impl Strategy<Value = IpNet> {
 
 fn rule() -> impl Strategy<Value = EgressRule> {
     prop_oneof![
-        (net(), proptest::option::of(1u16..), protocol())
-            .prop_map(|(net, port, protocol)| EgressRule::Net(NetRule { net, port, protocol })),
-        ("[a-z0-9_]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){0,3}\\.[a-z]{2,6}", proptest::option::of(1u16..), protocol())
+        (net(), proptest::option::of(1u16..), protocol()).prop_map(|(net, port, protocol)| EgressRule::Net(NetRule {
+            net,
+            port,
+            protocol
+        })),
+        (
+            "[a-z0-9_]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){0,3}\\.[a-z]{2,6}",
+            proptest::option::of(1u16..),
+            protocol()
+        )
             .prop_map(|(domain, port, protocol)| EgressRule::Domain(DomainRule { domain, port, protocol })),
     ]
 }
