@@ -329,8 +329,10 @@ impl Egress {
                 .try_into()
                 .map_err(|source| EgressError::Program { name, source })?;
             let perr = |source| EgressError::Program { name, source };
-            // AllowMultiple: systemd (and anyone else) may attach their own programs too.
-            let id = prog.attach(dir, CgroupAttachMode::AllowMultiple).map_err(perr)?;
+            // A bpf_link (kernel >= 5.7, which the ring buffer needs anyway) is always attached
+            // as BPF_F_ALLOW_MULTI, so systemd's own programs keep running beside ours; the
+            // kernel refuses any attach flag on a link, hence "Single" here.
+            let id = prog.attach(dir, CgroupAttachMode::Single).map_err(perr)?;
             links.push(prog.take_link(id).map_err(perr)?);
         }
         tracing::debug!(scope, "egress attached");
@@ -401,7 +403,8 @@ impl Egress {
 
     fn sweep_scope(&self, maps: &mut Maps, scope: Scope, now: u64) -> Result<(), EgressError> {
         let Some(inst) = maps.installed.get_mut(&scope) else { return Ok(()) };
-        let expired: Vec<RawKey> = inst.admitted.iter().filter(|(_, e)| **e != 0 && **e <= now).map(|(k, _)| *k).collect();
+        let expired: Vec<RawKey> =
+            inst.admitted.iter().filter(|(_, e)| **e != 0 && **e <= now).map(|(k, _)| *k).collect();
         for k in &expired {
             inst.admitted.remove(k);
         }

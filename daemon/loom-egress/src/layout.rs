@@ -203,8 +203,18 @@ mod tests {
         let ev = &HEADER[HEADER.find("struct loom_egress_event {").unwrap()..];
         let ev = &ev[..ev.find("};").unwrap()];
         let order = [
-            "__u64 ktime_ns", "__u64 scope", "__u64 cgroup_id", "__u32 tgid", "__u32 pid", "__u8 addr[16]",
-            "__u16 port", "__u8 family", "__u8 protocol", "__u8 hook", "__u8 reason", "__u8 reserved[2]",
+            "__u64 ktime_ns",
+            "__u64 scope",
+            "__u64 cgroup_id",
+            "__u32 tgid",
+            "__u32 pid",
+            "__u8 addr[16]",
+            "__u16 port",
+            "__u8 family",
+            "__u8 protocol",
+            "__u8 hook",
+            "__u8 reason",
+            "__u8 reserved[2]",
             "char comm[16]",
         ];
         let sizes = [8, 8, 8, 4, 4, 16, 2, 1, 1, 1, 1, 2, 16];
