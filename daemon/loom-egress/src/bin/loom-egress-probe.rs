@@ -3,6 +3,7 @@
 //!
 //! `tcp ADDR` / `udp-connect ADDR` / `udp-send ADDR`: `ok MICROS` or `err ERRNO MICROS`;
 //! `loop N ADDR`: N TCP connects, `ok MEDIAN_NS` of connect+close;
+//! `udp-loop N ADDR`: N sends on one unconnected UDP socket, `ok MEDIAN_NS` per send;
 //! `bulk ADDR BYTES`: send BYTES over one TCP connection, `ok NANOS`.
 
 use std::io::{BufRead, Write};
@@ -44,6 +45,19 @@ fn answer(line: &str) -> String {
                 for _ in 0..n {
                     let t = Instant::now();
                     TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                    times.push(t.elapsed().as_nanos());
+                }
+                times.sort_unstable();
+                Ok(format!("ok {}", times.get(n / 2).copied().unwrap_or(0)))
+            }
+            ["udp-loop", n, a] => {
+                let addr = parse(a)?;
+                let n: usize = n.parse().map_err(|e| format!("bad count: {e}"))?;
+                let sock = bind_any(&addr).map_err(|e| format!("bind: {e}"))?;
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = Instant::now();
+                    sock.send_to(b"x", addr).map_err(|e| format!("send: {e}"))?;
                     times.push(t.elapsed().as_nanos());
                 }
                 times.sort_unstable();
