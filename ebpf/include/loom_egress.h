@@ -87,6 +87,11 @@ struct loom_sock_addr_ctx {
 	__u64 sk;
 };
 
+/* the Rust side (layout.rs) decodes these sizes */
+_Static_assert(sizeof(struct loom_egress_key) == 4 + 28, "rule key size");
+_Static_assert(sizeof(struct loom_egress_value) == 16, "rule value size");
+_Static_assert(sizeof(struct loom_egress_event) == 72, "deny event size");
+
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 
 #endif /* LOOM_EGRESS_H */

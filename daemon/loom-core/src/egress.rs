@@ -288,7 +288,7 @@ impl FromStr for EgressRule {
             }
             let (host, port) = s.split_once(':').expect("contains");
             let port = Some(parse_port(input, port)?);
-            return Ok(host_rule(input, host, port, protocol)?);
+            return host_rule(input, host, port, protocol);
         }
         host_rule(input, s, None, protocol)
     }

@@ -101,10 +101,10 @@ fn main() {
     let _att = egress.attach(&cg.path).unwrap();
     let without: Vec<NetRule> = rules[..60].to_vec();
     let mut visible = Vec::new();
-    for i in 0..100 {
+    for i in 0..100u32 {
         let t = Instant::now();
-        egress.set_rules(cg.id, if i % 2 == 0 { &without } else { &rules }).unwrap();
-        let want_denied = i % 2 == 0;
+        egress.set_rules(cg.id, if i.is_multiple_of(2) { &without } else { &rules }).unwrap();
+        let want_denied = i.is_multiple_of(2);
         let denied = probe.errno(&format!("tcp {tcp}")) == Some(libc::EPERM);
         assert_eq!(denied, want_denied, "round {i}");
         visible.push(t.elapsed().as_secs_f64() * 1e6);

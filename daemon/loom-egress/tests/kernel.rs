@@ -85,6 +85,20 @@ async fn allowed_destinations_work_denied_ones_fail_at_once_and_are_reported() {
     assert_eq!(probe.errno(&format!("udp-connect {udp_addr}")), Some(EPERM));
     deny_for(&mut rx, udp_addr, Hook::Connect).await;
 
+    // a TCP Fast Open connect (inside sendto) is refused like connect()
+    assert_eq!(probe.errno(&format!("tcp-fastopen {denied}")), Some(EPERM));
+    assert_eq!(deny_for(&mut rx, denied, Hook::Connect).await.pid, probe.pid());
+    assert_eq!(probe.errno(&format!("tcp-fastopen {allowed}")), None);
+
+    // a process in a cgroup below the weaver's is under the weaver's rules
+    let sub = cg.child("payload");
+    let mut nested = Probe::start(Some(&sub), false);
+    assert_eq!(nested.errno(&format!("tcp {allowed}")), None);
+    assert_eq!(nested.errno(&format!("tcp {denied}")), Some(EPERM));
+    let ev = deny_for(&mut rx, denied, Hook::Connect).await;
+    assert_eq!((ev.scope, ev.cgroup_id, ev.pid), (cg.id, sub.id, nested.pid()));
+    drop(nested);
+
     // a process outside the cgroup is not affected
     let mut outside = Probe::start(None, false);
     assert_eq!(outside.errno(&format!("tcp {denied}")), None);
@@ -109,10 +123,10 @@ async fn a_rule_change_is_seen_by_the_next_connect_and_never_leaves_a_gap() {
     assert_eq!(probe.errno(&format!("tcp {b}")), Some(EPERM));
 
     let mut worst = Duration::ZERO;
-    for i in 0..20 {
+    for i in 0..20u32 {
         let t = Instant::now();
-        egress.set_rules(cg.id, if i % 2 == 0 { &both } else { &only_a }).unwrap();
-        let want = if i % 2 == 0 { None } else { Some(EPERM) };
+        egress.set_rules(cg.id, if i.is_multiple_of(2) { &both } else { &only_a }).unwrap();
+        let want = if i.is_multiple_of(2) { None } else { Some(EPERM) };
         assert_eq!(probe.errno(&format!("tcp {b}")), want, "round {i}");
         worst = worst.max(t.elapsed());
     }
@@ -128,7 +142,7 @@ async fn a_rule_change_is_seen_by_the_next_connect_and_never_leaves_a_gap() {
             let h = s.spawn(move || {
                 let mut n = 0u32;
                 while stop_rx.try_recv().is_err() {
-                    egress.set_rules(cg.id, if n % 2 == 0 { &both } else { &only_a }).unwrap();
+                    egress.set_rules(cg.id, if n.is_multiple_of(2) { &both } else { &only_a }).unwrap();
                     n += 1;
                 }
                 n
@@ -238,7 +252,7 @@ async fn forgetting_weavers_leaves_nothing_behind() {
     let egress = Egress::load().expect("load egress programs");
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = fds();
-    for i in 0..300 {
+    for i in 0..300u32 {
         let cg = TestCgroup::new(&format!("forget-{i}"));
         let att = egress.attach(&cg.path).unwrap();
         egress.set_rules(cg.id, &rules(&["10.0.0.0/8:443", "[fd00::/8]:53/udp"])).unwrap();
@@ -248,7 +262,7 @@ async fn forgetting_weavers_leaves_nothing_behind() {
             .unwrap();
         assert_eq!(egress.kernel_entries(), (3 + 4, 1));
         egress.forget(cg.id).unwrap();
-        if i % 2 == 0 { att.detach().unwrap() } else { drop(att) }
+        if i.is_multiple_of(2) { att.detach().unwrap() } else { drop(att) }
     }
     assert_eq!(egress.kernel_entries(), (0, 0));
     let after = fds();

@@ -1,7 +1,7 @@
 //! Test and benchmark helper: run inside a weaver-like cgroup, read one command a line on
 //! stdin, answer one line on stdout. Not used by loomd.
 //!
-//! `tcp ADDR` / `udp-connect ADDR` / `udp-send ADDR`: `ok MICROS` or `err ERRNO MICROS`;
+//! `tcp ADDR` / `tcp-fastopen ADDR` / `udp-connect ADDR` / `udp-send ADDR`: `ok MICROS` or `err ERRNO MICROS`;
 //! `loop N ADDR`: N TCP connects, `ok MEDIAN_NS` of connect+close;
 //! `udp-loop N ADDR`: N sends on one unconnected UDP socket, `ok MEDIAN_NS` per send;
 //! `bulk ADDR BYTES`: send BYTES over one TCP connection, `ok NANOS`.
@@ -14,11 +14,41 @@ fn bind_any(addr: &SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
 }
 
+/// A TCP Fast Open send: the connect happens inside sendto(MSG_FASTOPEN), not connect().
+fn fastopen(addr: SocketAddr) -> std::io::Result<()> {
+    let SocketAddr::V4(a) = addr else { return Err(std::io::Error::other("IPv4 only")) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; sin outlives the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r < 0 { Err(err) } else { Ok(()) }
+    }
+}
+
 fn once(cmd: &str, addr: SocketAddr) -> std::io::Result<()> {
     match cmd {
         "tcp" => TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(drop),
         "udp-connect" => bind_any(&addr)?.connect(addr),
         "udp-send" => bind_any(&addr)?.send_to(b"x", addr).map(drop),
+        "tcp-fastopen" => fastopen(addr),
         _ => Err(std::io::Error::other("unknown command")),
     }
 }
@@ -28,7 +58,7 @@ fn answer(line: &str) -> String {
     let parse = |s: &str| s.parse::<SocketAddr>().map_err(|e| format!("bad address {s}: {e}"));
     let result = (|| -> Result<String, String> {
         match words.as_slice() {
-            [cmd @ ("tcp" | "udp-connect" | "udp-send"), a] => {
+            [cmd @ ("tcp" | "udp-connect" | "udp-send" | "tcp-fastopen"), a] => {
                 let addr = parse(a)?;
                 let t = Instant::now();
                 let r = once(cmd, addr);

@@ -44,6 +44,15 @@ impl TestCgroup {
         TestCgroup { path, id, procs }
     }
 
+    /// A cgroup below this one (as nspawn's payload is below the weaver's unit).
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        let id = loom_egress::cgroup_id(&path).unwrap();
+        let procs = CString::new(path.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+        TestCgroup { path, id, procs }
+    }
+
     /// Make `cmd` join this cgroup between fork and exec (and, if `own_netns`, enter a new
     /// network namespace with only a loopback that is down, so nothing can leave).
     pub fn place(&self, cmd: &mut Command, own_netns: bool) {
