@@ -41,6 +41,7 @@ fn rule(s: &str) -> NetRule {
 
 fn sink() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.2:0").unwrap();
+    common::deepen_backlog(&l);
     let a = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for c in l.incoming() {

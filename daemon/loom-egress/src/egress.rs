@@ -115,6 +115,7 @@ fn monotonic_ns() -> u64 {
 
 #[derive(Debug, Default)]
 struct Installed {
+    rules: Vec<NetRule>,
     statics: HashSet<RawKey>,
     /// key → expiry (monotonic ns, 0 = never)
     admitted: HashMap<RawKey, u64>,
@@ -319,7 +320,22 @@ impl Egress {
     pub fn attach_fd(&self, dir: BorrowedFd<'_>) -> Result<Attachment, EgressError> {
         let scope = check_cgroup2(dir).map_err(|source| EgressError::Cgroup { path: PathBuf::from("<fd>"), source })?;
         // The scope is known before the first program runs, so nothing is refused as "no scope".
-        self.maps().scopes.insert(scope, scope, 0).map_err(|source| EgressError::Map { name: "scopes", source })?;
+        let fresh = {
+            let mut maps = self.maps();
+            let fresh = maps.scopes.get(&scope, 0).is_err();
+            maps.scopes.insert(scope, scope, 0).map_err(|source| EgressError::Map { name: "scopes", source })?;
+            fresh
+        };
+        let links = self.link_all(dir);
+        if links.is_err() && fresh {
+            let _ = self.maps().scopes.remove(&scope);
+        }
+        let links = links?;
+        tracing::debug!(scope, "egress attached");
+        Ok(Attachment { scope, links })
+    }
+
+    fn link_all(&self, dir: BorrowedFd<'_>) -> Result<Vec<CgroupSockAddrLink>, EgressError> {
         let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
@@ -335,8 +351,12 @@ impl Egress {
             let id = prog.attach(dir, CgroupAttachMode::Single).map_err(perr)?;
             links.push(prog.take_link(id).map_err(perr)?);
         }
-        tracing::debug!(scope, "egress attached");
-        Ok(Attachment { scope, links })
+        Ok(links)
+    }
+
+    /// The static rules of `scope`, as last set.
+    pub fn rules(&self, scope: Scope) -> Vec<NetRule> {
+        self.maps().installed.get(&scope).map(|i| i.rules.clone()).unwrap_or_default()
     }
 
     /// Replace the static rules of `scope`. New entries go in before stale ones go out, so
@@ -359,7 +379,9 @@ impl Egress {
         for k in old.iter().filter(|k| !new.contains_key(*k)) {
             maps.remove(k)?;
         }
-        maps.installed.entry(scope).or_default().statics = new.into_keys().collect();
+        let inst = maps.installed.entry(scope).or_default();
+        inst.statics = new.into_keys().collect();
+        inst.rules = rules.to_vec();
         Ok(())
     }
 

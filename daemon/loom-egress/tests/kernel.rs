@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Outcome, Probe, TestCgroup, privileged};
 use loom_core::egress::{EgressRule, NetRule};
-use loom_egress::{DenyEvent, DenyReason, Egress, Expiry, Hook};
+use loom_egress::{DenyEvent, DenyReason, Egress, EgressConfig, EgressError, Expiry, Hook};
 use tokio::sync::mpsc;
 
 const EPERM: i32 = libc::EPERM;
@@ -26,6 +26,7 @@ fn rules(list: &[&str]) -> Vec<NetRule> {
 /// connect), on a thread that lives as long as the test process.
 fn listen(addr: &str) -> ((), SocketAddr) {
     let l = TcpListener::bind(addr).unwrap();
+    common::deepen_backlog(&l);
     let a = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for c in l.incoming() {
@@ -147,7 +148,9 @@ async fn a_rule_change_is_seen_by_the_next_connect_and_never_leaves_a_gap() {
                 }
                 n
             });
+            let t = Instant::now();
             let r = probe.ask(&format!("loop 2000 {a}"));
+            eprintln!("2000 connects during swaps took {:?} (median {r:?} ns)", t.elapsed());
             stop_tx.send(()).unwrap();
             (r, h.join().unwrap())
         })
@@ -277,4 +280,32 @@ async fn forgetting_weavers_leaves_nothing_behind() {
     assert_eq!(probe.errno(&format!("tcp {a}")), None);
     egress.forget(cg.id).unwrap();
     assert_eq!(probe.errno(&format!("tcp {a}")), Some(EPERM));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_maps_are_clear_errors_and_keep_the_old_rules() {
+    if !privileged("limits") {
+        return;
+    }
+    let config = EgressConfig { max_rules: 6, max_admitted_per_scope: 2, ..EgressConfig::default() };
+    let egress = Egress::load_with(config).expect("load egress programs");
+    let (_a, a) = listen("127.0.0.2:0");
+    let cg = TestCgroup::new("limits");
+    let mut probe = Probe::start(Some(&cg), false);
+    let _att = egress.attach(&cg.path).unwrap();
+    let old = rules(&[&a.to_string(), "10.0.0.0/8"]);
+    egress.set_rules(cg.id, &old).unwrap();
+    let e = egress.set_rules(cg.id, &rules(&["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", &a.to_string()]));
+    assert!(matches!(e, Err(EgressError::RulesFull { max: 6 })), "{e:?}");
+    assert!(e.unwrap_err().to_string().contains("raise EgressConfig::max_rules"));
+    assert_eq!(egress.rules(cg.id), old);
+    assert_eq!(egress.kernel_entries(), (4, 1), "the failed update left nothing behind");
+    assert_eq!(probe.errno(&format!("tcp {a}")), None, "the old rules still hold");
+
+    egress.admit(cg.id, "192.0.2.1".parse().unwrap(), None, None, Expiry::Never).unwrap();
+    let e = egress.admit(cg.id, "192.0.2.2".parse().unwrap(), None, None, Expiry::Never);
+    assert!(matches!(e, Err(EgressError::TooManyAdmitted { max: 2, .. })), "{e:?}");
+
+    let e = egress.attach(std::path::Path::new("/proc")).unwrap_err().to_string();
+    assert!(e.contains("/proc") && e.contains("cgroup v2 mount"), "{e}");
 }

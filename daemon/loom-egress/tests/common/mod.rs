@@ -151,3 +151,11 @@ impl Drop for Probe {
         let _ = self.child.wait();
     }
 }
+
+/// Raise a listener's backlog from std's 128: on a busy two-core machine the accept thread
+/// falls behind a connect loop, and every overflowed SYN costs the client a second's retry.
+pub fn deepen_backlog(l: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a live listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0, "listen: {}", std::io::Error::last_os_error());
+}
