@@ -367,9 +367,11 @@ impl Egress {
         let new: HashMap<RawKey, RawValue> = rules.iter().flat_map(|r| layout::static_entries(scope, r)).collect();
         let old = maps.installed.get(&scope).map(|i| i.statics.clone()).unwrap_or_default();
         let mut added = Vec::new();
-        for (k, v) in &new {
+        // An entry's value follows from its key (the metadata flag from the prefix), so one
+        // already in the map stays untouched: an update costs what changes, not the whole set.
+        for (k, v) in new.iter().filter(|(k, _)| !old.contains(*k)) {
             if let Err(e) = maps.insert(k, v, self.config.max_rules) {
-                for k in added.iter().filter(|k| !old.contains(*k)) {
+                for k in &added {
                     let _ = maps.remove(k);
                 }
                 return Err(e);

@@ -275,11 +275,14 @@ async fn forgetting_weavers_leaves_nothing_behind() {
     let cg = TestCgroup::new("forgotten");
     let mut probe = Probe::start(Some(&cg), false);
     let (_l, a) = listen("127.0.0.2:0");
-    let _att = egress.attach(&cg.path).unwrap();
+    let att = egress.attach(&cg.path).unwrap();
     egress.set_rules(cg.id, &rules(&["127.0.0.0/8"])).unwrap();
     assert_eq!(probe.errno(&format!("tcp {a}")), None);
     egress.forget(cg.id).unwrap();
     assert_eq!(probe.errno(&format!("tcp {a}")), Some(EPERM));
+    // and once detached, the cgroup is free again
+    drop(att);
+    assert_eq!(probe.errno(&format!("tcp {a}")), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
