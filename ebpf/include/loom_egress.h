@@ -35,6 +35,9 @@
 #define LOOM_EGRESS_NO_SCOPE 3
 #define LOOM_EGRESS_PROTOCOL 4
 
+/* set in a scope that is a network namespace's cookie, so it never equals a cgroup id */
+#define LOOM_EGRESS_NETNS_SCOPE (1ULL << 63)
+
 /* how many cgroup levels are searched for the scope a socket's task is in */
 #define LOOM_EGRESS_MAX_LEVEL 16
 

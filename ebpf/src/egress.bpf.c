@@ -3,10 +3,16 @@
  * loom egress programs: a weaver's TCP connects and UDP sends are allowed only
  * to destinations its rules name (default deny).
  *
- * The programs are attached to a weaver's cgroup (cgroup/connect4, connect6,
- * sendmsg4, sendmsg6) and so run for every socket of its processes and of
- * their sub-cgroups. A task's scope is the cgroup id of the nearest ancestor
- * (or itself) found in `scopes`, which loomd fills when it attaches. Rules
+ * A socket's scope is its network namespace's, when loomd registered that
+ * namespace (its cookie with LOOM_EGRESS_NETNS_SCOPE set, so it never equals a
+ * cgroup id); else the cgroup id of the nearest ancestor of the task (or
+ * itself) found in `scopes`. loomd attaches the programs once, to the root of
+ * the cgroup v2 hierarchy, and registers each weaver's namespace before its
+ * first process: the scope holds from the first instant on both backends,
+ * whichever cgroup systemd or loomd puts the weaver in. Loaded with
+ * `loom_unscoped_allow` set (that mode), a socket with no scope is not a
+ * weaver's and is let through; attached to one weaver cgroup instead, a
+ * socket with no scope is refused. Rules
  * live in one LPM trie keyed by (scope, kind, protocol, port, address prefix):
  * a connect is at most four lookups (static rules with the real port, then
  * any port; then the addresses admitted from DNS answers, the same two ways).
@@ -67,8 +73,15 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-static __always_inline __u64 find_scope(void)
+/* set by the loader: a socket with no scope is not a weaver's (attached at the root) */
+volatile const __u8 loom_unscoped_allow = 0;
+
+static __always_inline __u64 find_scope(struct loom_sock_addr_ctx *ctx)
 {
+	__u64 netns = bpf_get_netns_cookie(ctx) | LOOM_EGRESS_NETNS_SCOPE;
+	__u64 *by_netns = bpf_map_lookup_elem(&scopes, &netns);
+	if (by_netns)
+		return *by_netns;
 	/* level 0 is the root cgroup, which is never a weaver's */
 	for (int level = 1; level <= LOOM_EGRESS_MAX_LEVEL; level++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
@@ -173,7 +186,9 @@ static __always_inline int decide(struct loom_sock_addr_ctx *ctx, int v6, __u8 h
 
 	__u64 now = bpf_ktime_get_ns();
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	k.scope = find_scope();
+	k.scope = find_scope(ctx);
+	if (!k.scope && loom_unscoped_allow)
+		return 1;
 	if (!k.scope) {
 		report(ctx, &k, cgroup_id, hook, LOOM_EGRESS_NO_SCOPE, now);
 		return 0;

@@ -163,11 +163,18 @@ pub fn veth_batch(id: &str, bridge: &str) -> IpBatch {
     }
 }
 
-/// The nftables ruleset for NAT out of the weaver subnet. One transaction: the table is made
-/// (if missing), emptied by deleting it, and made again, so a re-run replaces, never doubles.
-pub fn nat_ruleset(bridge: &str, subnet: &Ipv4Net) -> String {
+/// The nftables ruleset for NAT out of the weaver subnet, and what the host forwards: nothing
+/// between weavers, and from the operator tunnel (`tunnel`) only into the weaver subnet, so a
+/// peer that widens its own AllowedIPs reaches no other network of the host. One transaction:
+/// the table is made (if missing), deleted and made again, so a re-run replaces, never doubles.
+pub fn nat_ruleset(bridge: &str, subnet: &Ipv4Net, tunnel: Option<&str>) -> String {
+    let tunnel = tunnel
+        .map(|t| {
+            format!("    iifname \"{t}\" oifname != \"{bridge}\" drop\n    iifname \"{t}\" ip daddr != {subnet} drop\n")
+        })
+        .unwrap_or_default();
     format!(
-        "table ip loom {{}}\ndelete table ip loom\ntable ip loom {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" oifname \"{bridge}\" drop\n  }}\n}}\n"
+        "table ip loom {{}}\ndelete table ip loom\ntable ip loom {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" oifname \"{bridge}\" drop\n{tunnel}  }}\n}}\n"
     )
 }
 
@@ -237,6 +244,8 @@ mod tests {
         assert!(b.lines.contains(&"route add default via 10.87.0.1".to_string()));
         assert_eq!(inside_batch("w1", None).lines, vec!["link set dev lo up"]);
         assert!(veth_batch("w1", "loom0").lines.iter().any(|l| l.contains("isolated on")));
-        assert!(nat_ruleset("loom0", &n).contains("ip saddr 10.87.0.0/16 oifname != \"loom0\" masquerade"));
+        assert!(nat_ruleset("loom0", &n, None).contains("ip saddr 10.87.0.0/16 oifname != \"loom0\" masquerade"));
+        let with_tunnel = nat_ruleset("loom0", &n, Some("loomwg0"));
+        assert!(with_tunnel.contains("iifname \"loomwg0\" oifname != \"loom0\" drop"), "{with_tunnel}");
     }
 }

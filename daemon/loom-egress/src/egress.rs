@@ -29,6 +29,9 @@ pub const PROGRAMS: [&str; 4] = ["loom_connect4", "loom_connect6", "loom_sendmsg
 /// A weaver's scope: the cgroup id (inode number) of the directory its programs are attached to.
 pub type Scope = u64;
 
+/// Set in a scope that is a network namespace's cookie (the C side's `LOOM_EGRESS_NETNS_SCOPE`).
+pub const NETNS_SCOPE: u64 = 1 << 63;
+
 #[derive(Debug, Clone)]
 pub struct EgressConfig {
     /// Entries of the rule map, all weavers together (static rules × protocols + admissions).
@@ -41,6 +44,10 @@ pub struct EgressConfig {
     pub ring_buffer_bytes: u32,
     /// Decoded events waiting for the reader; more are dropped and counted.
     pub queue_capacity: usize,
+    /// A socket with no scope is let through: for programs attached once at the root of the
+    /// hierarchy ([`Egress::attach_everywhere`]), where weavers are scoped by network
+    /// namespace ([`Egress::register_netns`]) and every other socket is the host's.
+    pub unscoped_allow: bool,
 }
 
 impl Default for EgressConfig {
@@ -51,6 +58,7 @@ impl Default for EgressConfig {
             max_admitted_per_scope: 4096,
             ring_buffer_bytes: 1 << 20,
             queue_capacity: 4096,
+            unscoped_allow: false,
         }
     }
 }
@@ -85,6 +93,8 @@ pub enum EgressError {
     TooManyAdmitted { scope: Scope, max: usize },
     #[error("the egress deny reader needs a tokio runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("attaching at the cgroup root without `unscoped_allow` would refuse every socket of the host")]
+    RootNeedsUnscopedAllow,
 }
 
 fn cgroup2_hint() -> String {
@@ -250,7 +260,9 @@ impl Egress {
             return Err(EgressError::Runtime(std::io::Error::other("no tokio runtime")));
         }
         raise_memlock();
+        let unscoped_allow = u8::from(config.unscoped_allow);
         let mut ebpf = EbpfLoader::new()
+            .override_global("loom_unscoped_allow", &unscoped_allow, true)
             .map_max_entries("rules", config.max_rules)
             .map_max_entries("scopes", config.max_scopes)
             .map_max_entries("events", config.ring_buffer_bytes)
@@ -333,6 +345,29 @@ impl Egress {
         let links = links?;
         tracing::debug!(scope, "egress attached");
         Ok(Attachment { scope, links })
+    }
+
+    /// Attach the programs to the root of the cgroup v2 hierarchy (`cgroup2_root`) without
+    /// making it a scope: with [`EgressConfig::unscoped_allow`], only sockets in a namespace
+    /// given to [`Egress::register_netns`] are then governed, whichever cgroup their task is in.
+    pub fn attach_everywhere(&self, cgroup2_root: &Path) -> Result<Attachment, EgressError> {
+        if !self.config.unscoped_allow {
+            return Err(EgressError::RootNeedsUnscopedAllow);
+        }
+        let cgerr = |source| EgressError::Cgroup { path: cgroup2_root.to_path_buf(), source };
+        let file = std::fs::File::open(cgroup2_root).map_err(cgerr)?;
+        check_cgroup2(file.as_fd()).map_err(cgerr)?;
+        let links = self.link_all(file.as_fd())?;
+        tracing::debug!("egress attached at the cgroup root");
+        Ok(Attachment { scope: 0, links })
+    }
+
+    /// Makes the network namespace with this cookie (`SO_NETNS_COOKIE`) a scope: its sockets
+    /// are default-deny from now on, whatever their task's cgroup. Release it with `forget`.
+    pub fn register_netns(&self, cookie: u64) -> Result<Scope, EgressError> {
+        let scope = cookie | NETNS_SCOPE;
+        self.maps().scopes.insert(scope, scope, 0).map_err(|source| EgressError::Map { name: "scopes", source })?;
+        Ok(scope)
     }
 
     fn link_all(&self, dir: BorrowedFd<'_>) -> Result<Vec<CgroupSockAddrLink>, EgressError> {

@@ -7,6 +7,7 @@ mod egress;
 pub mod layout;
 
 pub use egress::{
-    Attachment, Egress, EgressConfig, EgressError, Expiry, OBJECT, PROGRAMS, Scope, cgroup_id, cgroup2_mount,
+    Attachment, Egress, EgressConfig, EgressError, Expiry, NETNS_SCOPE, OBJECT, PROGRAMS, Scope, cgroup_id,
+    cgroup2_mount,
 };
 pub use layout::{DenyEvent, DenyReason, Hook};

@@ -312,3 +312,102 @@ async fn full_maps_are_clear_errors_and_keep_the_old_rules() {
     let e = egress.attach(std::path::Path::new("/proc")).unwrap_err().to_string();
     assert!(e.contains("/proc") && e.contains("cgroup v2 mount"), "{e}");
 }
+
+/// A named network namespace with loopback up, deleted on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> TestNetns {
+        let name = format!("ltegress-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}")
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        TestNetns(name)
+    }
+    fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.0)
+    }
+    /// Runs `f` on a thread inside the namespace (sockets it makes stay there).
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = std::fs::File::open(self.path()).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+    fn cookie(&self) -> u64 {
+        self.inside(|| {
+            use std::os::fd::AsRawFd;
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut cookie = 0u64;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: a live socket and a buffer of the given size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            cookie
+        })
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// How loomd runs it: attached once at the root of the hierarchy, weavers scoped by their
+/// network namespace, every other socket of the host untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_namespace_is_default_deny_from_the_root_and_the_host_is_untouched() {
+    if !privileged("netns_scope") {
+        return;
+    }
+    let egress = Egress::load_with(EgressConfig { unscoped_allow: true, ..EgressConfig::default() }).expect("load");
+    let mut rx = egress.take_events().unwrap();
+    let root = loom_egress::cgroup2_mount().expect("a cgroup v2 mount");
+    let _attached = egress.attach_everywhere(&root).expect("attach at the root");
+    let ns = TestNetns::new("scope");
+    let (allowed, denied) = ns.inside(|| (listen("127.0.0.2:0").1, listen("127.0.0.3:0").1));
+    let scope = egress.register_netns(ns.cookie()).unwrap();
+    assert_ne!(scope & loom_egress::NETNS_SCOPE, 0);
+    egress.set_rules(scope, &rules(&[&format!("127.0.0.2:{}/tcp", allowed.port())])).unwrap();
+
+    let mut probe = Probe::start_in_netns(&ns.path());
+    assert!(matches!(probe.ask(&format!("tcp {allowed}")), Outcome::Ok(_)));
+    assert_eq!(probe.errno(&format!("tcp {denied}")), Some(EPERM));
+    let ev = deny_for(&mut rx, denied, Hook::Connect).await;
+    assert_eq!(ev.scope, scope);
+    assert_eq!(ev.reason, DenyReason::NoRule);
+
+    // The host's own sockets (this test, in the host's namespace) are not a weaver's.
+    let (_h, host_side) = listen("127.0.0.3:0");
+    std::net::TcpStream::connect(host_side).expect("the host is unaffected");
+
+    // A namespace released is not a weaver's any more.
+    egress.forget(scope).unwrap();
+    assert!(matches!(probe.ask(&format!("tcp {denied}")), Outcome::Ok(_)));
+    assert_eq!(egress.kernel_entries(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attaching_at_the_root_needs_unscoped_allow() {
+    if !privileged("root_attach_guard") {
+        return;
+    }
+    let egress = Egress::load().expect("load");
+    let root = loom_egress::cgroup2_mount().expect("a cgroup v2 mount");
+    let e = egress.attach_everywhere(&root).unwrap_err().to_string();
+    assert!(e.contains("would refuse every socket"), "{e}");
+}

@@ -220,6 +220,8 @@ pub struct WeaverNet {
     /// Set once the bridge, its address and NAT are in place; an error is retried at the next start.
     bridge_ready: Mutex<bool>,
     runs: Mutex<HashMap<WeaverId, NetRun>>,
+    /// The operator tunnel's interface: forwarded only into the weaver subnet.
+    tunnel: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,8 +229,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WeaverNet {
-    pub fn new(host: Arc<dyn HostNet>, config: NetworkConfig) -> WeaverNet {
-        WeaverNet { host, config, bridge_ready: Mutex::new(false), runs: Mutex::new(HashMap::new()) }
+    pub fn new(host: Arc<dyn HostNet>, config: NetworkConfig, tunnel: Option<String>) -> WeaverNet {
+        WeaverNet { host, config, bridge_ready: Mutex::new(false), runs: Mutex::new(HashMap::new()), tunnel }
     }
 
     /// The bridge, its gateway address and NAT; done at the first private start, not at
@@ -243,9 +245,8 @@ impl WeaverNet {
         self.host.ip(&plan::bridge_batch(&c.bridge, &c.subnet)).map_err(|e| format!("addressing {}: {e}", c.bridge))?;
         if c.nat {
             // Without NAT weavers still reach the host and the proxy; say so and go on.
-            if let Err(e) =
-                self.host.enable_forwarding().and_then(|_| self.host.nft(&plan::nat_ruleset(&c.bridge, &c.subnet)))
-            {
+            let ruleset = plan::nat_ruleset(&c.bridge, &c.subnet, self.tunnel.as_deref());
+            if let Err(e) = self.host.enable_forwarding().and_then(|_| self.host.nft(&ruleset)) {
                 tracing::warn!(error = %e, "NAT for the weaver subnet is not set up: weavers reach only this host");
             }
         }
@@ -407,7 +408,7 @@ mod tests {
 
     fn net() -> (Arc<RecordingNet>, WeaverNet) {
         let host = Arc::new(RecordingNet::default());
-        (host.clone(), WeaverNet::new(host, NetworkConfig::default()))
+        (host.clone(), WeaverNet::new(host, NetworkConfig::default(), None))
     }
 
     #[tokio::test]

@@ -234,6 +234,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .map(|w| format!("audit: {w}")),
         );
     }
+    let wireguard = {
+        let (c, dir) = (config.clone(), config.state_dir.clone());
+        tokio::task::spawn_blocking(move || crate::wireguard::start(&c, &dir)).await??
+    };
     let daemon = Daemon::new(crate::daemon::DaemonParts {
         config: config.clone(),
         groups,
@@ -245,14 +249,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         threads: Some(threads),
         llm: Some(llm),
         auditor,
-        wireguard: {
-            let (c, dir) = (config.clone(), config.state_dir.clone());
-            tokio::task::spawn_blocking(move || crate::wireguard::start(&c, &dir)).await??
-        },
         net: Some(Arc::new(crate::net::WeaverNet::new(
             Arc::new(crate::net::IpTool::from_path()),
             config.network.clone(),
+            wireguard.as_ref().map(|t| t.interface().to_string()),
         ))),
+        wireguard,
         warnings,
     });
     daemon.uploads().clear_stale().context("clearing the uploads an earlier loomd left")?;

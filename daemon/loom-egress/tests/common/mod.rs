@@ -120,6 +120,27 @@ impl Probe {
         Probe { child, stdin, stdout }
     }
 
+    /// The probe inside the network namespace at `netns` (and no test cgroup).
+    pub fn start_in_netns(netns: &std::path::Path) -> Probe {
+        let ns = std::fs::File::open(netns).expect("open the namespace");
+        let mut cmd = Command::new(PROBE);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        // SAFETY: setns on a descriptor opened before the fork is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn probe");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Probe { child, stdin, stdout }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
