@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod mounts;
 pub mod repo;
+pub mod resolve;
 pub mod restart;
 pub mod sse;
 pub mod terminal;
