@@ -45,10 +45,12 @@
 
 pub mod audit;
 pub mod config;
+pub mod decode;
 pub mod event;
 pub mod index;
 pub mod journal;
 pub mod layout;
+pub mod names;
 pub mod sink;
 
 pub use audit::{Audit, AuditError, AuditStats, KindStats, cgroup_id, pump};

@@ -10,6 +10,7 @@ pub mod error;
 pub mod mounts;
 pub mod net;
 pub mod repo;
+pub mod resolve;
 pub mod restart;
 pub mod sse;
 pub mod terminal;

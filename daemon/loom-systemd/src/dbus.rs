@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
+use crate::journal::{self, JournalEntry};
 use crate::manager::{JobKind, SystemdError, SystemdManager};
 use crate::unit::{self, LoomUnit, PropValue, StartedUnit, TransientServiceSpec, UNIT_PREFIX, UNIT_SUFFIX, UnitStatus};
 
@@ -44,6 +46,24 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct DbusSystemd {
     conn: Connection,
     job_timeout: Duration,
+    /// Absolute: journalctl is run without a search path.
+    journalctl: PathBuf,
+    /// Whose journal files are read: `None` for this system's, else a root below which a
+    /// booted container keeps its own (`journalctl --root`).
+    journal_root: Option<PathBuf>,
+}
+
+/// How long reading one run's journal may take; journalctl answers a match on an invocation
+/// id from the journal's index in milliseconds.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// journalctl on PATH, else where distributions put it.
+fn find_journalctl() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("journalctl"))
+        .find(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/journalctl"))
 }
 
 impl DbusSystemd {
@@ -64,7 +84,14 @@ impl DbusSystemd {
         let connect_err = |source| SystemdError::Connect { address: address.to_string(), source };
         let conn = zbus::connection::Builder::address(address).build().await.map_err(connect_err)?;
         conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &()).await.map_err(connect_err)?;
-        Ok(DbusSystemd { conn, job_timeout: DEFAULT_JOB_TIMEOUT })
+        Ok(DbusSystemd { conn, job_timeout: DEFAULT_JOB_TIMEOUT, journalctl: find_journalctl(), journal_root: None })
+    }
+
+    /// Reads journals below `root` (a container's root as the host sees it) instead of this
+    /// system's: the systemd behind a container's bus logs into the container's journal.
+    pub fn with_journal_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.journal_root = Some(root.into());
+        self
     }
 
     /// Sets how long to wait for a start or stop job.
@@ -263,6 +290,31 @@ impl SystemdManager for DbusSystemd {
 
     async fn machine_leader(&self, machine: &str) -> Result<Option<u32>, SystemdError> {
         self.machine_leader_impl(machine).await
+    }
+
+    async fn run_journal(&self, unit: &str, invocation: &str, max: usize) -> Result<Vec<JournalEntry>, SystemdError> {
+        if !journal::is_invocation_id(invocation) {
+            return Err(SystemdError::InvocationId(invocation.to_string()));
+        }
+        let journal_err = |reason: String| SystemdError::Journal { unit: unit.to_string(), reason };
+        let mut cmd = tokio::process::Command::new(&self.journalctl);
+        if let Some(root) = &self.journal_root {
+            cmd.arg(format!("--root={}", root.display()));
+        }
+        cmd.args(journal::journalctl_args(invocation, max))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(JOURNAL_TIMEOUT, cmd.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(journal_err(format!("running {}: {e}", self.journalctl.display()))),
+            Err(_) => return Err(journal_err(format!("journalctl took longer than {JOURNAL_TIMEOUT:?}"))),
+        };
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(journal_err(format!("journalctl {}: {}", out.status, stderr.trim())));
+        }
+        Ok(journal::parse_json_lines(&String::from_utf8_lossy(&out.stdout)))
     }
 
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::journal::JournalEntry;
 use crate::unit::{LoomUnit, SpecError, StartedUnit, TransientServiceSpec, UnitStatus};
 
 /// What a job of systemd's ended with, when it did not end with `done`.
@@ -64,6 +65,10 @@ pub enum SystemdError {
     JobTimeout { unit: String, kind: JobKind, after: Duration },
     #[error("the connection to systemd closed while waiting for the {kind} job of {unit}")]
     Disconnected { unit: String, kind: JobKind },
+    #[error("{0:?} is not an invocation id: systemd's are 32 lowercase hex digits (the unit's InvocationID)")]
+    InvocationId(String),
+    #[error("cannot read the journal of {unit}: {reason}")]
+    Journal { unit: String, reason: String },
 }
 
 /// loom's view of systemd's manager. The real implementation is [`crate::DbusSystemd`];
@@ -96,4 +101,10 @@ pub trait SystemdManager: Send + Sync {
     /// --register=yes`), or `None` if no such machine is registered. `nsenter -t LEADER`
     /// enters the weaver; `/proc/LEADER/cgroup` gives its cgroup.
     async fn machine_leader(&self, machine: &str) -> Result<Option<u32>, SystemdError>;
+
+    /// The last `max` journal entries of one run of `unit`, the activation whose
+    /// `InvocationID` is `invocation`, oldest first: systemd's own entries about it (how it
+    /// ended, also after the unit was unloaded) and what its processes wrote (why a start
+    /// failed). [`SystemdError::InvocationId`] when `invocation` is not one.
+    async fn run_journal(&self, unit: &str, invocation: &str, max: usize) -> Result<Vec<JournalEntry>, SystemdError>;
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use crate::journal::{self, JournalEntry, MSG_UNIT_FAILED, MSG_UNIT_STARTED, MSG_UNIT_STOPPED, MSG_UNIT_SUCCESS};
 use crate::manager::{JobKind, SystemdError, SystemdManager};
 use crate::unit::{self, ExitStatus, LoomUnit, StartedUnit, TransientServiceSpec, UnitStatus};
 
@@ -19,6 +20,7 @@ pub enum Call {
     ResetFailed(String),
     ListLoomUnits,
     MachineLeader(String),
+    RunJournal { unit: String, invocation: String },
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +31,15 @@ struct State {
     fail_next_start: Option<String>,
     /// unit name → machine (weaver) name
     machines: BTreeMap<String, String>,
+    /// invocation id → its entries, oldest first: systemd's lifecycle entries as it writes
+    /// them, and whatever a test says the run wrote.
+    journal: BTreeMap<String, Vec<JournalEntry>>,
+}
+
+impl State {
+    fn log(&mut self, invocation: &str, entry: JournalEntry) {
+        self.journal.entry(invocation.to_string()).or_default().push(entry);
+    }
 }
 
 /// The recording fake. Main PIDs are made up (from 1000 up).
@@ -68,6 +79,7 @@ impl RecordingSystemd {
     pub fn exit_unit(&self, unit: &str, exit: ExitStatus) -> Result<(), SystemdError> {
         let mut st = self.lock();
         let u = st.units.get_mut(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let invocation = u.invocation_id.clone();
         u.main_pid = 0;
         u.exit = Some(exit);
         if exit == ExitStatus::Code(0) {
@@ -83,7 +95,29 @@ impl RecordingSystemd {
                 ExitStatus::Signal { core_dumped: true, .. } => "core-dump".into(),
                 ExitStatus::Signal { .. } => "signal".into(),
             };
+            let failed = format!("{unit}: Failed with result '{}'.", u.result);
+            st.log(&invocation, JournalEntry::from_manager(MSG_UNIT_FAILED, &failed));
         }
+        Ok(())
+    }
+
+    /// Makes a running unit's main process exit 0 the way systemd-nspawn does (it says
+    /// `STOPPING=1` first): systemd deactivates and unloads the unit at once, and only the
+    /// journal still says how the run ended.
+    pub fn finish_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        let u = st.units.remove(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let done = format!("{unit}: Deactivated successfully.");
+        st.log(&u.invocation_id, JournalEntry::from_manager(MSG_UNIT_SUCCESS, &done));
+        Ok(())
+    }
+
+    /// A line the unit's current run writes (its processes' output, as journald records it).
+    pub fn write_output(&self, unit: &str, line: &str) -> Result<(), SystemdError> {
+        let mut st = self.lock();
+        let u = st.units.get(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_string()))?;
+        let (invocation, pid) = (u.invocation_id.clone(), u.main_pid.max(2));
+        st.log(&invocation, JournalEntry::output(pid, line));
         Ok(())
     }
 }
@@ -114,7 +148,13 @@ impl SystemdManager for RecordingSystemd {
             // A new one per start, as systemd makes.
             invocation_id: format!("{:032x}", 0xc0de_0000_u64 + u64::from(main_pid)),
         };
+        let invocation_id = status.invocation_id.clone();
+        st.log(&invocation_id, JournalEntry::from_manager(MSG_UNIT_STARTED, &format!("Started {name}.")));
         if let Some(result) = failed {
+            st.log(
+                &invocation_id,
+                JournalEntry::from_manager(MSG_UNIT_FAILED, &format!("{name}: Failed with result 'exit-code'.")),
+            );
             status.active_state = "failed".into();
             status.sub_state = "failed".into();
             status.result = "exit-code".into();
@@ -124,7 +164,6 @@ impl SystemdManager for RecordingSystemd {
             st.units.insert(name.clone(), status);
             return Err(SystemdError::JobFailed { unit: name, kind: JobKind::Start, result });
         }
-        let invocation_id = status.invocation_id.clone();
         st.units.insert(name.clone(), status);
         st.machines.insert(name.clone(), spec.weaver_name.clone());
         Ok(StartedUnit {
@@ -150,7 +189,9 @@ impl SystemdManager for RecordingSystemd {
         if u.active_state == "failed" {
             return Ok(Some(u.clone()));
         }
+        let invocation = u.invocation_id.clone();
         st.units.remove(unit);
+        st.log(&invocation, JournalEntry::from_manager(MSG_UNIT_STOPPED, &format!("Stopped {unit}.")));
         Ok(None)
     }
 
@@ -174,6 +215,16 @@ impl SystemdManager for RecordingSystemd {
             (running && st.machines.get(&u.name).map(String::as_str) == Some(machine)).then_some(u.main_pid + 1)
         });
         Ok(leader)
+    }
+
+    async fn run_journal(&self, unit: &str, invocation: &str, max: usize) -> Result<Vec<JournalEntry>, SystemdError> {
+        let mut st = self.lock();
+        st.calls.push(Call::RunJournal { unit: unit.to_string(), invocation: invocation.to_string() });
+        if !journal::is_invocation_id(invocation) {
+            return Err(SystemdError::InvocationId(invocation.to_string()));
+        }
+        let entries = st.journal.get(invocation).map(Vec::as_slice).unwrap_or_default();
+        Ok(entries[entries.len().saturating_sub(max)..].to_vec())
     }
 
     async fn list_loom_units(&self) -> Result<Vec<LoomUnit>, SystemdError> {
@@ -230,6 +281,32 @@ mod tests {
             let calls = sd.calls();
             assert_eq!(calls[0], Call::StartTransientService(spec));
             assert_eq!(calls.last(), Some(&Call::StopUnit(started.name.clone())));
+        });
+    }
+
+    #[test]
+    fn each_run_has_its_own_journal() {
+        block(async {
+            let sd = RecordingSystemd::new();
+            let spec = TransientServiceSpec::new("cccccccccccc", "three", vec!["/bin/true".into()]);
+            let first = sd.start_transient_service(&spec).await.unwrap();
+            sd.write_output(&first.name, "first run").unwrap();
+            sd.finish_unit(&first.name).unwrap();
+            assert!(sd.unit_status(&first.name).await.unwrap().is_none(), "a clean end unloads the unit");
+            let second = sd.start_transient_service(&spec).await.unwrap();
+            assert_ne!(first.invocation_id, second.invocation_id);
+            sd.write_output(&second.name, "second run").unwrap();
+            sd.stop_unit(&second.name).await.unwrap();
+
+            let one = sd.run_journal(&first.name, &first.invocation_id, 10).await.unwrap();
+            let messages: Vec<&str> = one.iter().map(|e| e.message.as_str()).collect();
+            assert_eq!(messages[1], "first run", "{messages:?}");
+            assert!(!messages.contains(&"second run"));
+            assert_eq!(journal::last_run_end(&one), journal::RunEnd::Success);
+            let two = sd.run_journal(&second.name, &second.invocation_id, 10).await.unwrap();
+            assert_eq!(journal::last_run_end(&two), journal::RunEnd::Stopped);
+            assert_eq!(sd.run_journal(&second.name, &second.invocation_id, 1).await.unwrap().len(), 1);
+            assert!(matches!(sd.run_journal(&first.name, "", 10).await, Err(SystemdError::InvocationId(_))));
         });
     }
 

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use loom_systemd::harness::{self, BootedSystemd};
+use loom_systemd::journal::{RunEnd, last_run_end};
 use loom_systemd::{
     DbusSystemd, ExitStatus, JobKind, Phase, ServiceType, SystemdError, SystemdManager, TransientServiceSpec,
 };
@@ -39,6 +40,7 @@ async fn connect(c: &BootedSystemd) -> DbusSystemd {
         .await
         .unwrap_or_else(|e| panic!("connecting to {}: {e:?}", c.system_bus_address()))
         .with_job_timeout(Duration::from_secs(30))
+        .with_journal_root(c.root())
 }
 
 fn sh(script: &str) -> Vec<String> {
@@ -104,6 +106,14 @@ async fn plain_commands_run_as_transient_units_with_status_exit_codes_and_journa
         journal(&c, "LOOM_WEAVER=plain01").contains("plain-out-42"),
         "LogExtraFields tags the unit's output with LOOM_WEAVER"
     );
+    // The seam reads this run's journal by its invocation id: its output and systemd's word.
+    let first_run = st.invocation_id.clone();
+    eventually("plain01's run in its own journal", || async {
+        let entries = sd.run_journal(&started.name, &first_run, 50).await.unwrap();
+        let output = entries.iter().any(|e| e.message.contains("plain-out-42") && e.pid != Some(1));
+        (output && last_run_end(&entries) == RunEnd::Failed).then_some(())
+    })
+    .await;
     let listed = sd.list_loom_units().await.unwrap();
     assert!(listed.iter().any(|u| u.weaver_id == "plain01" && u.active_state == "failed"), "{listed:?}");
     sd.reset_failed(&started.name).await.expect("reset plain01");
@@ -122,6 +132,14 @@ async fn plain_commands_run_as_transient_units_with_status_exit_codes_and_journa
     assert_eq!((st.active_state.as_str(), st.sub_state.as_str()), ("active", "exited"));
     assert!(sd.list_loom_units().await.unwrap().iter().any(|u| u.weaver_id == "plain02"));
     assert_eq!(sd.stop_unit(&started.name).await.expect("stop plain02"), None);
+    let second_run = st.invocation_id.clone();
+    eventually("plain02's stop in its journal", || async {
+        let entries = sd.run_journal(&started.name, &second_run, 50).await.unwrap();
+        (last_run_end(&entries) == RunEnd::Stopped).then_some(())
+    })
+    .await;
+    let entries = sd.run_journal(&started.name, &second_run, 50).await.unwrap();
+    assert!(!entries.iter().any(|e| e.message.contains("plain-out-42")), "another run's lines: {entries:?}");
 
     // A long runner killed by a signal reports it.
     let mut long = TransientServiceSpec::new("plain03", "plain-three", vec!["/bin/sleep".into(), "300".into()]);

@@ -7,6 +7,7 @@ pub mod nspawn;
 pub mod nspawn_args;
 pub mod recording;
 pub mod systemd;
+mod wait;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use loom_core::config::BackendKind;
 use loom_core::weaver::WeaverId;
-use tokio::io::unix::AsyncFd;
 
 use super::nspawn_args::{Register, START_MARKER, nspawn_argv};
+use super::wait::{StartProbe, StartWait, process_gone, wait_for_command};
 use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
 use crate::cgroups::{CgroupHost, Limits, kill_all, pids_in_tree};
 use crate::procfs;
@@ -58,25 +58,20 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
-async fn wait_for_exit(pid: i32, ticks: u64) {
-    if !procfs::is_same_process(pid, ticks) {
-        return;
+/// The start wait's view of a shim's run: the leader in the weaver's cgroup, and the exit the
+/// shim records.
+struct ShimProbe<'a> {
+    backend: &'a NspawnBackend,
+    id: &'a WeaverId,
+    run_dir: &'a Path,
+}
+
+impl StartProbe for ShimProbe<'_> {
+    async fn leader(&mut self) -> Option<i32> {
+        self.backend.find_leader(self.id)
     }
-    let registered = procfs::pidfd_open(pid).and_then(|fd| {
-        // SAFETY: the pidfd is owned by the AsyncFd for as long as it is registered and is
-        // closed only when the AsyncFd drops.
-        unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
-    });
-    match registered {
-        Ok(fd) => {
-            let _ = fd.readable().await;
-        }
-        // Without pidfds (old kernels), poll.
-        Err(_) => {
-            while procfs::is_same_process(pid, ticks) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+    async fn ended(&mut self) -> Result<bool, BackendError> {
+        Ok(shim::read_exit(self.run_dir).is_some())
     }
 }
 
@@ -147,37 +142,22 @@ impl Backend for NspawnBackend {
         let start_ticks = procfs::start_ticks(shim_pid).unwrap_or(0);
         let handle = RunHandle::Shim { run: launch.run, pid: shim_pid, start_ticks };
         let deadline = Instant::now() + self.start_timeout;
-        let wanted_cmdline: Vec<u8> = spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
-        let mut pause = Duration::from_millis(1);
-        let mut marked_at: Option<Instant> = None;
-        loop {
-            if marked_at.is_none() && root.is_file(START_MARKER) {
-                marked_at = Some(Instant::now());
+        let mut probe = ShimProbe { backend: self, id: &launch.id, run_dir: &run_dir };
+        match wait_for_command(&root, &spec.command, deadline, &mut probe).await? {
+            StartWait::Reached { leader } => {
+                Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id: cg.id().ok() })
             }
-            if let Some(marked) = marked_at {
-                // The marker is written just before exec: wait for the exec itself, briefly,
-                // and accept a command that rewrites its own argv or has already ended.
-                let leader = self.find_leader(&launch.id);
-                let execd = leader
-                    .is_some_and(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted_cmdline));
-                if execd || marked.elapsed() > Duration::from_millis(100) || shim::read_exit(&run_dir).is_some() {
-                    return Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id: cg.id().ok() });
-                }
-            } else if let Some(exit) = shim::read_exit(&run_dir)
-                && !root.is_file(START_MARKER)
-            {
-                return Err(BackendError::StartFailed(format!(
-                    "exit code {} before the command ran: {}",
-                    exit.code,
+            StartWait::EndedBeforeCommand => {
+                let code = shim::read_exit(&run_dir).map_or(-1, |e| e.code);
+                Err(BackendError::StartFailed(format!(
+                    "exit code {code} before the command ran: {}",
                     log_tail(&log_path)
-                )));
+                )))
             }
-            if Instant::now() >= deadline {
+            StartWait::TimedOut => {
                 let _ = self.stop(&launch.id, &handle, Duration::from_secs(1)).await;
-                return Err(BackendError::StartTimeout(self.start_timeout));
+                Err(BackendError::StartTimeout(self.start_timeout))
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
@@ -199,7 +179,7 @@ impl Backend for NspawnBackend {
 
     async fn wait(&self, id: &WeaverId, handle: &RunHandle) -> Observed {
         if let RunHandle::Shim { pid, start_ticks, .. } = handle {
-            wait_for_exit(*pid, *start_ticks).await;
+            process_gone(*pid, *start_ticks).await;
         }
         self.observe(id, handle).await
     }
@@ -210,9 +190,9 @@ impl Backend for NspawnBackend {
         };
         if procfs::is_same_process(*pid, *start_ticks) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGTERM);
-            if tokio::time::timeout(grace, wait_for_exit(*pid, *start_ticks)).await.is_err() {
+            if tokio::time::timeout(grace, process_gone(*pid, *start_ticks)).await.is_err() {
                 kill_all(&self.cgroups.paths(id));
-                let _ = tokio::time::timeout(Duration::from_secs(5), wait_for_exit(*pid, *start_ticks)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), process_gone(*pid, *start_ticks)).await;
             }
         }
         // Whatever escaped nspawn's own teardown dies with the cgroup.

@@ -18,12 +18,12 @@ use loom_core::config::BackendKind;
 use loom_core::weaver::WeaverId;
 use loom_systemd::unit::{WEAVER_FIELD, unit_name};
 use loom_systemd::{DbusSystemd, Phase, SystemdError, SystemdManager, TransientServiceSpec, UnitStatus};
-use tokio::io::unix::AsyncFd;
 
 pub use cgroups::CgroupLayout;
 use cgroups::{below, default_control_group, remove_cgroup_tree};
 
 use super::nspawn_args::{Register, START_MARKER, nspawn_argv};
+use super::wait::{PidWait, StartProbe, StartWait, pidfd_exit, wait_for_command};
 use super::{Backend, BackendError, ExecPlan, Launch, Observed, RunHandle, Started};
 use crate::cgroups::pids_in_tree;
 use crate::procfs;
@@ -64,34 +64,6 @@ impl std::fmt::Debug for SystemdBackend {
 
 fn systemd_err(e: &SystemdError) -> BackendError {
     BackendError::Systemd(crate::error_chain(e))
-}
-
-enum PidWait {
-    /// The process is gone (or was already).
-    Exited,
-    /// No pidfd for it (old kernel, or not in our pid namespace): poll instead.
-    Unavailable,
-}
-
-async fn wait_pid(pid: u32) -> PidWait {
-    let Ok(pid) = i32::try_from(pid) else {
-        return PidWait::Unavailable;
-    };
-    match procfs::pidfd_open(pid) {
-        Ok(fd) => {
-            // SAFETY: the pidfd is owned by the AsyncFd for as long as it is registered and is
-            // closed only when the AsyncFd drops.
-            match unsafe { AsyncFd::register(fd) } {
-                Ok(fd) => {
-                    let _ = fd.readable().await;
-                    PidWait::Exited
-                }
-                Err(_) => PidWait::Unavailable,
-            }
-        }
-        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => PidWait::Exited,
-        Err(_) => PidWait::Unavailable,
-    }
 }
 
 /// Whether `pid` is a systemd-nspawn process in our pid namespace (and so the unit's main
@@ -222,11 +194,17 @@ impl SystemdBackend {
     }
 
     /// How a run ended, or `Err` while it still runs.
-    async fn observed(&self, id: &WeaverId, unit: &str, st: Option<UnitStatus>) -> Result<Observed, ()> {
+    async fn observed(
+        &self,
+        id: &WeaverId,
+        unit: &str,
+        invocation: Option<&str>,
+        st: Option<UnitStatus>,
+    ) -> Result<Observed, ()> {
         let Some(st) = st else {
             // systemd-nspawn says STOPPING=1 as its container ends, so a unit whose command
             // exited 0 is deactivated and unloaded at once; only the journal still knows.
-            return self.ended_per_journal(unit).await.ok_or(());
+            return self.ended_per_journal(unit, invocation).await.ok_or(());
         };
         self.remember_cgroup(id, &st.control_group);
         match st.phase() {
@@ -241,7 +219,6 @@ impl SystemdBackend {
         }
     }
 
-    /// How the unit's last run ended, from systemd's own journal entries about it; `None`
     /// Kills what is left in the unit's cgroup when a stop job takes too long.
     fn kill_cgroup(&self, id: &WeaverId) {
         let cg = self.control_group(id);
@@ -253,6 +230,34 @@ impl SystemdBackend {
         for procs in self.cgroups.join_files(&cg) {
             for pid in pids_in_tree(procs.parent().unwrap_or(Path::new("/nonexistent"))) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The start wait's view of a unit's run: the leader in the unit's cgroup (or below the
+/// machine's), and the unit's state, read at most every 20 ms (a D-Bus round trip).
+struct UnitProbe<'a> {
+    backend: &'a SystemdBackend,
+    id: &'a WeaverId,
+    unit: &'a str,
+    machine: &'a str,
+    /// When the unit's state was last read, and whether it had ended.
+    last: Option<(Instant, bool)>,
+}
+
+impl StartProbe for UnitProbe<'_> {
+    async fn leader(&mut self) -> Option<i32> {
+        self.backend.find_leader(self.id, Some(self.machine)).await
+    }
+    async fn ended(&mut self) -> Result<bool, BackendError> {
+        match self.last {
+            Some((at, ended)) if at.elapsed() < Duration::from_millis(20) => Ok(ended),
+            _ => {
+                let st = self.backend.status(self.unit).await?;
+                let ended = st.as_ref().is_none_or(|s| !running(s.phase()));
+                self.last = Some((Instant::now(), ended));
+                Ok(ended)
             }
         }
     }
@@ -302,7 +307,7 @@ impl Backend for SystemdBackend {
             Ok(Err(SystemdError::JobFailed { result, .. })) => {
                 return Err(BackendError::StartFailed(format!(
                     "systemd-nspawn did not start ({result}): {}",
-                    self.why(&unit).await
+                    self.why(&unit, self.status(&unit).await.ok().flatten().as_ref()).await
                 )));
             }
             Ok(Err(e)) => return Err(systemd_err(&e)),
@@ -316,43 +321,23 @@ impl Backend for SystemdBackend {
         {
             tracing::warn!(weaver = %id, unit, prepared = p.ino(), started = ?cgroup_id, "the unit's cgroup id changed after prepare; audit may have missed its first processes");
         }
-        let wanted_cmdline: Vec<u8> = launch.spec.command.iter().flat_map(|a| a.bytes().chain([0])).collect();
         let invocation = Some(started.invocation_id.clone()).filter(|i| !i.is_empty());
         let handle = RunHandle::Unit { run: launch.run, name: unit.clone(), invocation };
-        let mut pause = Duration::from_millis(1);
-        let mut marked_at: Option<Instant> = None;
-        let mut last_check = Instant::now();
-        loop {
-            if marked_at.is_none() && root.is_file(START_MARKER) {
-                marked_at = Some(Instant::now());
-            }
-            if let Some(marked) = marked_at {
-                // The marker is written just before exec: wait for the exec itself, briefly,
-                // and accept a command that rewrites its own argv or has already ended.
-                let leader = self.find_leader(id, Some(&launch.spec.name)).await;
-                let execd = leader
-                    .is_some_and(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted_cmdline));
-                if execd || marked.elapsed() > Duration::from_millis(100) {
-                    return Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id });
-                }
-            } else if last_check.elapsed() >= Duration::from_millis(20) {
-                last_check = Instant::now();
+        let mut probe = UnitProbe { backend: self, id, unit: &unit, machine: &launch.spec.name, last: None };
+        match wait_for_command(&root, &launch.spec.command, deadline, &mut probe).await? {
+            StartWait::Reached { leader } => Ok(Started { handle, leader_pid: leader.unwrap_or(0), cgroup_id }),
+            StartWait::EndedBeforeCommand => {
                 let st = self.status(&unit).await?;
-                let ended = st.as_ref().is_none_or(|s| !running(s.phase()));
-                if ended && !root.is_file(START_MARKER) {
-                    let how = st.and_then(|s| s.exit).map_or("ended".to_string(), |e| e.to_string());
-                    return Err(BackendError::StartFailed(format!(
-                        "the container {how} before the command ran: {}",
-                        self.why(&unit).await
-                    )));
-                }
+                let how = st.as_ref().and_then(|s| s.exit).map_or("ended".to_string(), |e| e.to_string());
+                Err(BackendError::StartFailed(format!(
+                    "the container {how} before the command ran: {}",
+                    self.why(&unit, st.as_ref()).await
+                )))
             }
-            if Instant::now() >= deadline {
+            StartWait::TimedOut => {
                 let _ = self.stop(id, &handle, Duration::from_secs(1)).await;
-                return Err(BackendError::StartTimeout(self.start_timeout));
+                Err(BackendError::StartTimeout(self.start_timeout))
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
@@ -362,7 +347,7 @@ impl Backend for SystemdBackend {
         };
         match self.sd.unit_status(name).await {
             Ok(st) if replaced(invocation.as_deref(), st.as_ref()) => Observed::Lost { reason: replaced_reason(name) },
-            Ok(st) => match self.observed(id, name, st).await {
+            Ok(st) => match self.observed(id, name, invocation.as_deref(), st).await {
                 Ok(o) => o,
                 Err(_) => Observed::Running { leader_pid: self.find_leader(id, None).await },
             },
@@ -395,11 +380,15 @@ impl Backend for SystemdBackend {
                 return Observed::Lost { reason: replaced_reason(name) };
             }
             let pid = st.as_ref().map_or(0, |s| s.main_pid);
-            if let Ok(done) = self.observed(id, name, st).await {
+            if let Ok(done) = self.observed(id, name, invocation.as_deref(), st).await {
                 return done;
             }
             if pid_usable && pid != 0 && is_nspawn(pid) {
-                if let PidWait::Unavailable = wait_pid(pid).await {
+                let waited = match i32::try_from(pid) {
+                    Ok(pid) => pidfd_exit(pid).await,
+                    Err(_) => PidWait::Unavailable,
+                };
+                if waited == PidWait::Unavailable {
                     pid_usable = false;
                 }
                 // systemd needs a moment to reap its main process and update the unit.

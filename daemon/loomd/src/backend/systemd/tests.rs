@@ -1,10 +1,9 @@
-use super::journal::{MSG_UNIT_FAILED, MSG_UNIT_STARTED, MSG_UNIT_STOPPED, MSG_UNIT_SUCCESS, RunEnd, last_run_end};
 use super::*;
 use loom_core::api::CreateWeaver;
 use loom_core::config::WeaverDefaults;
 use loom_core::weaver::resolve_spec;
 use loom_systemd::unit::StartedUnit;
-use loom_systemd::{Call, ExitStatus, LoomUnit, RecordingSystemd};
+use loom_systemd::{Call, ExitStatus, JournalEntry, LoomUnit, RecordingSystemd};
 
 /// The recording fake, plus what systemd-nspawn's payload does on a start: the start
 /// wrapper drops the marker in the weaver's root.
@@ -39,6 +38,9 @@ impl SystemdManager for Fake {
         // No real container behind the fake.
         Ok(None)
     }
+    async fn run_journal(&self, unit: &str, invocation: &str, max: usize) -> Result<Vec<JournalEntry>, SystemdError> {
+        self.rec.run_journal(unit, invocation, max).await
+    }
 }
 
 fn launch(dir: &Path, f: impl FnOnce(&mut CreateWeaver)) -> Launch {
@@ -57,18 +59,6 @@ fn launch(dir: &Path, f: impl FnOnce(&mut CreateWeaver)) -> Launch {
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
-}
-
-#[test]
-fn the_journal_tells_how_a_collected_unit_ended() {
-    let e = |id: &str, pid: &str| format!(r#"{{"MESSAGE_ID":"{id}","_PID":"{pid}"}}"#);
-    let check = |lines: &[String], want: RunEnd| assert_eq!(last_run_end(&lines.join("\n")), want, "{lines:?}");
-    check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_SUCCESS, "1")], RunEnd::Success);
-    check(&[e(MSG_UNIT_SUCCESS, "1"), e(MSG_UNIT_STARTED, "1")], RunEnd::Unknown);
-    check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_FAILED, "1"), e(MSG_UNIT_STOPPED, "1")], RunEnd::Stopped);
-    check(&[e(MSG_UNIT_STARTED, "1"), e(MSG_UNIT_SUCCESS, "4242")], RunEnd::Unknown);
-    check(&[e(MSG_UNIT_STARTED, "1"), "not json".into(), r#"{"_PID":"1"}"#.into()], RunEnd::Unknown);
-    check(&[], RunEnd::Unknown);
 }
 
 #[test]
@@ -211,6 +201,35 @@ fn a_run_is_started_observed_waited_for_stopped_and_cleaned_up() {
 }
 
 #[test]
+fn a_run_whose_unit_was_collected_ended_as_its_journal_says() {
+    block(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = launch(tmp.path(), |_| {});
+        let unit = format!("loom-weaver-{}.service", l.id);
+        let fake = Arc::new(Fake { rec: RecordingSystemd::new(), marker: Some(l.root().join(START_MARKER)) });
+        let b = SystemdBackend::new(fake.clone(), Duration::from_secs(5));
+        let first = b.start(&l).await.unwrap();
+        // The command exits 0: systemd unloads the unit at once.
+        let (observed, ()) = tokio::join!(b.wait(&l.id, &first.handle), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            fake.rec.finish_unit(&unit).unwrap();
+        });
+        assert_eq!(observed, Observed::Exited { code: 0 });
+        let RunHandle::Unit { invocation: Some(first_run), .. } = &first.handle else { panic!("{:?}", first.handle) };
+        assert!(fake.rec.calls().contains(&Call::RunJournal { unit: unit.clone(), invocation: first_run.clone() }));
+
+        // A run stopped outside loom is lost, and says so; the earlier run still reads as it ended.
+        let second = b.start(&l).await.unwrap();
+        fake.rec.stop_unit(&unit).await.unwrap();
+        match b.observe(&l.id, &second.handle).await {
+            Observed::Lost { reason } => assert!(reason.contains("stopped outside loom"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.observe(&l.id, &first.handle).await, Observed::Exited { code: 0 });
+    });
+}
+
+#[test]
 fn failed_starts_say_why() {
     block(async {
         let tmp = tempfile::tempdir().unwrap();
@@ -219,15 +238,32 @@ fn failed_starts_say_why() {
         let fake = Arc::new(Fake { rec: RecordingSystemd::new(), marker: None });
         let b = SystemdBackend::new(fake.clone(), Duration::from_secs(5));
         let unit = format!("loom-weaver-{}.service", l.id);
-        let ending = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            fake.rec.exit_unit(&unit, ExitStatus::Code(127)).unwrap();
+        let end_with = |line: &'static str, code: i32| {
+            let (rec, unit) = (&fake.rec, unit.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                rec.write_output(&unit, line).unwrap();
+                rec.exit_unit(&unit, ExitStatus::Code(code)).unwrap();
+            }
         };
+        // The weaver's previous run wrote something else: only this run's lines say why.
+        let (previous, ()) = tokio::join!(b.start(&l), end_with("the previous run's line", 1));
+        assert!(matches!(previous, Err(BackendError::StartFailed(_))), "{previous:?}");
+        b.cleanup(&l.id).await.unwrap();
+        let ending = end_with("sh: /bin/nothere: not found", 127);
         let (r, ()) = tokio::join!(b.start(&l), ending);
         match r {
-            Err(BackendError::StartFailed(m)) => assert!(m.contains("exited with code 127"), "{m}"),
+            Err(BackendError::StartFailed(m)) => {
+                assert!(m.contains("exited with code 127"), "{m}");
+                assert!(m.contains("/bin/nothere: not found"), "the run's own output says why: {m}");
+                assert!(m.contains("Failed with result"), "and systemd's word on it: {m}");
+                assert!(!m.contains("previous run"), "another run's lines are not this one's: {m}");
+            }
             other => panic!("expected a failed start: {other:?}"),
         }
+        let journal_reads: Vec<_> =
+            fake.rec.calls().into_iter().filter(|c| matches!(c, Call::RunJournal { .. })).collect();
+        assert!(!journal_reads.is_empty(), "why comes from the run's journal");
         b.cleanup(&l.id).await.unwrap();
         assert!(fake.rec.unit_status(&unit).await.unwrap().is_none(), "cleanup clears the failed unit");
 
