@@ -183,6 +183,7 @@ impl Shared {
     fn total_lost(&self) -> u64 {
         EventKind::ALL
             .into_iter()
+            .filter(|k| k.raw() < KIND_MAX)
             .map(|k| self.kernel_lost(k.raw()) + self.dropped[k.raw() as usize].load(Ordering::Relaxed))
             .sum()
     }
@@ -400,7 +401,8 @@ impl Audit {
         s.seq_issued = self.seqno.get(&0, 0).unwrap_or(0);
         s.watched = self.shared.names.read().unwrap_or_else(|e| e.into_inner()).live.len();
         s.decode_errors = self.shared.decode_errors.load(Ordering::Relaxed);
-        for k in EventKind::ALL {
+        // loomd's own kinds (net_deny) are not the kernel's: it counts nothing for them.
+        for k in EventKind::ALL.into_iter().filter(|k| k.raw() < KIND_MAX) {
             let i = k.raw() as usize;
             let kernel_lost = self.shared.kernel_lost(k.raw());
             let ks = KindStats {

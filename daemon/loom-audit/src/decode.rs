@@ -85,6 +85,8 @@ pub fn decode(buf: &[u8], weaver: impl Fn(u64) -> String, boot_to_unix_ns: i64) 
     let k = EventKind::from_raw(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
     let raw = hdr.kind;
     let detail = match k {
+        // loomd's own kind: a record claiming it came from a watched process, not from loomd.
+        EventKind::NetDeny => return Err(DecodeError::UnknownKind(raw)),
         EventKind::Exec => {
             let e: layout::EvExec = need(buf, raw)?;
             let n = (e.argv_len as usize).min(layout::EXEC_ARGV_LEN);

@@ -31,10 +31,12 @@ pub enum EventKind {
     Module,
     /// A privileged syscall refused (by the weaver's seccomp filter or the kernel).
     Denied,
+    /// A connection, datagram or name lookup the weaver's egress policy refused.
+    NetDeny,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Exec,
         EventKind::Exit,
         EventKind::Open,
@@ -52,6 +54,7 @@ impl EventKind {
         EventKind::Bpf,
         EventKind::Module,
         EventKind::Denied,
+        EventKind::NetDeny,
     ];
 
     /// The name used in `LOOM_EVENT`, the index and `--kind`.
@@ -74,6 +77,7 @@ impl EventKind {
             EventKind::Bpf => "bpf",
             EventKind::Module => "module",
             EventKind::Denied => "denied",
+            EventKind::NetDeny => "net_deny",
         }
     }
 
@@ -102,6 +106,7 @@ impl EventKind {
             EventKind::Bpf => "04d94e51171d4b059e1b200fc8844d08",
             EventKind::Module => "c67ff33496fc4ff3a36448d6d9e0118a",
             EventKind::Denied => "5c1f0e6ad4b84b9c8e0a63d2f7a91e07",
+            EventKind::NetDeny => "f39880e5bef44dcb974c33d740b84aa0",
         }
     }
 
@@ -125,6 +130,7 @@ impl EventKind {
             EventKind::Bpf => kind::BPF,
             EventKind::Module => kind::MODULE,
             EventKind::Denied => kind::DENIED,
+            EventKind::NetDeny => kind::NET_DENY,
         }
     }
 
@@ -189,6 +195,7 @@ impl AuditEvent {
             EventDetail::Bpf { .. } => EventKind::Bpf,
             EventDetail::Module { .. } => EventKind::Module,
             EventDetail::Denied { .. } => EventKind::Denied,
+            EventDetail::NetDeny { .. } => EventKind::NetDeny,
         }
     }
 }
@@ -305,6 +312,18 @@ pub enum EventDetail {
     Denied {
         errno: i64,
         errno_name: Option<String>,
+    },
+    /// Refused by the weaver's egress policy: a connect or send (`connect`, `sendmsg`) to an
+    /// address, or a DNS question (`dns`) for a name.
+    NetDeny {
+        hook: String,
+        /// `ADDRESS:PORT`, or the name asked for.
+        destination: String,
+        protocol: String,
+        /// Why: `no_rule`, `metadata`, `protocol`, `name_not_allowed`.
+        reason: String,
+        /// The weaver's rule set at that moment, as `loom weaver egress ID list` prints it.
+        rules: String,
     },
 }
 

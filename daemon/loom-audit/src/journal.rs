@@ -259,6 +259,15 @@ pub fn event_fields(ev: &AuditEvent) -> Vec<(&'static str, String)> {
             f[2].1 = "4".into();
             format!("{} refused: {name}", ev.syscall)
         }
+        EventDetail::NetDeny { hook, destination, protocol, reason, rules } => {
+            f.push(("LOOM_HOOK", hook.clone()));
+            f.push(("LOOM_DESTINATION", destination.clone()));
+            f.push(("LOOM_PROTOCOL", protocol.clone()));
+            f.push(("LOOM_REASON", reason.clone()));
+            f.push(("LOOM_EGRESS_RULES", rules.clone()));
+            f[2].1 = "4".into();
+            format!("{protocol} {hook} to {destination} refused by the egress policy ({reason})")
+        }
         EventDetail::Module { name, params, fd, len, flags } => {
             if let Some(n) = name {
                 f.push(("LOOM_MODULE", n.clone()));

@@ -41,6 +41,9 @@ pub mod kind {
     pub const BPF: u32 = 15;
     pub const MODULE: u32 = 16;
     pub const DENIED: u32 = 17;
+    /// Never sent by the kernel programs: loomd records egress refusals (its egress programs
+    /// and its DNS resolver) into the same sinks.
+    pub const NET_DENY: u32 = 1000;
 }
 
 /// `enum loom_op`, with the syscall name each stands for.

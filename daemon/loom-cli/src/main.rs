@@ -71,6 +71,22 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum EgressAction {
+    /// The built-in rules and the weaver's own.
+    List,
+    /// Add rules: CIDR[:PORT] or DOMAIN[:PORT], optionally /tcp or /udp.
+    Allow {
+        #[arg(required = true)]
+        rules: Vec<String>,
+    },
+    /// Remove rules added before (everything not allowed is denied).
+    Deny {
+        #[arg(required = true)]
+        rules: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum WireguardCmd {
     /// Peers of the tunnel.
     #[command(subcommand)]
@@ -142,6 +158,12 @@ enum WeaverCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// A weaver's egress rules: list them, or allow/deny rules (live for a running weaver).
+    Egress {
+        id: String,
+        #[command(subcommand)]
+        action: EgressAction,
+    },
     /// A shell in a running weaver, through loomd (no sshd needed): a login shell with a
     /// terminal, or COMMAND (with a terminal when stdin is one); exits with its exit code.
     Ssh {
@@ -208,9 +230,14 @@ struct CreateArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
-    /// private (loopback and the LLM proxy), none (loopback only) or host (admins only).
+    /// private (its own address on the loom bridge; egress only to the proxy and what
+    /// --allow names), none (loopback only, no proxy) or host (admins only).
     #[arg(long)]
     network: Option<String>,
+    /// An egress rule on top of `[weaver.egress] allow`: CIDR[:PORT] or DOMAIN[:PORT] (a
+    /// domain covers the names under it), optionally /tcp or /udp; repeatable.
+    #[arg(long = "allow", value_name = "RULE")]
+    allow: Vec<String>,
     /// never, on-failure or always.
     #[arg(long)]
     restart: Option<String>,
@@ -303,6 +330,7 @@ async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<Creat
         ttl: a.ttl,
         env,
         network: a.network,
+        allow: a.allow,
         restart: a.restart,
         nested: a.nested.then_some(true),
         command: a.command,
@@ -477,6 +505,19 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             }
             WeaverCmd::Exec { id, tty, command } => {
                 return exec::run(&client, &path_key(&id), command, tty).await;
+            }
+            WeaverCmd::Egress { id, action } => {
+                let path = format!("/v1/weavers/{}/egress", path_key(&id));
+                let v = match action {
+                    EgressAction::List => client.json(Method::GET, &path, None).await?,
+                    EgressAction::Allow { rules } => {
+                        client.json(Method::POST, &path, Some(serde_json::json!({ "allow": rules }))).await?
+                    }
+                    EgressAction::Deny { rules } => {
+                        client.json(Method::POST, &path, Some(serde_json::json!({ "deny": rules }))).await?
+                    }
+                };
+                print(&v, &render::egress);
             }
             WeaverCmd::Ssh { id, command } => {
                 use std::io::IsTerminal;

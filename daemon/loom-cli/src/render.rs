@@ -221,6 +221,28 @@ pub fn wireguard_peers(v: &serde_json::Value) -> String {
     out
 }
 
+/// A weaver's egress policy, most specific last.
+pub fn egress(v: &serde_json::Value) -> String {
+    let list = |k: &str| -> Vec<String> {
+        v[k].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(String::from)).collect()
+    };
+    let mut out = format!(
+        "weaver {} ({}), network {}: {}\n",
+        v["name"].as_str().unwrap_or(""),
+        v["weaver"].as_str().unwrap_or(""),
+        v["network"].as_str().unwrap_or(""),
+        if v["enforced"].as_bool() == Some(true) { "enforced now" } else { "in force at its next start" }
+    );
+    for r in list("built_in") {
+        out += &format!("  allow {r}\t(built in)\n");
+    }
+    for r in list("rules") {
+        out += &format!("  allow {r}\n");
+    }
+    out += "  deny everything else\n";
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,9 @@ pub struct CreateWeaver {
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Egress rules on top of `[weaver.egress] allow`: `CIDR[:PORT]` or `DOMAIN[:PORT]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
     /// May make user namespaces and mounts inside (nested containers); admins only.

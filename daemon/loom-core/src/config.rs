@@ -156,6 +156,15 @@ pub struct WeaverDefaults {
     /// How much of a weaver's output loomd keeps (nspawn backend): `log` and `log.1`
     /// together; under the systemd backend the journal's own limits apply.
     pub log_size: ByteSize,
+    /// `[weaver.egress]`: what every private weaver may reach.
+    pub egress: EgressDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressDefaults {
+    /// Rules every weaver starts with (`CIDR[:PORT]`, `DOMAIN[:PORT]`), before its `--allow`.
+    pub allow: Vec<String>,
 }
 
 /// The smallest disk cap: the skeleton root itself takes a few blocks.
@@ -178,6 +187,7 @@ impl Default for WeaverDefaults {
             image_roots: vec![],
             disk: ByteSize(10 << 30),
             log_size: ByteSize(64 << 20),
+            egress: EgressDefaults::default(),
         }
     }
 }
@@ -221,6 +231,9 @@ impl Config {
                     self.network.bridge
                 ),
             });
+        }
+        if let Err(e) = crate::egress::policy_of(&self.weaver.egress.allow) {
+            return Err(ConfigError::Value { field: "weaver.egress.allow", message: e.to_string() });
         }
         if !(MIN_TASKS..=MAX_TASKS).contains(&self.weaver.tasks) {
             return Err(ConfigError::Value {

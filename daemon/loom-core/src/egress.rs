@@ -344,6 +344,25 @@ impl fmt::Display for EgressRule {
     }
 }
 
+/// The most rules one weaver's policy holds.
+pub const MAX_POLICY_RULES: usize = 256;
+
+/// A weaver's rules as given (defaults, `--allow`, `loom weaver egress`): each parsed and kept
+/// in its canonical text, duplicates dropped, order kept.
+pub fn policy_of<'a>(rules: impl IntoIterator<Item = &'a String>) -> Result<Vec<String>, EgressRuleError> {
+    let mut out: Vec<String> = vec![];
+    for r in rules {
+        let text = r.parse::<EgressRule>()?.to_string();
+        if !out.contains(&text) {
+            out.push(text);
+        }
+        if out.len() > MAX_POLICY_RULES {
+            return Err(err(r, format!("a weaver holds at most {MAX_POLICY_RULES} rules")));
+        }
+    }
+    Ok(out)
+}
+
 /// Whether `name` is the rule's domain or a name under it, ignoring case and a trailing dot.
 /// Address rules match no name.
 pub fn domain_matches(rule: &EgressRule, name: &str) -> bool {

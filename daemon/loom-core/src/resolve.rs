@@ -94,6 +94,7 @@ pub fn resolve_spec(
         Some(s) => s.parse()?,
         None => defaults.restart,
     };
+    let egress = crate::egress::policy_of(defaults.egress.allow.iter().chain(&req.allow))?;
     if req.command.iter().any(|a| a.contains('\0')) {
         return Err(SpecError::Command("an argument contains a NUL byte".into()));
     }
@@ -133,6 +134,7 @@ pub fn resolve_spec(
         ttl,
         env: req.env,
         network,
+        egress,
         restart,
         nested: req.nested.unwrap_or(defaults.nested),
         command: req.command,

@@ -111,6 +111,12 @@ pub const MAX_TASKS: u64 = 4_194_304;
 /// The longest ttl or agent wall clock; `none` is the way to ask for no ttl.
 pub const MAX_TTL: Span = Span(365 * 86400);
 
+impl From<crate::egress::EgressRuleError> for SpecError {
+    fn from(e: crate::egress::EgressRuleError) -> Self {
+        SpecError::Egress(e.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("invalid weaver id {0:?}: an id is 12 lowercase hex digits, as `loom weaver ps` shows it")]
@@ -123,6 +129,8 @@ pub enum SpecError {
     Name(String),
     #[error("invalid network mode {0:?}: use private, none or host")]
     Network(String),
+    #[error("invalid egress rule {0}")]
+    Egress(String),
     #[error("invalid restart policy {0:?}: use never, on-failure or always")]
     Restart(String),
     #[error("invalid image {0:?}: use \"host\" or an absolute path to a directory tree")]
@@ -320,6 +328,10 @@ pub struct WeaverSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub network: NetworkMode,
+    /// What a private weaver may reach besides the proxy and loomd's DNS (`loom_core::egress`
+    /// rules, written the way `--allow` takes them); changed live by `loom weaver egress`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
     pub restart: RestartPolicy,
     /// User namespaces and mounts allowed inside, for nested containers (see loomd's sandbox).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

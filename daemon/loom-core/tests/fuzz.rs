@@ -311,14 +311,25 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
             prop::collection::vec(any::<String>(), 0..3),
             prop::option::weighted(0.3, agent),
         ),
-        (some(0.3, size_text().boxed()), some(0.3, size_text().boxed()), prop::option::of(any::<bool>())),
+        (
+            some(0.3, size_text().boxed()),
+            some(0.3, size_text().boxed()),
+            prop::option::of(any::<bool>()),
+            prop::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    select(vec!["10.0.0.0/8".to_string(), "crates.io:443".into(), "[::1]:53/udp".into(), "x/99".into()])
+                ],
+                0..3,
+            ),
+        ),
     )
         .prop_map(
             |(
                 (name, image, repo, branch, memory),
                 (cpus, tasks, ttl, env),
                 (network, restart, command, agent),
-                (disk, log_size, nested),
+                (disk, log_size, nested, allow),
             )| {
                 CreateWeaver {
                     name,
@@ -331,6 +342,7 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                     ttl,
                     env,
                     network,
+                    allow,
                     restart,
                     nested,
                     disk,

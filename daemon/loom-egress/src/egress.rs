@@ -473,6 +473,13 @@ impl Egress {
         Ok(())
     }
 
+    /// Remove every address admitted from DNS answers for `scope` (its rules changed: what
+    /// an old domain rule admitted must not outlive it).
+    pub fn clear_admitted(&self, scope: Scope) -> Result<(), EgressError> {
+        let mut maps = self.maps();
+        self.sweep_scope(&mut maps, scope, u64::MAX)
+    }
+
     /// Remove expired admissions of every scope (they are already refused; this frees their
     /// entries). Call it now and then; [`Egress::admit`] does it for its own scope.
     pub fn sweep(&self) -> Result<(), EgressError> {

@@ -26,7 +26,7 @@ mod files;
 #[path = "daemon_supervisor.rs"]
 mod supervisor;
 
-pub use api::{Request, Response};
+pub use api::{EgressChange, Request, Response};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -300,7 +300,13 @@ impl Daemon {
             state_dir: cfg.state_dir.display().to_string(),
             weavers,
             uptime_secs: self.started.elapsed().as_secs(),
-            warnings: self.warnings.iter().cloned().chain(self.secrets.warning()).collect(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.secrets.warning())
+                .chain(self.net.as_ref().and_then(|n| n.warning()))
+                .collect(),
             sections: self.hooks.iter().filter_map(|h| h.status()).collect(),
         }
     }

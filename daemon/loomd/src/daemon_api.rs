@@ -55,6 +55,11 @@ pub enum Request {
         after_id: Option<i64>,
         limit: Option<u32>,
     },
+    /// A weaver's egress rules, and changes to them (live for a running weaver).
+    Egress {
+        key: String,
+        change: Option<EgressChange>,
+    },
     /// The operator tunnel's peers; admins only.
     WireguardPeers,
     /// A new peer: its key pair is made here and its client config (with the private key)
@@ -237,6 +242,10 @@ impl Daemon {
                     .collect();
                 Ok(Response::Usage(all.into_iter().filter(|u| mine.contains(&u.weaver)).collect()))
             }
+            Request::Egress { key, change } => {
+                let rec = self.lookup(caller, role, &key)?;
+                self.egress(role, rec.info.id, change).await.map(Response::Json)
+            }
             Request::WireguardPeers | Request::WireguardPeerAdd { .. } | Request::WireguardPeerRemove { .. } => {
                 self.wireguard(role, req).await.map(Response::Json)
             }
@@ -294,6 +303,9 @@ impl Daemon {
                     "--network host shares the host's network with the weaver: only root and the admin group may \
                      ask for it; use private (the default) or none",
                 ));
+            }
+            if let Some(r) = spec.egress.iter().find(|r| names_metadata(r)) {
+                return Err(metadata_forbidden(r));
             }
             if spec.nested && !defaults.nested {
                 return Err(ApiError::new(
@@ -425,4 +437,86 @@ impl Daemon {
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the WireGuard call failed: {e}")))?
     }
+
+    /// Lists or changes a weaver's egress rules under its lock: stored for its next runs and,
+    /// while it runs, in force for its next connect.
+    async fn egress(
+        &self,
+        role: Role,
+        id: WeaverId,
+        change: Option<EgressChange>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let guard = self.weaver_lock(&id);
+        let _g = guard.lock().await;
+        let mut rec = self
+            .with_store(|s| s.get(&id))?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the weaver was removed"))?;
+        let mut live = false;
+        if let Some(change) = change {
+            let bad = |e: loom_core::egress::EgressRuleError| {
+                ApiError::new(ErrorCode::BadRequest, format!("invalid egress rule {e}"))
+            };
+            let allow = loom_core::egress::policy_of(&change.allow).map_err(bad)?;
+            let deny = loom_core::egress::policy_of(&change.deny).map_err(bad)?;
+            if role != Role::Admin
+                && let Some(r) = allow.iter().find(|r| names_metadata(r))
+            {
+                return Err(metadata_forbidden(r));
+            }
+            let mut rules = rec.info.spec.egress.clone();
+            for r in &deny {
+                let before = rules.len();
+                rules.retain(|have| have != r);
+                if rules.len() == before {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the weaver has no rule {r} (everything not allowed is denied already): \
+                             `loom weaver egress {} list` shows its rules",
+                            rec.info.name
+                        ),
+                    ));
+                }
+            }
+            let rules = loom_core::egress::policy_of(rules.iter().chain(&allow)).map_err(bad)?;
+            if let Some(net) = &self.net {
+                live = net.apply_policy(&id, &rules).map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+            }
+            tracing::info!(weaver = %id, allow = ?allow, deny = ?deny, live, "egress rules changed");
+            rec.info.spec.egress = rules;
+            self.with_store(|s| s.update(&rec))?;
+        }
+        let running = rec.info.state.is_active();
+        Ok(serde_json::json!({
+            "weaver": id,
+            "name": rec.info.name,
+            "network": rec.info.spec.network,
+            "built_in": self.net.as_ref().map(|n| n.built_in_rules()).unwrap_or_default(),
+            "rules": rec.info.spec.egress,
+            "enforced": running && rec.info.spec.network == NetworkMode::Private && self.net.is_some(),
+            "changed_live": live,
+        }))
+    }
+}
+
+/// `PUT`-like changes to a weaver's egress rules: `allow` adds, `deny` removes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressChange {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+fn names_metadata(rule: &str) -> bool {
+    matches!(rule.parse::<loom_core::egress::EgressRule>(), Ok(loom_core::egress::EgressRule::Net(n)) if n.names_metadata())
+}
+
+fn metadata_forbidden(rule: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "{rule} names a link-local metadata address, where clouds hand out credentials: only root and the \
+             admin group may allow it"
+        ),
+    )
 }

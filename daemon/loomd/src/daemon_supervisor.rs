@@ -52,9 +52,10 @@ impl Daemon {
         if let Err(reason) = self.prepare_root(&spec, &id, env_text).await {
             return self.fail(rec, reason).await;
         }
-        let netns = (self.net.is_some() && spec.network != NetworkMode::Host).then(|| crate::net::netns_path(&id));
+        let network = spec.network;
+        let netns = (self.net.is_some() && network != NetworkMode::Host).then(|| crate::net::netns_path(&id));
         let launch =
-            Launch { id: id.clone(), run, spec, dir: self.dir_of(&id), binds_ro: self.binds_ro.clone(), netns };
+            Launch { id: id.clone(), run, spec, dir: self.dir_of(&id), binds_ro: self.net_binds(network), netns };
         match self.backend.prepare(&launch).await {
             Ok(Some(cgroup_id)) => {
                 for h in &self.hooks {
@@ -85,6 +86,15 @@ impl Daemon {
                 self.fail(rec, e.to_string()).await
             }
         }
+    }
+
+    /// The binds every weaver gets, and those of its network (its resolv.conf).
+    fn net_binds(&self, network: NetworkMode) -> Vec<(std::path::PathBuf, String)> {
+        let mut binds = self.binds_ro.clone();
+        if let Some(net) = &self.net {
+            binds.extend(net.binds_for(network));
+        }
+        binds
     }
 
     /// Records a start that did not happen and releases what its run took.

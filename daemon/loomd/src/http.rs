@@ -241,6 +241,15 @@ async fn route_inner(
             let (change, _) = read_json::<crate::llm::LimitsChange>(req).await?;
             (Request::Limits { key, change: Some(change) }, REQUEST_TIMEOUT)
         }
+        (&Method::GET, ["v1", "weavers", key, "egress"]) => {
+            (Request::Egress { key: key.to_string(), change: None }, REQUEST_TIMEOUT)
+        }
+        (&Method::POST, ["v1", "weavers", key, "egress"]) => {
+            let key = key.to_string();
+            daemon.authorize(&caller, &"egress")?;
+            let (change, _) = read_json::<crate::daemon::EgressChange>(req).await?;
+            (Request::Egress { key, change: Some(change) }, REQUEST_TIMEOUT)
+        }
         (&Method::POST, ["v1", "weavers", key, "stop"]) => (Request::StopWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::POST, ["v1", "weavers", key, "start"]) => (Request::StartWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::GET, ["v1", "weavers", key, "logs"]) => {

@@ -248,12 +248,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         secrets,
         threads: Some(threads),
         llm: Some(llm),
-        auditor,
-        net: Some(Arc::new(crate::net::WeaverNet::new(
-            Arc::new(crate::net::IpTool::from_path()),
-            config.network.clone(),
-            wireguard.as_ref().map(|t| t.interface().to_string()),
-        ))),
+        auditor: auditor.clone(),
+        net: Some(crate::net::WeaverNet::new(crate::net::NetParts {
+            host: Arc::new(crate::net::IpTool::from_path()),
+            config: config.network.clone(),
+            tunnel: wireguard.as_ref().map(|t| t.interface().to_string()),
+            enforcement: crate::net::Enforcement::start(),
+            auditor,
+            state_dir: config.state_dir.clone(),
+        })),
         wireguard,
         warnings,
     });

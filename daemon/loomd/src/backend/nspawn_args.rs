@@ -56,6 +56,10 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     if spec.network != NetworkMode::Host && launch.netns.is_none() {
         a.push("--private-network".into());
     }
+    if launch.netns.is_some() {
+        // loomd binds the resolv.conf a weaver gets (its resolver, or none at all).
+        a.push("--resolv-conf=off".into());
+    }
     // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
     // command line: any local user can read a process's argv.
     a.push("--".into());
