@@ -16,9 +16,9 @@ let
   # What loom-core's Config accepts (it is `deny_unknown_fields`): anything else makes loomd
   # refuse to start, so the module says so at evaluation time instead.
   knownKeys = {
-    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" ];
+    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" "network" "wireguard" ];
     access = [ "admin_group" "operator_group" ];
-    weaver = [ "image" "memory" "cpus" "tasks" "ttl" "network" "restart" "start_timeout" ];
+    weaver = [ "image" "memory" "cpus" "tasks" "ttl" "network" "restart" "start_timeout" "nested" "image_roots" "disk" "log_size" "egress" ];
     secrets = [ "file" "format" "age_key_file" "ssh_host_keys" "pgp_key_file" ];
   };
   unknown = known: attrs: lib.subtractLists known (attrNames attrs);
@@ -209,6 +209,29 @@ in
       };
     };
 
+    tailscale = {
+      advertiseWeaverSubnet = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Make this host a Tailscale subnet router for the weaver subnet
+          (`settings.network.subnet`): enables `services.tailscale` with
+          `--advertise-routes=SUBNET`, so tailnet machines reach weavers by address once the
+          route is approved in the admin console. Weavers' egress policy still applies to what
+          they connect to; this only lets operators in.
+        '';
+      };
+      authKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/tailscale-authkey";
+        description = ''
+          A Tailscale auth key file for `tailscale up` (e.g. a sops-nix secret, readable by
+          root only); null to log the host in by hand.
+        '';
+      };
+    };
+
     mountBpffs = mkOption {
       type = types.bool;
       default = true;
@@ -230,6 +253,12 @@ in
   };
 
   config = mkIf cfg.enable {
+    services.tailscale = mkIf cfg.tailscale.advertiseWeaverSubnet ({
+      enable = true;
+      useRoutingFeatures = lib.mkDefault "server";
+      extraUpFlags = [ "--advertise-routes=${cfg.settings.network.subnet or "10.87.0.0/16"}" ];
+    } // lib.optionalAttrs (cfg.tailscale.authKeyFile != null) { authKeyFile = cfg.tailscale.authKeyFile; });
+
     # TOML has no null, and the TOML type refuses one, so only keys that are set go in.
     services.loomd.settings.secrets = lib.mapAttrs (_: lib.mkDefault) (lib.filterAttrs (_: v: v != null) {
       file = cfg.secrets.file;
@@ -331,7 +360,10 @@ in
       after = [ "network-online.target" "systemd-machined.service" ] ++ optional cfg.mountBpffs "sys-fs-bpf.mount";
       # systemd-nspawn and machinectl (systemd), git for --repo, nsenter (util-linux),
       # cp (coreutils) and bpftool for `loom status`.
-      path = [ config.systemd.package pkgs.git pkgs.util-linux pkgs.coreutils pkgs.bpftools ];
+      # iproute2 and nftables make the weavers' namespaces, veths, bridge and NAT; wireguard-go
+      # is the operator tunnel's user-space backend where the kernel has no module.
+      path = [ config.systemd.package pkgs.git pkgs.util-linux pkgs.coreutils pkgs.bpftools pkgs.iproute2 pkgs.nftables ]
+        ++ optional ((cfg.settings.wireguard.enable or false) == true) pkgs.wireguard-go;
       # A changed config is applied by SIGHUP (nixos-rebuild switch reloads instead of
       # restarting); socket, state_dir and backend changes need `systemctl restart loomd`.
       reloadTriggers = [ cfg.configFile ];

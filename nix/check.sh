@@ -47,7 +47,7 @@ let
 
   pkgs = lib.genAttrs [ "git" "util-linux" "coreutils" "bpftools" "bashInteractive" "findutils"
     "gnugrep" "gnused" "gawk" "diffutils" "gnupatch" "gnutar" "gzip" "xz" "openssh" "curl"
-    "less" "procps" "which" "file" "jq" "ripgrep" "gnumake" ] drv // {
+    "less" "procps" "which" "file" "jq" "ripgrep" "gnumake" "iproute2" "nftables" "wireguard-go" ] drv // {
     formats.toml = _: {
       type = tomlValue;
       generate = name: value: assert noNulls value; drv name;
@@ -138,10 +138,23 @@ let
   } ]).config;
 
   disabled = (eval [ ]).config;
+  tailnet = ok (eval [ {
+    services.loomd.enable = true;
+    services.loomd.tailscale = { advertiseWeaverSubnet = true; authKeyFile = "/run/secrets/ts"; };
+    services.loomd.settings.network.subnet = "10.90.0.0/16";
+    services.loomd.settings.wireguard.enable = true;
+  } ]).config;
 
   results = [
     (check "disabled: no unit" (!(disabled.systemd.services ? loomd)))
     (check "Type=notify" (sc.Type == "notify"))
+    (check "path has ip and nft" (lib.all (n: lib.any (p: p.name == n) unit.path) [ "iproute2" "nftables" ]))
+    (check "tailscale advertises the weaver subnet"
+      (tailnet.services.tailscale.enable && tailnet.services.tailscale.extraUpFlags == [ "--advertise-routes=10.90.0.0/16" ]
+        && tailnet.services.tailscale.authKeyFile == "/run/secrets/ts"))
+    (check "wireguard-go on the path when the tunnel is on"
+      (lib.any (p: p.name == "wireguard-go") tailnet.systemd.services.loomd.path))
+    (check "no tailscale unless asked" (!(base.services.tailscale.enable or false)))
     (check "ExecStart runs loomd with --config /etc/loom/loomd.toml"
       (lib.hasPrefix "/nix/store/00000000000000000000000000000000-loom/bin/loomd " sc.ExecStart
         && lib.hasInfix "--config /etc/loom/loomd.toml" sc.ExecStart))
