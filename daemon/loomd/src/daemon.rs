@@ -78,6 +78,11 @@ pub trait WeaverHooks: Send + Sync + std::fmt::Debug {
     /// The run's cgroup exists and its first process has not run yet.
     async fn on_cgroup(&self, _id: &WeaverId, _run: RunId, _cgroup_id: u64) {}
     async fn after_start(&self, _id: &WeaverId, _run: RunId, _leader_pid: i32, _cgroup_id: Option<u64>) {}
+    /// The run outlived a loomd restart and is adopted: take back what it held (called right
+    /// before its `after_start`, with no `before_start`). An error stops the run.
+    async fn on_adopt(&self, _id: &WeaverId, _run: RunId, _rec: &WeaverRecord) -> Result<(), String> {
+        Ok(())
+    }
     /// The run ended (or never started): release what it holds.
     async fn after_stop(&self, _id: &WeaverId, _run: RunId, _rec: &WeaverRecord) {}
     /// The weaver is removed; `last_run` is its latest run, already stopped.

@@ -354,6 +354,26 @@ impl Daemon {
                     rec.run = Some(run);
                     self.with_store(|s| s.update(&rec))?;
                     lock(&self.runs).insert(id.clone(), run);
+                    let mut refused = None;
+                    for h in &self.hooks {
+                        if let Err(why) = h.on_adopt(&id, run, &rec).await {
+                            refused = Some(why);
+                            break;
+                        }
+                    }
+                    if let Some(why) = refused {
+                        // What the run held cannot be put back (e.g. its egress policy): it
+                        // must not go on without it.
+                        tracing::error!(weaver = %id, %why, "stopping an adopted weaver");
+                        let _ = self.backend.stop(&id, &handle, STOP_GRACE).await;
+                        self.end_run(&rec).await;
+                        rec.info.state = WeaverState::Failed;
+                        rec.info.pid = None;
+                        rec.info.reason = Some(format!("stopped after a loomd restart: {why}"));
+                        self.with_store(|s| s.update(&rec))?;
+                        ended += 1;
+                        continue;
+                    }
                     for h in &self.hooks {
                         h.after_start(&id, run, rec.info.pid.unwrap_or(0), self.backend.cgroup_id(&id)).await;
                     }

@@ -320,18 +320,38 @@ impl WeaverHooks for WeaverNet {
         }
     }
 
-    async fn after_start(&self, id: &WeaverId, run: RunId, _leader_pid: i32, _cgroup_id: Option<u64>) {
-        if lock(&self.runs).get(id).is_some_and(|r| r.run == run) {
-            return;
-        }
-        // Adopted after a loomd restart: the namespace outlived loomd, read back what it has.
+    async fn on_adopt(&self, id: &WeaverId, run: RunId, rec: &WeaverRecord) -> Result<(), String> {
+        // The namespace outlived loomd; the egress programs did not: the weaver's scope and
+        // rules go back in before anything else of it is served.
         let ns = netns_path(id);
-        if !ns.exists() {
-            return;
+        if rec.info.spec.network == NetworkMode::Host || !ns.exists() {
+            return Ok(());
+        }
+        if let (Enforcement::Broken(e), NetworkMode::Private) = (&self.enforcement, rec.info.spec.network) {
+            return Err(format!("its egress policy cannot be enforced ({e})"));
         }
         let addr = self.host.weaver_addr(id.as_str());
         let cookie = self.host.netns_cookie(&ns).ok();
-        lock(&self.runs).insert(id.clone(), NetRun { run, addr, cookie, scope: None, rules: vec![] });
+        let mut rules = egress::built_in_rules(&self.config.subnet);
+        rules.extend(own_rules(rec));
+        let mut scope = None;
+        if cookie.is_none() && rec.info.spec.network == NetworkMode::Private && self.enforcement.egress().is_some() {
+            return Err("its network namespace could not be read back, so its egress policy cannot be restored".into());
+        }
+        if let (Some(e), Some(cookie), NetworkMode::Private) =
+            (self.enforcement.egress(), cookie, rec.info.spec.network)
+        {
+            if addr.is_some() {
+                let _ = self.ensure_bridge().await;
+            }
+            let s = e
+                .register_netns(cookie)
+                .and_then(|s| e.set_rules(s, &egress::net_rules(&rules)).map(|_| s))
+                .map_err(|err| format!("its egress rules could not be restored: {err}"))?;
+            scope = Some(s);
+        }
+        lock(&self.runs).insert(id.clone(), NetRun { run, addr, cookie, scope, rules });
+        Ok(())
     }
 
     async fn after_stop(&self, id: &WeaverId, run: RunId, _rec: &WeaverRecord) {
