@@ -1,0 +1,338 @@
+//! Weaver networks on the real kernel: private weavers on their own bridge and subnet, the
+//! proxy from the first process, the egress policy (TCP and UDP, live changes, domain rules
+//! through loomd's resolver with a fake upstream), `loom weaver ssh`, and the WireGuard
+//! operator tunnel with a peer in its own network namespace.
+//!
+//! Every test loomd gets its own bridge and subnet (made by the test, removed by a guard),
+//! so tests running at once never share a bridge, a gateway or a resolver.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Loomd, privileged};
+
+/// A bridge of the test's with the gateway address on it (loomd adopts it as its weaver
+/// bridge), removed when dropped.
+#[derive(Debug)]
+pub struct Bridge {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+}
+
+impl Bridge {
+    /// `lt<tag>` with `10.<octet>.0.0/24`.
+    pub fn new(tag: &str, octet: u8) -> Bridge {
+        let name = format!("lt{tag}");
+        assert!(name.len() <= 15, "{name}");
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        let gateway = Ipv4Addr::new(10, octet, 0, 1);
+        for args in [
+            vec!["link", "add", &name, "type", "bridge"],
+            vec!["addr", "add", &format!("{gateway}/24"), "dev", &name],
+            vec!["link", "set", &name, "up"],
+        ] {
+            sh_ok("ip", &args);
+        }
+        Bridge { name, subnet: format!("10.{octet}.0.0/24"), gateway }
+    }
+
+    /// The `[network]` section for it.
+    pub fn config(&self) -> String {
+        format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n", self.name, self.subnet)
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let g = self.gateway.octets();
+        let a = addr.octets();
+        a[..3] == g[..3] && a[3] > 1 && a[3] < 255
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
+pub fn sh_ok(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Python run by a weaver: helpers every probe starts with. `tcp(host, port)` and
+/// `udp(host, port)` print nothing and return "OK" or the errno's name and the ms it took.
+const PY_PRELUDE: &str = r#"
+import errno, fcntl, socket, struct, sys, time
+def addr():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", b"eth0"))[20:24])
+    except OSError as e:
+        return "none:" + errno.errorcode.get(e.errno, str(e.errno))
+def ename(e):
+    if isinstance(e, socket.timeout):
+        return "TIMEOUT"
+    return errno.errorcode.get(e.errno, str(e.errno))
+def tcp(host, port, send=b"", timeout=3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    t = time.monotonic()
+    try:
+        s.connect((host, port))
+        if send:
+            s.sendall(send)
+        return "OK", (time.monotonic() - t) * 1000, s
+    except OSError as e:
+        return ename(e), (time.monotonic() - t) * 1000, None
+def udp(host, port, payload):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    t = time.monotonic()
+    try:
+        s.sendto(payload, (host, port))
+        return "OK", (time.monotonic() - t) * 1000
+    except OSError as e:
+        return ename(e), (time.monotonic() - t) * 1000
+"#;
+
+/// Creates a private weaver running `python3 -c PRELUDE+script`, waits for its end, its log.
+fn py_probe(d: &Loomd, name: &str, flags: &[&str], script: &str) -> String {
+    let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
+    let mut args = vec!["weaver", "create", "--name", name, "--network", "private"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/usr/bin/python3", "-c", &code]);
+    let w = d.cli_json(&args);
+    assert_eq!(w["state"], "running", "{w}");
+    d.wait_for(name, "exited", Duration::from_secs(60), |v| v["state"] == "exited" || v["state"] == "failed");
+    let log = d.logs(name);
+    assert!(log.contains("PROBE-DONE"), "the probe of {name} did not run to its end:\n{log}\n{}", loomd_log(d));
+    log
+}
+
+/// `python3 -c PRELUDE+script` in a running weaver through `loom weaver exec`; its stdout.
+fn py_exec(d: &Loomd, name: &str, script: &str) -> String {
+    let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
+    let out = d.cli(&["weaver", "exec", name, "--", "/usr/bin/python3", "-c", &code]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("PROBE-DONE"),
+        "exec in {name} did not run to its end ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A private weaver that stays up.
+fn sleeper(d: &Loomd, name: &str, flags: &[&str]) -> serde_json::Value {
+    let mut args = vec!["weaver", "create", "--name", name, "--network", "private"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "sleep", "600"]);
+    let w = d.cli_json(&args);
+    assert_eq!(w["state"], "running", "{w}");
+    w
+}
+
+fn field(log: &str, key: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key}= missing in the probe's output:\n{log}"))
+        .trim()
+        .to_string()
+}
+
+fn loomd_log(d: &Loomd) -> String {
+    let text = std::fs::read_to_string(d.log_path()).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    format!("loomd log (tail):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
+/// A TCP listener on `addr` whose accepted connections (peer, first bytes) arrive on the channel.
+fn tcp_listener(addr: Ipv4Addr) -> (u16, mpsc::Receiver<(std::net::SocketAddr, String)>) {
+    let l = TcpListener::bind((addr, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let peer = s.peer_addr().unwrap();
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = s.write_all(b"pong\n");
+            if tx.send((peer, String::from_utf8_lossy(&buf[..n]).into_owned())).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// The `net_deny` audit rows of a weaver, polled until one matches `pred` (up to 5 s).
+fn wait_net_deny(
+    d: &Loomd,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = d.cli_json(&["audit", "--weaver", id, "--kind", "net_deny"]);
+        let list = rows.as_array().cloned().or_else(|| rows["events"].as_array().cloned()).unwrap_or_default();
+        if let Some(r) = list.iter().find(|r| pred(r)) {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no net_deny row for {what} within 5 s: {rows}\n{}", loomd_log(d));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The text of a JSON row, for matching a destination anywhere in it.
+fn row_has(r: &serde_json::Value, needle: &str) -> bool {
+    r.to_string().contains(needle)
+}
+
+#[test]
+fn two_private_weavers_get_addresses_reach_their_proxy_at_once_and_an_allowed_host_endpoint() {
+    if !privileged("two_private_weavers") {
+        return;
+    }
+    let br = Bridge::new("n1", 201);
+    let d = Loomd::start_with_config(Some(&br.config()));
+    let (port, accepted) = tcp_listener(br.gateway);
+    let gw = br.gateway;
+    let allow = format!("{gw}:{port}");
+    // The very first thing the weaver's first process does is connect to its proxy.
+    let script = format!(
+        r#"
+st, ms, s = tcp("127.0.0.1", 4141, b"GET /v1/status HTTP/1.0\r\nHost: loom\r\n\r\n", timeout=5)
+print(f"PROXY={{st}}", flush=True)
+if s:
+    s.settimeout(5)
+    try:
+        print("PROXYREPLY=" + s.recv(64).decode(errors="replace").splitlines()[0], flush=True)
+    except Exception as e:
+        print(f"PROXYREPLY=err {{e}}", flush=True)
+print("ADDR=" + addr(), flush=True)
+st, ms, s = tcp("{gw}", {port}, b"hello-from-{{}}")
+print(f"HOST={{st}}", flush=True)
+if s:
+    s.settimeout(3)
+    print("HOSTREPLY=" + s.recv(16).decode().strip(), flush=True)
+"#
+    );
+    let mut addrs = vec![];
+    for name in ["na", "nb"] {
+        let log = py_probe(&d, name, &["--allow", &allow], &script.replace("{}", name));
+        assert_eq!(field(&log, "PROXY"), "OK", "{name}: the proxy from the first process:\n{log}");
+        assert!(field(&log, "PROXYREPLY").starts_with("HTTP/1."), "{name}: the proxy answered HTTP:\n{log}");
+        let a: Ipv4Addr = field(&log, "ADDR").parse().unwrap_or_else(|_| panic!("{name} has no address:\n{log}"));
+        assert!(br.contains(a), "{name}'s address {a} is in {}", br.subnet);
+        assert_eq!(field(&log, "HOST"), "OK", "{name}: the allowed host endpoint {allow}:\n{log}");
+        assert_eq!(field(&log, "HOSTREPLY"), "pong", "{log}");
+        let (peer, sent) = accepted.recv_timeout(Duration::from_secs(5)).expect("the host endpoint saw the weaver");
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(a), "the connection came from {name}'s own address");
+        assert_eq!(sent, format!("hello-from-{name}"));
+        addrs.push(a);
+    }
+    assert_ne!(addrs[0], addrs[1], "each weaver has its own address");
+}
+
+#[test]
+fn a_denied_connect_or_sendto_fails_with_eperm_at_once_and_is_audited() {
+    if !privileged("denied_connect") {
+        return;
+    }
+    let br = Bridge::new("n2", 202);
+    let d = Loomd::start_with_config(Some(&br.config()));
+    let gw = br.gateway;
+    // A listener that would accept, on a port the policy does not allow.
+    let (denied_port, accepted) = tcp_listener(gw);
+    let udp_ok = UdpSocket::bind((gw, 0)).unwrap();
+    udp_ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let udp_ok_port = udp_ok.local_addr().unwrap().port();
+    let udp_denied = UdpSocket::bind((gw, 0)).unwrap();
+    udp_denied.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let udp_denied_port = udp_denied.local_addr().unwrap().port();
+    let script = format!(
+        r#"
+st, ms, s = tcp("{gw}", {denied_port})
+print(f"TCP={{st}}", flush=True)
+print(f"TCPMS={{ms:.3f}}", flush=True)
+st, ms, s = tcp("192.0.2.7", 80)
+print(f"TCPOUT={{st}}", flush=True)
+print(f"TCPOUTMS={{ms:.3f}}", flush=True)
+st, ms = udp("{gw}", {udp_denied_port}, b"denied")
+print(f"UDPDENIED={{st}}", flush=True)
+print(f"UDPDENIEDMS={{ms:.3f}}", flush=True)
+st, ms = udp("{gw}", {udp_ok_port}, b"allowed-udp")
+print(f"UDPOK={{st}}", flush=True)
+"#
+    );
+    let log = py_probe(&d, "deny", &["--allow", &format!("{gw}:{udp_ok_port}/udp")], &script);
+    for (key, ms) in [("TCP", "TCPMS"), ("TCPOUT", "TCPOUTMS"), ("UDPDENIED", "UDPDENIEDMS")] {
+        assert_eq!(field(&log, key), "EPERM", "{key}:\n{log}");
+        let ms: f64 = field(&log, ms).parse().unwrap();
+        assert!(ms < 100.0, "{key} was refused after {ms} ms, not at once:\n{log}");
+    }
+    assert!(accepted.try_recv().is_err(), "the denied listener accepted a connection");
+    let mut buf = [0u8; 64];
+    assert!(udp_denied.recv_from(&mut buf).is_err(), "the denied UDP datagram arrived");
+    assert_eq!(field(&log, "UDPOK"), "OK", "{log}");
+    let (n, from) = udp_ok.recv_from(&mut buf).expect("the allowed UDP datagram arrived");
+    assert_eq!(&buf[..n], b"allowed-udp");
+    assert!(br.contains(match from.ip() {
+        std::net::IpAddr::V4(a) => a,
+        other => panic!("{other}"),
+    }));
+    let id = d.inspect("deny")["id"].as_str().unwrap().to_string();
+    let row = wait_net_deny(&d, &id, "the denied connect", |r| row_has(r, &format!("{gw}:{denied_port}")));
+    assert!(row_has(&row, "connect"), "{row}");
+    wait_net_deny(&d, &id, "the outside connect", |r| row_has(r, "192.0.2.7:80"));
+    let row = wait_net_deny(&d, &id, "the denied sendto", |r| row_has(r, &format!("{gw}:{udp_denied_port}")));
+    assert!(row_has(&row, "sendmsg") && row_has(&row, "udp"), "{row}");
+}
+
+#[test]
+fn a_policy_change_takes_effect_for_the_next_connect_without_a_restart() {
+    if !privileged("policy_change") {
+        return;
+    }
+    let br = Bridge::new("n3", 203);
+    let d = Loomd::start_with_config(Some(&br.config()));
+    let gw = br.gateway;
+    let (port, accepted) = tcp_listener(gw);
+    sleeper(&d, "live", &[]);
+    let before = d.inspect("live");
+    let try_it = format!("st, ms, s = tcp('{gw}', {port}, b'x')\nprint(f'TCP={{st}}', flush=True)");
+    assert_eq!(field(&py_exec(&d, "live", &try_it), "TCP"), "EPERM", "denied before the rule");
+    let rule = format!("{gw}:{port}");
+    let out = d.cli_json(&["weaver", "egress", "live", "allow", &rule]);
+    assert_eq!(out["changed_live"], true, "{out}");
+    let t = Instant::now();
+    assert_eq!(field(&py_exec(&d, "live", &try_it), "TCP"), "OK", "allowed live");
+    eprintln!("allowed connect {} ms after the change (exec included)", t.elapsed().as_millis());
+    accepted.recv_timeout(Duration::from_secs(5)).expect("the listener saw the allowed connect");
+    let listed = d.cli_json(&["weaver", "egress", "live", "list"]);
+    assert!(listed["rules"].to_string().contains(&rule), "{listed}");
+    let out = d.cli_json(&["weaver", "egress", "live", "deny", &rule]);
+    assert_eq!(out["changed_live"], true, "{out}");
+    assert_eq!(field(&py_exec(&d, "live", &try_it), "TCP"), "EPERM", "denied again");
+    let after = d.inspect("live");
+    assert_eq!(after["state"], "running", "{after}");
+    assert!(before["pid"].as_u64().is_some(), "inspect shows the weaver's pid: {before}");
+    assert_eq!(before["pid"], after["pid"], "the weaver's process changed: it was restarted");
+    assert_eq!(before["started_at"], after["started_at"], "{after}");
+    assert_eq!(after["restarts"], 0, "{after}");
+}
