@@ -336,3 +336,96 @@ fn a_policy_change_takes_effect_for_the_next_connect_without_a_restart() {
     assert_eq!(before["started_at"], after["started_at"], "{after}");
     assert_eq!(after["restarts"], 0, "{after}");
 }
+
+/// A fake DNS upstream (real wire format, `simple-dns`) on 127.0.0.1: answers `A` questions
+/// for the names in its table, NXDOMAIN for others, and records every name it was asked.
+#[derive(Debug)]
+pub struct FakeDns {
+    pub addr: std::net::SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeDns {
+    pub fn start(table: Vec<(&'static str, Ipv4Addr, u32)>) -> FakeDns {
+        use simple_dns::rdata::{A, RData};
+        use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { return };
+                let Ok(query) = Packet::parse(&buf[..n]) else { continue };
+                let Some(q) = query.questions.first().cloned() else { continue };
+                let name = q.qname.to_string().to_ascii_lowercase();
+                seen2.lock().unwrap().push(name.clone());
+                let mut p = Packet::new_reply(query.id());
+                p.set_flags(PacketFlag::RECURSION_AVAILABLE | PacketFlag::RECURSION_DESIRED);
+                p.questions.push(q.clone());
+                match table.iter().find(|(n, _, _)| *n == name) {
+                    Some((owner, a, ttl)) => {
+                        if q.qtype == QTYPE::TYPE(TYPE::A) {
+                            p.answers.push(ResourceRecord::new(
+                                Name::new_unchecked(owner),
+                                CLASS::IN,
+                                *ttl,
+                                RData::A(A::from(*a)),
+                            ));
+                        }
+                    }
+                    None => *p.rcode_mut() = RCODE::NameError,
+                }
+                if let Ok(bytes) = p.build_bytes_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+            }
+        });
+        FakeDns { addr, seen }
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_domain_rule_admits_only_what_loomds_resolver_answered() {
+    if !privileged("domain_rules") {
+        return;
+    }
+    let br = Bridge::new("n4", 204);
+    let gw = br.gateway;
+    let (port, accepted) = tcp_listener(gw);
+    let dns = FakeDns::start(vec![("svc.example.test", gw, 60), ("other.elsewhere.test", gw, 60)]);
+    let config = format!("{}dns_upstream = [\"{}\"]\n", br.config(), dns.addr);
+    let d = Loomd::start_with_config(Some(&config));
+    let script = format!(
+        r#"
+import subprocess
+st, ms, s = tcp("{gw}", {port}, b"before")
+print(f"BEFORE={{st}}", flush=True)
+r = subprocess.run(["getent", "hosts", "svc.example.test"], capture_output=True, text=True)
+print(f"GETENT={{r.returncode}} {{r.stdout.split()[0] if r.stdout.split() else ''}}", flush=True)
+st, ms, s = tcp("{gw}", {port}, b"after")
+print(f"AFTER={{st}}", flush=True)
+r = subprocess.run(["getent", "hosts", "other.elsewhere.test"], capture_output=True, text=True)
+print(f"OTHER={{r.returncode}} {{r.stdout.strip()}}", flush=True)
+"#
+    );
+    let log = py_probe(&d, "dom", &["--allow", &format!("example.test:{port}")], &script);
+    assert_eq!(field(&log, "BEFORE"), "EPERM", "the address is not admitted before it was resolved:\n{log}");
+    assert_eq!(field(&log, "GETENT"), format!("0 {gw}"), "loomd's resolver answered the allowed name:\n{log}");
+    assert_eq!(field(&log, "AFTER"), "OK", "the answered address is admitted on the rule's port:\n{log}");
+    let (_, sent) = accepted.recv_timeout(Duration::from_secs(5)).expect("the listener saw the admitted connect");
+    assert_eq!(sent, "after");
+    assert!(accepted.try_recv().is_err(), "only the admitted connect arrived");
+    assert_ne!(field(&log, "OTHER").split(' ').next(), Some("0"), "a name outside the rule resolved:\n{log}");
+    let seen = dns.seen();
+    assert!(seen.iter().any(|n| n == "svc.example.test"), "the allowed name went upstream: {seen:?}");
+    assert!(!seen.iter().any(|n| n.contains("elsewhere")), "a refused name reached the upstream: {seen:?}");
+    let id = d.inspect("dom")["id"].as_str().unwrap().to_string();
+    let row = wait_net_deny(&d, &id, "the refused name", |r| row_has(r, "other.elsewhere.test"));
+    assert!(row_has(&row, "dns"), "{row}");
+}
