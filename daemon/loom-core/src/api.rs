@@ -168,6 +168,9 @@ pub struct WeaverInfo {
     /// The agent loop's progress (iteration, tokens, stop reason), for weavers that run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_status: Option<serde_json::Value>,
+    /// A private weaver's address on the loom bridge, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// `POST /v1/weavers/{id}/exec`, answered with an upgrade to the exec stream.

@@ -318,7 +318,12 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
             prop::collection::vec(
                 prop_oneof![
                     any::<String>(),
-                    select(vec!["10.0.0.0/8".to_string(), "crates.io:443".into(), "[::1]:53/udp".into(), "x/99".into()])
+                    select(vec![
+                        "10.0.0.0/8".to_string(),
+                        "crates.io:443".into(),
+                        "[::1]:53/udp".into(),
+                        "x/99".into()
+                    ])
                 ],
                 0..3,
             ),

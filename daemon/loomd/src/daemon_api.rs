@@ -348,6 +348,7 @@ impl Daemon {
                 restarts: 0,
                 spec,
                 agent_status: None,
+                address: None,
             },
             handle: None,
             run: None,

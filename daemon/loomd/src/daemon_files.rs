@@ -110,6 +110,7 @@ impl Daemon {
     /// the weaver made into something else (a FIFO, a symlink, a huge file) shows as the
     /// error saying so, and is never followed or read past its cap.
     pub(super) fn with_agent_status(&self, mut info: WeaverInfo) -> WeaverInfo {
+        info.address = self.net.as_ref().and_then(|n| n.addr_of(&info.id));
         if info.spec.agent.is_none() {
             return info;
         }
