@@ -545,7 +545,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Not a drop: a drop waits for a blocking read of a terminal (the exec client's stdin) that may never end.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             if json {
