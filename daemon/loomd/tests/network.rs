@@ -180,12 +180,7 @@ fn tcp_listener(addr: Ipv4Addr) -> (u16, mpsc::Receiver<(std::net::SocketAddr, S
 }
 
 /// The `net_deny` audit rows of a weaver, polled until one matches `pred` (up to 5 s).
-fn wait_net_deny(
-    d: &Loomd,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+fn wait_net_deny(d: &Loomd, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let rows = d.cli_json(&["audit", "--weaver", id, "--kind", "net_deny"]);
@@ -428,4 +423,73 @@ print(f"OTHER={{r.returncode}} {{r.stdout.strip()}}", flush=True)
     let id = d.inspect("dom")["id"].as_str().unwrap().to_string();
     let row = wait_net_deny(&d, &id, "the refused name", |r| row_has(r, "other.elsewhere.test"));
     assert!(row_has(&row, "dns"), "{row}");
+}
+
+#[test]
+fn weaver_ssh_runs_a_command_and_an_interactive_session_through_tmux() {
+    if !privileged("weaver_ssh") {
+        return;
+    }
+    let br = Bridge::new("n5", 205);
+    let d = Loomd::start_with_config(Some(&br.config()));
+    sleeper(&d, "shell", &[]);
+    let out = d.cli(&["weaver", "ssh", "shell", "--", "sh", "-c", "echo ran-in-$(hostname); exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "the command's exit code passes: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ran-in-"), "the command's output: {out:?}");
+
+    // An interactive login shell with a terminal, driven through tmux on its own server.
+    let server = format!("loomtest-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").arg("-L").arg(&server).args(args).output().unwrap();
+    struct KillServer(String);
+    impl Drop for KillServer {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).output();
+        }
+    }
+    let _guard = KillServer(server.clone());
+    let file = d.dir.path().join("ssh-exit");
+    let cmd = format!(
+        "{} --socket {} weaver ssh shell; echo exit=$? > {}",
+        common::loom_bin().display(),
+        d.socket.display(),
+        file.display()
+    );
+    let out = tmux(&["new-session", "-d", "-s", "ssh", "-x", "120", "-y", "40", &cmd]);
+    assert!(out.status.success(), "{out:?}");
+    let capture = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "ssh"]).stdout).into_owned();
+    let wait_pane = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let pane = capture();
+            if pred(&pane) {
+                return pane;
+            }
+            assert!(Instant::now() < deadline, "the pane never showed {what}:\n{pane}\n{}", loomd_log(&d));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The shell's prompt, then a terminal check (stdin is a terminal of tmux's size) and
+    // arithmetic only the shell can do. (`tty` prints "not a tty": the terminal is the host's
+    // devpts, which has no name inside the weaver; isatty and the size hold.)
+    wait_pane("a prompt", &|p| p.lines().any(|l| l.trim_end().ends_with('#') || l.trim_end().ends_with('$')));
+    let out =
+        tmux(&["send-keys", "-t", "ssh", "[ -t 0 ] && echo TERMINAL-$((2*2)); stty size; echo $((6*7))", "Enter"]);
+    assert!(out.status.success(), "{out:?}");
+    let pane = wait_pane("42", &|p| p.lines().any(|l| l.trim() == "42"));
+    assert!(pane.lines().any(|l| l.trim() == "TERMINAL-4"), "the session has a terminal:\n{pane}");
+    assert!(pane.lines().any(|l| l.trim() == "40 120"), "the terminal has tmux's size:\n{pane}");
+    let out = tmux(&["send-keys", "-t", "ssh", "exit 3", "Enter"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&file)
+            && t.ends_with('\n')
+        {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the ssh session never ended: {}", capture());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(text.trim(), "exit=3", "the session's exit code passes");
 }
