@@ -194,18 +194,17 @@ impl WeaverNet {
     async fn build(&self, id: &WeaverId, rec: &WeaverRecord) -> Result<NetRun, String> {
         let key = id.as_str();
         let mode = rec.info.spec.network;
-        self.host.ip(&plan::netns_batch(key)).map_err(|e| format!("making the weaver's network namespace: {e}"))?;
+        // One `ip` run on the host's side (namespace, then its veth), one inside.
+        let mut host_side = plan::netns_batch(key);
         let addr = if mode == NetworkMode::Private {
             self.ensure_bridge().await?;
             let in_use: BTreeSet<Ipv4Addr> = lock(&self.runs).values().filter_map(|r| r.addr).collect();
-            let addr = plan::weaver_address(&self.config.subnet, key, &in_use).map_err(|e| e.to_string())?;
-            self.host
-                .ip(&plan::veth_batch(key, &self.config.bridge))
-                .map_err(|e| format!("making the weaver's veth: {e}"))?;
-            Some(addr)
+            host_side.lines.extend(plan::veth_batch(key, &self.config.bridge).lines);
+            Some(plan::weaver_address(&self.config.subnet, key, &in_use).map_err(|e| e.to_string())?)
         } else {
             None
         };
+        self.host.ip(&host_side).map_err(|e| format!("making the weaver's network namespace and veth: {e}"))?;
         self.host
             .ip(&plan::inside_batch(key, addr.map(|a| (&self.config.subnet, a))))
             .map_err(|e| format!("configuring the weaver's network: {e}"))?;
