@@ -493,3 +493,215 @@ fn weaver_ssh_runs_a_command_and_an_interactive_session_through_tmux() {
     };
     assert_eq!(text.trim(), "exit=3", "the session's exit code passes");
 }
+
+/// Network namespaces and links the WireGuard test made, removed when dropped (the peer's
+/// wireguard-go runs in the foreground as a child and is killed first).
+#[derive(Debug, Default)]
+struct Scaffold {
+    netns: Vec<String>,
+    links: Vec<String>,
+    children: Vec<std::process::Child>,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Scaffold {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for l in &self.links {
+            let _ = Command::new("ip").args(["link", "del", l]).output();
+        }
+        for n in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// `ip netns exec NS python3 -c PRELUDE+script` from the host side; its stdout.
+fn py_in_netns(ns: &str, script: &str) -> String {
+    let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
+    let out = Command::new("ip").args(["netns", "exec", ns, "/usr/bin/python3", "-c", &code]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("PROBE-DONE"), "the probe in {ns} did not finish: {out:?}");
+    text
+}
+
+#[test]
+fn a_wireguard_peer_in_its_own_namespace_reaches_a_weaver_over_the_tunnel_and_not_without_it() {
+    if !privileged("wireguard_peer") {
+        return;
+    }
+    let br = Bridge::new("n6", 206);
+    let mut sc = Scaffold::default();
+    // The peer's namespace, reaching the host's endpoint over a veth pair of its own.
+    let (ns, host_if, peer_if, wg_host, wg_peer) = ("ltpeer6", "ltwh6", "ltwp6", "ltwg6", "ltwgc6");
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    let _ = Command::new("ip").args(["link", "del", host_if]).output();
+    let _ = Command::new("ip").args(["link", "del", wg_host]).output();
+    sh_ok("ip", &["netns", "add", ns]);
+    sc.netns.push(ns.into());
+    sh_ok("ip", &["link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", ns]);
+    sc.links.push(host_if.into());
+    sc.links.push(wg_host.into());
+    sh_ok("ip", &["addr", "add", "10.216.0.1/30", "dev", host_if]);
+    sh_ok("ip", &["link", "set", host_if, "up"]);
+    for args in [
+        vec!["addr", "add", "10.216.0.2/30", "dev", peer_if],
+        vec!["link", "set", peer_if, "up"],
+        vec!["link", "set", "lo", "up"],
+    ] {
+        let mut full = vec!["-n", ns];
+        full.extend(args);
+        sh_ok("ip", &full);
+    }
+    let port = 51906;
+    let config = format!(
+        "{}[wireguard]\nenable = true\ninterface = \"{wg_host}\"\nlisten_port = {port}\naddress = \"10.226.0.1/24\"\n\
+         endpoint = \"10.216.0.1:{port}\"\nbackend = \"userspace\"\npersistent_keepalive = 0\n",
+        br.config()
+    );
+    let d = Loomd::start_with_config(Some(&config));
+
+    // A weaver serving TCP on all its addresses.
+    let server = r#"
+import socket
+print("ADDR=" + addr(), flush=True)
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 8080)); l.listen(16)
+print("LISTENING=1", flush=True)
+while True:
+    c, peer = l.accept()
+    c.sendall(b"weaver-says-hi " + peer[0].encode() + b"\n"); c.close()
+"#;
+    let code = format!("{PY_PRELUDE}\n{server}");
+    let w = d.cli_json(&[
+        "weaver",
+        "create",
+        "--name",
+        "srv",
+        "--network",
+        "private",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        &code,
+    ]);
+    assert_eq!(w["state"], "running", "{w}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = d.logs("srv");
+        if log.contains("LISTENING=1") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "the weaver's server never listened:\n{log}\n{}", loomd_log(&d));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let weaver: Ipv4Addr = field(&log, "ADDR").parse().unwrap();
+    assert!(br.contains(weaver));
+    let reach = format!(
+        "st, ms, s = tcp('{weaver}', 8080, timeout=3)\nprint(f'TCP={{st}}', flush=True)\n\
+         print('REPLY=' + (s.recv(64).decode().strip() if s else ''), flush=True)"
+    );
+    // Without the tunnel the peer's namespace has no way to the weaver.
+    let before = py_in_netns(ns, &reach);
+    assert_ne!(field(&before, "TCP"), "OK", "the peer reached the weaver without a tunnel:\n{before}");
+
+    let peer = d.cli_json(&["wireguard", "peer", "add", "alice"]);
+    let client = peer["client_config"].as_str().unwrap_or_else(|| panic!("no client config: {peer}")).to_string();
+    assert!(client.contains("[Interface]") && client.contains("PrivateKey") && client.contains("[Peer]"), "{client}");
+    assert!(client.contains(&format!("Endpoint = 10.216.0.1:{port}")), "{client}");
+    let value = |key: &str| {
+        client
+            .lines()
+            .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("{key} missing in the client config:\n{client}"))
+    };
+    let address = value("Address");
+    let allowed: Vec<String> = value("AllowedIPs").split(',').map(|s| s.trim().to_string()).collect();
+    assert!(allowed.iter().any(|a| a == &br.subnet), "the weaver subnet is routed: {allowed:?}");
+
+    // The peer: wireguard-go in its namespace, the stripped config, its address and routes.
+    let wg = Command::new("ip")
+        .args(["netns", "exec", ns, "wireguard-go", "-f", wg_peer])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sc.children.push(wg);
+    sc.files.push(std::path::Path::new(loom_wireguard::UAPI_DIR).join(format!("{wg_peer}.sock")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("ip").args(["-n", ns, "link", "show", wg_peer]).output().unwrap().status.success() {
+        assert!(Instant::now() < deadline, "wireguard-go never made {wg_peer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let conf = d.dir.path().join("alice.conf");
+    std::fs::write(&conf, loom_wireguard::strip_wg_quick(&client)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The UAPI socket may appear a moment after the interface.
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "wg", "setconf", wg_peer, conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "wg setconf: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let address = if address.contains('/') { address } else { format!("{address}/32") };
+    sh_ok("ip", &["-n", ns, "addr", "add", &address, "dev", wg_peer]);
+    sh_ok("ip", &["-n", ns, "link", "set", wg_peer, "up"]);
+    for a in &allowed {
+        sh_ok("ip", &["-n", ns, "route", "replace", a, "dev", wg_peer]);
+    }
+
+    // Over the tunnel: the weaver answers, and sees the peer's tunnel address.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let over = loop {
+        let out = py_in_netns(ns, &reach);
+        if field(&out, "TCP") == "OK" {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the peer never reached the weaver over the tunnel:\n{out}\nwg show: {}\n{}",
+            String::from_utf8_lossy(&Command::new("wg").arg("show").output().unwrap().stdout),
+            loomd_log(&d)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let peer_ip = address.split('/').next().unwrap();
+    assert_eq!(field(&over, "REPLY"), format!("weaver-says-hi {peer_ip}"), "{over}");
+
+    // Removed, the peer is cut off within a few seconds.
+    let out = d.cli_json(&["wireguard", "peer", "rm", "alice"]);
+    assert_eq!(out["removed"], "alice", "{out}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = py_in_netns(ns, &reach.replace("timeout=3", "timeout=1"));
+        if field(&out, "TCP") != "OK" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed peer still reaches the weaver:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = py_in_netns(ns, &reach);
+    assert!(
+        ["TIMEOUT", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH"].contains(&field(&after, "TCP").as_str()),
+        "{after}"
+    );
+    drop(d);
+    drop(sc);
+}
