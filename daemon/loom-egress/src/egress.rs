@@ -220,6 +220,29 @@ fn raise_memlock() {
     }
 }
 
+/// The cookie (`SO_NETNS_COOKIE`) of the calling thread's network namespace: what
+/// [`Egress::register_netns`] takes.
+pub fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a live socket and a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// The cgroup id of a v2 cgroup directory: its inode number.
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;

@@ -8,6 +8,6 @@ pub mod layout;
 
 pub use egress::{
     Attachment, Egress, EgressConfig, EgressError, Expiry, NETNS_SCOPE, OBJECT, PROGRAMS, Scope, cgroup_id,
-    cgroup2_mount,
+    cgroup2_mount, current_netns_cookie,
 };
 pub use layout::{DenyEvent, DenyReason, Hook};

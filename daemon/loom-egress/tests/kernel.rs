@@ -340,24 +340,7 @@ impl TestNetns {
         .unwrap()
     }
     fn cookie(&self) -> u64 {
-        self.inside(|| {
-            use std::os::fd::AsRawFd;
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let mut cookie = 0u64;
-            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-            // SAFETY: a live socket and a buffer of the given size.
-            let rc = unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_NETNS_COOKIE,
-                    (&mut cookie as *mut u64).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-            cookie
-        })
+        self.inside(|| loom_egress::current_netns_cookie().unwrap())
     }
 }
 

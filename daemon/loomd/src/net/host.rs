@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -144,26 +143,10 @@ impl HostNet for IpTool {
     }
 
     fn netns_cookie(&self, netns: &Path) -> Result<u64, HostNetError> {
-        in_netns(netns, || {
-            let sock = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
-            let mut cookie: u64 = 0;
-            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-            // SAFETY: a valid socket and a buffer of the size given.
-            let rc = unsafe {
-                libc::getsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_NETNS_COOKIE,
-                    (&mut cookie as *mut u64).cast(),
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(cookie)
+        in_netns(netns, loom_egress::current_netns_cookie).map_err(|source| HostNetError::Io {
+            context: format!("reading the cookie of {}", netns.display()),
+            source,
         })
-        .map_err(|source| HostNetError::Io { context: format!("reading the cookie of {}", netns.display()), source })
     }
 
     fn weaver_addr(&self, id: &str) -> Option<Ipv4Addr> {
