@@ -17,6 +17,8 @@ mod exec;
 mod files;
 #[path = "escape/kernel.rs"]
 mod kernel;
+#[path = "escape/network.rs"]
+mod network;
 #[path = "escape/proxy.rs"]
 mod proxy;
 #[path = "escape/repo.rs"]
