@@ -220,9 +220,11 @@ async fn local_routes_get_the_authenticated_weaver() {
 
 #[tokio::test]
 async fn https_to_a_provider_behind_a_private_ca() {
-    let up =
-        FakeProvider::start_tls(include_str!("../data/test-server-cert.pem"), include_str!("../data/test-server-key.pem"))
-            .await;
+    let up = FakeProvider::start_tls(
+        include_str!("../data/test-server-cert.pem"),
+        include_str!("../data/test-server-key.pem"),
+    )
+    .await;
     up.script([Reply::openai_stream("llama3", &["hi"], 5, 1)]);
     let base = format!("https://localhost:{}/v1", up.addr.port());
     let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-ca.pem");

@@ -384,9 +384,9 @@ pub(crate) mod tests {
     use std::io::Write;
 
     use super::walk::should_be_encrypted;
-    use crate::metadata::CryptRule;
     use super::*;
     use crate::cipher::tests::encrypt;
+    use crate::metadata::CryptRule;
     use regex::Regex;
 
     const KEY: [u8; 32] = [42; 32];
