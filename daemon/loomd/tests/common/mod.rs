@@ -2,6 +2,8 @@
 //! socket, and the real `loom` CLI.
 #![allow(dead_code)]
 
+pub mod poll;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -132,15 +134,7 @@ impl Loomd {
     }
 
     pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        read_response(&mut s)
+        request(&self.socket, method, path, body)
     }
 
     /// Runs the real CLI against this loomd.
@@ -171,15 +165,7 @@ impl Loomd {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.inspect(key);
-            if pred(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{key} never became {what}: {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll::wait_for_state(key, what, timeout, || self.inspect(key), pred, String::new)
     }
 
     pub fn logs(&self, key: &str) -> String {
