@@ -211,17 +211,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     }
     d.start_loomd();
     assert_ne!(d.loomd_pid(), old, "a new loomd");
-    let ps = d.cli_json(&["weaver", "ps"]);
-    let ws = ps.as_array().unwrap();
-    assert_eq!(ws.len(), 5, "no weaver lost or duplicated: {ps}");
-    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(&pids) {
-        let v = d.inspect(name);
-        assert_eq!(v["state"], "running", "{v}");
-        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
-    }
-    let away = d.inspect("ends-while-away");
-    assert_eq!(away["state"], "exited", "{away}");
-    assert_eq!(away["exit_code"], 4, "{away}");
+    common::assert_readopted(&d.cli_json(&["weaver", "ps"]), 5, &pids, |k| d.inspect(k));
     // A clean exit unloads the unit at once; the journal still says how it ended.
     let ok = d.inspect("ok-while-away");
     assert_eq!((&ok["state"], &ok["exit_code"]), (&"exited".into(), &0.into()), "{ok}");

@@ -163,17 +163,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     d.kill9();
     std::thread::sleep(Duration::from_secs(3));
     d.spawn();
-    let ps = d.cli_json(&["weaver", "ps"]);
-    let ws = ps.as_array().unwrap();
-    assert_eq!(ws.len(), 4, "no weaver lost or duplicated: {ps}");
-    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(&pids) {
-        let v = d.inspect(name);
-        assert_eq!(v["state"], "running", "{v}");
-        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
-    }
-    let away = d.inspect("ends-while-away");
-    assert_eq!(away["state"], "exited", "{away}");
-    assert_eq!(away["exit_code"], 4);
+    common::assert_readopted(&d.cli_json(&["weaver", "ps"]), 4, &pids, |k| d.inspect(k));
     // Adopted weavers are supervised again: their end is noticed, and stop works.
     let v = d.cli_json(&["weaver", "stop", "keep-a"]);
     assert_eq!(v["state"], "stopped");

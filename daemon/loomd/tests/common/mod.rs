@@ -280,3 +280,23 @@ pub fn as_user(d: &Loomd, uid: u32, gids: &[u32], args: &[&str]) -> Output {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// After a loomd restart (both backends' adoption tests): `ps` lists `count` weavers, no more
+/// and no fewer; `keep-a`, `keep-b` and `keep-c` run as the same processes (`pids`) as before;
+/// `ends-while-away` exited with code 4 while no loomd ran.
+pub fn assert_readopted(
+    ps: &serde_json::Value,
+    count: usize,
+    pids: &[serde_json::Value],
+    inspect: impl Fn(&str) -> serde_json::Value,
+) {
+    assert_eq!(ps.as_array().map(Vec::len), Some(count), "no weaver lost or duplicated: {ps}");
+    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(pids) {
+        let v = inspect(name);
+        assert_eq!(v["state"], "running", "{v}");
+        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
+    }
+    let away = inspect("ends-while-away");
+    assert_eq!(away["state"], "exited", "{away}");
+    assert_eq!(away["exit_code"], 4, "{away}");
+}
