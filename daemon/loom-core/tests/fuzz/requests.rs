@@ -253,16 +253,7 @@ fn image_with_a_nul_byte_is_refused() {
 
 #[test]
 fn agent_wall_clock_99999999999d_is_refused() {
-    let agent = AgentSpec {
-        prompt: "fix it".into(),
-        model: "anthropic/claude".into(),
-        max_iterations: None,
-        until: None,
-        check: None,
-        wall_clock: Some("99999999999d".into()),
-        completion_marker: None,
-        context_threads: vec![],
-    };
+    let agent = AgentSpec { wall_clock: Some("99999999999d".into()), ..AgentSpec::new("fix it", "anthropic/claude") };
     let req = CreateWeaver { agent: Some(agent), command: vec![], ..CreateWeaver::default() };
     let e = resolve_spec(req, &WeaverDefaults::default(), "w".into()).unwrap_err().to_string();
     assert!(e.contains("wall clock"), "{e}");
