@@ -27,25 +27,9 @@ async fn bare_unit_start(sd: &DbusSystemd, c: &BootedSystemd, i: usize) -> f64 {
     std::fs::create_dir_all(host_root.join("workspace")).unwrap();
     let marker = host_root.join(".loom/started");
     let name = format!("bare-{i}");
-    let mut argv: Vec<String> = [
-        "/usr/bin/systemd-nspawn",
-        "--quiet",
-        "--keep-unit",
-        "--register=yes",
-        "--private-users=pick",
-        "--private-users-ownership=chown",
-        "--as-pid2",
-        "--console=pipe",
-        "--private-network",
-        "--bind-ro=/usr:/usr",
-        "--chdir=/workspace",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push(format!("--directory={root}"));
-    argv.push(format!("--machine={name}"));
-    argv.extend(["--", "/bin/sh", "-c", "mkdir -p /.loom; : > /.loom/started; exec sleep 300"].map(String::from));
+    let flags = ["--as-pid2", "--console=pipe", "--private-network", "--chdir=/workspace"];
+    let payload = ["/bin/sh", "-c", "mkdir -p /.loom; : > /.loom/started; exec sleep 300"];
+    let argv = harness::nested_nspawn_argv(&name, &root, &flags, &payload);
     let mut spec = TransientServiceSpec::new(format!("bare{i}"), name, argv);
     spec.memory_max = Some(4 << 30);
     spec.tasks_max = Some(4096);
