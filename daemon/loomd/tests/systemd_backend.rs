@@ -94,15 +94,7 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
         b"/bin/sleep\x00300\x00",
         "create must return once the command itself runs"
     );
-    let out = d.cli(&[
-        "weaver",
-        "exec",
-        "sleeper",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo $GREETING from $(hostname); echo oops >&2; exit 7",
-    ]);
+    let out = d.cli(&["weaver", "exec", "sleeper", "--", "/bin/sh", "-c", common::EXEC_SCRIPT]);
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there from sleeper\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");

@@ -85,15 +85,7 @@ fn create_returns_once_the_first_process_runs_and_exec_works() {
     let pid = w["pid"].as_i64().unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"/bin/sleep\x00300\x00", "create must return once the command itself runs");
-    let out = d.cli(&[
-        "weaver",
-        "exec",
-        "sleeper",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo $GREETING from $(hostname); echo oops >&2; exit 7",
-    ]);
+    let out = d.cli(&["weaver", "exec", "sleeper", "--", "/bin/sh", "-c", common::EXEC_SCRIPT]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there from sleeper\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");

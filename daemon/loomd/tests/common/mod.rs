@@ -300,3 +300,7 @@ pub fn assert_readopted(
     assert_eq!(away["state"], "exited", "{away}");
     assert_eq!(away["exit_code"], 4, "{away}");
 }
+
+/// What both backends' exec tests run in a weaver: its environment, its hostname, both
+/// output streams and an exit code, each of which the test checks came through.
+pub const EXEC_SCRIPT: &str = "echo $GREETING from $(hostname); echo oops >&2; exit 7";
