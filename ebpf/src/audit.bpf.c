@@ -148,19 +148,36 @@ static __always_inline void submit(void *e)
 	bpf_ringbuf_submit(e, avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline int emit_args(__u32 kind, __u32 op, __s64 a0, __s64 a1, __s64 a2, __s64 a3)
+/*
+ * An event of `size` bytes for the current task's watched cgroup, its header and
+ * its four arguments filled; NULL when the task is not watched or the ring is
+ * full. The argument-carrying events all start as loom_ev_args does.
+ */
+static __always_inline void *reserve_args(__u64 size, __u32 kind, __u32 op, __s64 a0, __s64 a1,
+					  __s64 a2, __s64 a3)
 {
+	_Static_assert(__builtin_offsetof(struct loom_ev_path, args) == __builtin_offsetof(struct loom_ev_args, args),
+		       "path events carry their arguments where loom_ev_args does");
+	_Static_assert(__builtin_offsetof(struct loom_ev_path2, args) == __builtin_offsetof(struct loom_ev_args, args),
+		       "path2 events carry their arguments where loom_ev_args does");
 	__u64 cg = watched_cgroup();
 	if (!cg)
-		return 0;
-	struct loom_ev_args *e = reserve(sizeof(*e), kind, op, cg);
+		return NULL;
+	struct loom_ev_args *e = reserve(size, kind, op, cg);
 	if (!e)
-		return 0;
+		return NULL;
 	e->args[0] = a0;
 	e->args[1] = a1;
 	e->args[2] = a2;
 	e->args[3] = a3;
-	submit(e);
+	return e;
+}
+
+static __always_inline int emit_args(__u32 kind, __u32 op, __s64 a0, __s64 a1, __s64 a2, __s64 a3)
+{
+	struct loom_ev_args *e = reserve_args(sizeof(*e), kind, op, a0, a1, a2, a3);
+	if (e)
+		submit(e);
 	return 0;
 }
 
@@ -277,16 +294,9 @@ static __always_inline __u32 absolutize(char *path, __u32 len, __s32 dirfd)
 static __always_inline int emit_path(__u32 kind, __u32 op, int resolve, const char *path, __s64 a0,
 				     __s64 a1, __s64 a2)
 {
-	__u64 cg = watched_cgroup();
-	if (!cg)
-		return 0;
-	struct loom_ev_path *e = reserve(sizeof(*e), kind, op, cg);
+	struct loom_ev_path *e = reserve_args(sizeof(*e), kind, op, a0, a1, a2, 0);
 	if (!e)
 		return 0;
-	e->args[0] = a0;
-	e->args[1] = a1;
-	e->args[2] = a2;
-	e->args[3] = 0;
 	e->_pad = 0;
 	e->path_len = read_user_str(e->path, sizeof(e->path), path);
 	if (resolve)
@@ -299,16 +309,9 @@ static __always_inline int emit_path(__u32 kind, __u32 op, int resolve, const ch
 static __always_inline int emit_path2(__u32 kind, __u32 op, int resolve, const char *path,
 				      const char *path2, const char *aux, __s64 a0, __s64 a1, __s64 a2)
 {
-	__u64 cg = watched_cgroup();
-	if (!cg)
-		return 0;
-	struct loom_ev_path2 *e = reserve(sizeof(*e), kind, op, cg);
+	struct loom_ev_path2 *e = reserve_args(sizeof(*e), kind, op, a0, a1, a2, 0);
 	if (!e)
 		return 0;
-	e->args[0] = a0;
-	e->args[1] = a1;
-	e->args[2] = a2;
-	e->args[3] = 0;
 	e->_pad = 0;
 	e->path_len = path ? read_user_str(e->path, sizeof(e->path), path) : 0;
 	e->path2_len = path2 ? read_user_str(e->path2, sizeof(e->path2), path2) : 0;

@@ -7,11 +7,11 @@ use loom_core::sse::SseEvent;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::json;
+use support::cases;
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+/// The helpers every crate's property tests share, defined once in loom-core's.
+#[path = "../../loom-core/tests/fuzz/support.rs"]
+mod support;
 
 /// Events of both protocols with any indices, types and text, to feed the accumulator.
 fn model_event() -> impl Strategy<Value = SseEvent> {

@@ -176,6 +176,27 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// An event of `weaver`'s: `syscall` and `detail`, with every other field zero or empty
+    /// (pid and tid 1), for who builds events rather than decodes them.
+    pub fn new(weaver: impl Into<String>, syscall: impl Into<String>, detail: EventDetail) -> Self {
+        AuditEvent {
+            seq: 0,
+            ts_boot_ns: 0,
+            time_unix_ns: 0,
+            weaver: weaver.into(),
+            cgroup_id: 0,
+            syscall: syscall.into(),
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            euid: 0,
+            comm: String::new(),
+            detail,
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
         match self.detail {
             EventDetail::Exec { .. } => EventKind::Exec,

@@ -233,17 +233,9 @@ mod tests {
             seq,
             ts_boot_ns: t,
             time_unix_ns: t,
-            weaver: weaver.into(),
             cgroup_id: 1,
-            syscall: "x".into(),
-            pid: 1,
-            tid: 1,
-            ppid: 0,
-            uid: 0,
-            gid: 0,
-            euid: 0,
             comm: "c".into(),
-            detail,
+            ..AuditEvent::new(weaver, "x", detail)
         }
     }
 

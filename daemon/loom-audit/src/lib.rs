@@ -8,7 +8,10 @@
 //! - [`sink`] writes events to journald (native protocol, [`journal`]) or NDJSON;
 //!   [`index`] keeps them in SQLite for `loom audit`.
 //!
-//! Invariants: only [`audit`] touches the BPF syscall; [`event`], [`journal`]'s
+//! - [`event`] is what an event is, [`decode`] makes one of a ring-buffer record, [`names`]
+//!   renders kernel values (flags, hostile bytes) as text.
+//!
+//! Invariants: only [`audit`] touches the BPF syscall; [`event`], [`decode`], [`names`], [`journal`]'s
 //! encoding, [`config`] and [`index::parse_since`] are pure; this crate never
 //! calls systemd (journald is only a socket).
 //!

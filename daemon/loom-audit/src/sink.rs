@@ -127,27 +127,20 @@ mod tests {
     use crate::event::EventDetail;
 
     fn event(seq: u64) -> AuditEvent {
+        let detail = EventDetail::Open {
+            path: "/tmp/a\nb".into(),
+            path_truncated: false,
+            dirfd: -100,
+            flags: 0o101,
+            mode: 0o644,
+        };
         AuditEvent {
             seq,
             ts_boot_ns: 1,
             time_unix_ns: 2,
-            weaver: "w".into(),
             cgroup_id: 3,
-            syscall: "openat".into(),
-            pid: 1,
-            tid: 1,
-            ppid: 0,
-            uid: 0,
-            gid: 0,
-            euid: 0,
             comm: "sh".into(),
-            detail: EventDetail::Open {
-                path: "/tmp/a\nb".into(),
-                path_truncated: false,
-                dirfd: -100,
-                flags: 0o101,
-                mode: 0o644,
-            },
+            ..AuditEvent::new("w", "openat", detail)
         }
     }
 

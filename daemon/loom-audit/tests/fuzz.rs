@@ -9,11 +9,11 @@ use loom_audit::layout::{self, COMM_LEN, EXEC_ARGV_LEN, PATH_LEN, kind};
 use loom_audit::{AuditConfig, AuditEvent, EventDetail, parse_since};
 use proptest::prelude::*;
 use proptest::sample::select;
+use support::cases;
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+/// The helpers every crate's property tests share, defined once in loom-core's.
+#[path = "../../loom-core/tests/fuzz/support.rs"]
+mod support;
 
 fn size_of_struct(name: &str) -> usize {
     layout::layout_table().iter().find(|f| f.strukt == name && f.field.is_empty()).map(|f| f.size).unwrap()

@@ -98,26 +98,19 @@ async fn real_events_reach_a_real_journald_with_their_fields() {
     pump(rx, sink.as_mut(), |_| {}).await;
     // and one entry too big for a datagram: goes through a memfd
     let big = AuditEvent {
-        seq: 0,
-        ts_boot_ns: 0,
-        time_unix_ns: 0,
-        weaver: weaver.clone(),
         cgroup_id: cg.id,
-        syscall: "execve".into(),
-        pid: 1,
-        tid: 1,
-        ppid: 0,
-        uid: 0,
-        gid: 0,
-        euid: 0,
         comm: "big".into(),
-        detail: EventDetail::Exec {
-            path: "/bin/big".into(),
-            argv: vec!["x".repeat(400_000)],
-            path_truncated: false,
-            argv_truncated: false,
-            old_pid: 1,
-        },
+        ..AuditEvent::new(
+            weaver.clone(),
+            "execve",
+            EventDetail::Exec {
+                path: "/bin/big".into(),
+                argv: vec!["x".repeat(400_000)],
+                path_truncated: false,
+                argv_truncated: false,
+                old_pid: 1,
+            },
+        )
     };
     sink.write(&big).unwrap();
 

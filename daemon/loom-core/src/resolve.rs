@@ -224,20 +224,6 @@ mod tests {
             Err("cannot be overridden"),
         );
         check(req(|r| r.command = vec!["".into()]), Err("command name is empty"));
-        check(
-            req(|r| {
-                r.agent = Some(AgentSpec {
-                    prompt: "fix it".into(),
-                    model: "claude".into(),
-                    max_iterations: None,
-                    until: None,
-                    check: None,
-                    wall_clock: None,
-                    completion_marker: None,
-                    context_threads: vec![],
-                })
-            }),
-            Err("PROVIDER/MODEL"),
-        );
+        check(req(|r| r.agent = Some(AgentSpec::new("fix it", "claude"))), Err("PROVIDER/MODEL"));
     }
 }

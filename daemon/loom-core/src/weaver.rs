@@ -280,6 +280,22 @@ pub struct AgentSpec {
     pub context_threads: Vec<String>,
 }
 
+impl AgentSpec {
+    /// A loop of `prompt` on `model` with every limit and option left to its default.
+    pub fn new(prompt: impl Into<String>, model: impl Into<String>) -> Self {
+        AgentSpec {
+            prompt: prompt.into(),
+            model: model.into(),
+            max_iterations: None,
+            until: None,
+            check: None,
+            wall_clock: None,
+            completion_marker: None,
+            context_threads: vec![],
+        }
+    }
+}
+
 /// Environment variables loom sets in every weaver; a client may not override them.
 pub const RESERVED_ENV: &[&str] = &[
     "ANTHROPIC_BASE_URL",

@@ -12,11 +12,11 @@ use loom_proxy::usage::{ScanOutcome, UsageScanner, usage_from_json};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::json;
+use support::{cases, split_at_points};
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+/// One definition of the helpers every crate's property tests use.
+#[path = "../../loom-core/tests/fuzz/support.rs"]
+mod support;
 
 fn scan<'a>(content_type: &str, chunks: impl IntoIterator<Item = &'a [u8]>) -> ScanOutcome {
     let mut s = UsageScanner::new(content_type);
@@ -24,19 +24,6 @@ fn scan<'a>(content_type: &str, chunks: impl IntoIterator<Item = &'a [u8]>) -> S
         s.feed(c);
     }
     s.finish()
-}
-
-fn split_at_points(bytes: &[u8], mut points: Vec<usize>) -> Vec<&[u8]> {
-    points.iter_mut().for_each(|p| *p %= bytes.len() + 1);
-    points.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for p in points {
-        chunks.push(&bytes[start..p]);
-        start = p;
-    }
-    chunks.push(&bytes[start..]);
-    chunks
 }
 
 fn count() -> impl Strategy<Value = serde_json::Value> {

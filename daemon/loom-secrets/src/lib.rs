@@ -20,7 +20,7 @@
 //! Map of the crate: `formats` parses YAML/JSON/dotenv/INI/binary into one ordered tree
 //! (`tree`), `metadata` reads the `sops` entry, `keys` unwraps the data key (age, SSH host
 //! key via ssh-to-age's conversion, PGP), `cipher` is sops' value format, and `decrypt`
-//! walks the tree in sops' order and checks the MAC. It never writes files or logs values.
+//! unwraps, has `decrypt::walk` walk the tree in sops' order, and checks the MAC. It never writes files or logs values.
 
 mod cipher;
 mod config;

@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use loom_secrets::{KeyRing, SecretTree, SopsFormat, decrypt_bytes};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use support::cases;
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+/// The helpers every crate's property tests share, defined once in loom-core's.
+#[path = "../../loom-core/tests/fuzz/support.rs"]
+mod support;
 
 fn testdata() -> PathBuf {
     let dir = std::env::var_os("LOOM_TESTDATA")

@@ -62,25 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             base_stop.push(t.elapsed());
 
             let machine = format!("bench{i}");
-            let argv: Vec<String> = [
-                "/usr/bin/systemd-nspawn",
-                "--quiet",
-                "--keep-unit",
-                "--register=yes",
-                "--private-users=pick",
-                "--private-users-ownership=chown",
-                "--bind-ro=/usr",
-                "-M",
-                &machine,
-                "-D",
-                root,
-                "--",
-                "/bin/sleep",
-                "300",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let argv = harness::nested_nspawn_argv(&machine, root, &[], &["/bin/sleep", "300"]);
             let mut spec = TransientServiceSpec::new(format!("weaver{i}"), machine.clone(), argv);
             spec.memory_max = Some(256 << 20);
             spec.tasks_max = Some(256);

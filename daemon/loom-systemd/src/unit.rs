@@ -160,10 +160,6 @@ pub enum PropValue {
     StrPairs(Vec<(String, String)>),
 }
 
-/// Device nodes a weaver may open beyond the pseudo devices `DevicePolicy=closed` always
-/// allows (null, zero, full, random, urandom): its terminals. No host device node else.
-pub const WEAVER_DEVICES: [(&str, &str); 3] = [("/dev/tty", "rw"), ("/dev/ptmx", "rw"), ("char-pts", "rw")];
-
 /// The properties of `StartTransientUnit` for `spec`, in a stable order.
 pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static str, PropValue)>, SpecError> {
     let id = &spec.weaver_id;
@@ -218,7 +214,8 @@ pub fn service_properties(spec: &TransientServiceSpec) -> Result<Vec<(&'static s
         ("DevicePolicy", PropValue::Str("closed".to_string())),
         (
             "DeviceAllow",
-            PropValue::StrPairs(WEAVER_DEVICES.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect()),
+            // Beyond the pseudo devices `DevicePolicy=closed` allows: the terminals.
+            PropValue::StrPairs(loom_core::devices::systemd_device_allow()),
         ),
     ];
     if !spec.environment.is_empty() {

@@ -189,21 +189,7 @@ async fn plain_commands_run_as_transient_units_with_status_exit_codes_and_journa
 
 /// The flags that run a user-namespaced nspawn container inside the booted container.
 fn nested_nspawn_argv(machine: &str, root: &str, script: &str) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        "/usr/bin/systemd-nspawn",
-        "--quiet",
-        "--keep-unit",
-        "--register=yes",
-        "--private-users=pick",
-        "--private-users-ownership=chown",
-        "--bind-ro=/usr",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(["-M".into(), machine.into(), "-D".into(), root.into(), "--".into()]);
-    argv.extend(sh(script));
-    argv
+    harness::nested_nspawn_argv(machine, root, &[], &["/bin/sh", "-c", script])
 }
 
 /// A throwaway root with the host's /usr: `usr/` empty (bound read-only at start), the

@@ -6,11 +6,11 @@ use loom_threads::*;
 use proptest::prelude::*;
 use proptest::sample::select;
 use rusqlite::Connection;
+use support::cases;
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+/// The helpers every crate's property tests share, defined once in loom-core's.
+#[path = "../../loom-core/tests/fuzz/support.rs"]
+mod support;
 
 fn open() -> Connection {
     let mut conn = Connection::open_in_memory().unwrap();

@@ -8,39 +8,14 @@
 //! Run as root: `cargo bench -p loomd --bench systemd_weavers`. `LOOM_BENCH_CREATES` sets the
 //! number of creates (default 60).
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use loom_systemd::harness::{self, BootedSystemd};
 use loom_systemd::{DbusSystemd, SystemdManager, TransientServiceSpec};
+use support::{request, summary};
 
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(socket).expect("connect to loomd");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    std::io::Read::read_to_string(&mut s, &mut raw).unwrap();
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&ms, 0.5), percentile(&ms, 0.99));
-    println!("{name:<44} n={:<4} p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {:>7.1} ms", ms.len(), ms[ms.len() - 1]);
-    (p50, p99)
-}
+mod support;
 
 /// The floor: systemd-nspawn started as a transient unit with loom's isolation flags, timed
 /// until its payload has run its first command (it drops a marker).
@@ -52,25 +27,9 @@ async fn bare_unit_start(sd: &DbusSystemd, c: &BootedSystemd, i: usize) -> f64 {
     std::fs::create_dir_all(host_root.join("workspace")).unwrap();
     let marker = host_root.join(".loom/started");
     let name = format!("bare-{i}");
-    let mut argv: Vec<String> = [
-        "/usr/bin/systemd-nspawn",
-        "--quiet",
-        "--keep-unit",
-        "--register=yes",
-        "--private-users=pick",
-        "--private-users-ownership=chown",
-        "--as-pid2",
-        "--console=pipe",
-        "--private-network",
-        "--bind-ro=/usr:/usr",
-        "--chdir=/workspace",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push(format!("--directory={root}"));
-    argv.push(format!("--machine={name}"));
-    argv.extend(["--", "/bin/sh", "-c", "mkdir -p /.loom; : > /.loom/started; exec sleep 300"].map(String::from));
+    let flags = ["--as-pid2", "--console=pipe", "--private-network", "--chdir=/workspace"];
+    let payload = ["/bin/sh", "-c", "mkdir -p /.loom; : > /.loom/started; exec sleep 300"];
+    let argv = harness::nested_nspawn_argv(&name, &root, &flags, &payload);
     let mut spec = TransientServiceSpec::new(format!("bare{i}"), name, argv);
     spec.memory_max = Some(4 << 30);
     spec.tasks_max = Some(4096);

@@ -57,11 +57,6 @@ impl WeaverCgroups {
 }
 
 /// The host's cgroup layout, found once at start.
-/// The device nodes a weaver may open, as v1 `devices.allow` rules: null, zero, full, random,
-/// urandom, its terminal, ptmx and its pseudo-terminals. nspawn's own /dev has no more.
-const WEAVER_DEVICES: [&str; 8] =
-    ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"];
-
 #[derive(Debug, Clone)]
 pub struct CgroupHost {
     /// The v2 mount point.
@@ -165,8 +160,8 @@ impl CgroupHost {
                 // for the systemd backend (v2 has no device files; nspawn's /dev is all there is).
                 "devices" => {
                     write(&dir.join("devices.deny"), "a")?;
-                    for rule in WEAVER_DEVICES {
-                        write(&dir.join("devices.allow"), rule)?;
+                    for rule in loom_core::devices::cgroup_v1_rules() {
+                        write(&dir.join("devices.allow"), &rule)?;
                     }
                 }
                 "cpu" => {

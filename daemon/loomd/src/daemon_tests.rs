@@ -191,16 +191,7 @@ async fn what_the_agent_spooled_but_never_delivered_is_stored_when_its_run_ends(
     let f = fixture_with(true);
     let req = Request::CreateWeaver(Box::new(CreateWeaver {
         name: Some("looper".into()),
-        agent: Some(loom_core::weaver::AgentSpec {
-            prompt: "fix it".into(),
-            model: "anthropic/m".into(),
-            max_iterations: None,
-            until: None,
-            check: None,
-            wall_clock: None,
-            completion_marker: None,
-            context_threads: vec![],
-        }),
+        agent: Some(loom_core::weaver::AgentSpec::new("fix it", "anthropic/m")),
         ..Default::default()
     }));
     let w = weaver(&f.daemon, &admin(), req).await.unwrap();

@@ -94,15 +94,7 @@ fn weavers_run_as_units_registered_limited_logged_and_managed() {
         b"/bin/sleep\x00300\x00",
         "create must return once the command itself runs"
     );
-    let out = d.cli(&[
-        "weaver",
-        "exec",
-        "sleeper",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo $GREETING from $(hostname); echo oops >&2; exit 7",
-    ]);
+    let out = d.cli(&["weaver", "exec", "sleeper", "--", "/bin/sh", "-c", common::EXEC_SCRIPT]);
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there from sleeper\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
@@ -211,17 +203,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     }
     d.start_loomd();
     assert_ne!(d.loomd_pid(), old, "a new loomd");
-    let ps = d.cli_json(&["weaver", "ps"]);
-    let ws = ps.as_array().unwrap();
-    assert_eq!(ws.len(), 5, "no weaver lost or duplicated: {ps}");
-    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(&pids) {
-        let v = d.inspect(name);
-        assert_eq!(v["state"], "running", "{v}");
-        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
-    }
-    let away = d.inspect("ends-while-away");
-    assert_eq!(away["state"], "exited", "{away}");
-    assert_eq!(away["exit_code"], 4, "{away}");
+    common::assert_readopted(&d.cli_json(&["weaver", "ps"]), 5, &pids, |k| d.inspect(k));
     // A clean exit unloads the unit at once; the journal still says how it ended.
     let ok = d.inspect("ok-while-away");
     assert_eq!((&ok["state"], &ok["exit_code"]), (&"exited".into(), &0.into()), "{ok}");

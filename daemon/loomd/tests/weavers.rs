@@ -85,15 +85,7 @@ fn create_returns_once_the_first_process_runs_and_exec_works() {
     let pid = w["pid"].as_i64().unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"/bin/sleep\x00300\x00", "create must return once the command itself runs");
-    let out = d.cli(&[
-        "weaver",
-        "exec",
-        "sleeper",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo $GREETING from $(hostname); echo oops >&2; exit 7",
-    ]);
+    let out = d.cli(&["weaver", "exec", "sleeper", "--", "/bin/sh", "-c", common::EXEC_SCRIPT]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there from sleeper\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
@@ -163,17 +155,7 @@ fn weavers_survive_a_sigkill_of_loomd_and_are_adopted() {
     d.kill9();
     std::thread::sleep(Duration::from_secs(3));
     d.spawn();
-    let ps = d.cli_json(&["weaver", "ps"]);
-    let ws = ps.as_array().unwrap();
-    assert_eq!(ws.len(), 4, "no weaver lost or duplicated: {ps}");
-    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(&pids) {
-        let v = d.inspect(name);
-        assert_eq!(v["state"], "running", "{v}");
-        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
-    }
-    let away = d.inspect("ends-while-away");
-    assert_eq!(away["state"], "exited", "{away}");
-    assert_eq!(away["exit_code"], 4);
+    common::assert_readopted(&d.cli_json(&["weaver", "ps"]), 4, &pids, |k| d.inspect(k));
     // Adopted weavers are supervised again: their end is noticed, and stop works.
     let v = d.cli_json(&["weaver", "stop", "keep-a"]);
     assert_eq!(v["state"], "stopped");

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha512};
+use sha2::Digest;
 use zeroize::Zeroizing;
 
 use crate::cipher::{self, CipherError, ValueKind};
@@ -329,14 +329,12 @@ pub fn decrypt_bytes(bytes: &[u8], format: SopsFormat, keys: &KeyRing) -> Result
             failures,
         })?;
 
-    let mut walker =
-        Walker { key: &data_key, meta: &meta, hash: Sha512::new(), leaves: Vec::new(), comments: Vec::new() };
+    let mut walker = Walker::new(&data_key, &meta);
     if meta.mac_only_encrypted {
         walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
     }
     for branch in &doc.branches {
-        let mut stack = Vec::new();
-        walker.walk_map(branch, &mut Vec::new(), &mut Vec::new(), &mut stack)?;
+        walker.walk_map(branch)?;
     }
     let computed = Zeroizing::new(hex_upper(&walker.hash.finalize()));
 
@@ -388,6 +386,7 @@ pub(crate) mod tests {
     use crate::cipher::tests::encrypt;
     use crate::metadata::CryptRule;
     use regex::Regex;
+    use sha2::Sha512;
 
     const KEY: [u8; 32] = [42; 32];
     const LASTMOD: &str = "2025-05-05T05:05:05Z";

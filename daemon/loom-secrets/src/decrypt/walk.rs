@@ -13,106 +13,104 @@ use crate::tree::{Item, ListItem, Value};
 /// One pass over a document's branches: every value decrypted (or taken as it is) in sops'
 /// order, hashed for the MAC, and kept as a leaf.
 pub(super) struct Walker<'a> {
-    pub(super) key: &'a DataKey,
-    pub(super) meta: &'a Metadata,
+    key: &'a DataKey,
+    meta: &'a Metadata,
     pub(super) hash: Sha512,
     pub(super) leaves: Vec<Leaf>,
     pub(super) comments: Vec<SecretString>,
+    /// Where the walk is: the keys of the value's additional data, its path in the tree
+    /// (keys and list indices), and the comments seen in each enclosing container since its
+    /// last value.
+    ad_path: Vec<String>,
+    tree_path: Vec<String>,
+    stack: Vec<Vec<String>>,
+}
+
+impl<'a> Walker<'a> {
+    pub(super) fn new(key: &'a DataKey, meta: &'a Metadata) -> Self {
+        Walker {
+            key,
+            meta,
+            hash: Sha512::new(),
+            leaves: Vec::new(),
+            comments: Vec::new(),
+            ad_path: Vec::new(),
+            tree_path: Vec::new(),
+            stack: Vec::new(),
+        }
+    }
 }
 
 impl Walker<'_> {
     /// sops' `walkBranch`: the comments seen since the last value are on the stack while
     /// the value is decided; a value's additional data is its keys joined by `:`.
-    pub(super) fn walk_map(
-        &mut self,
-        items: &[Item],
-        ad_path: &mut Vec<String>,
-        tree_path: &mut Vec<String>,
-        stack: &mut Vec<Vec<String>>,
-    ) -> Result<(), SopsError> {
-        stack.push(Vec::new());
+    pub(super) fn walk_map(&mut self, items: &[Item]) -> Result<(), SopsError> {
+        self.stack.push(Vec::new());
         for item in items {
             match item {
-                Item::Comment(c) => self.note_comment(c, ad_path, stack),
+                Item::Comment(c) => self.note_comment(c),
                 Item::Entry(k, v) => {
-                    ad_path.push(k.clone());
-                    tree_path.push(k.clone());
-                    let r = self.walk_child(v, ad_path, tree_path, stack);
-                    ad_path.pop();
+                    self.ad_path.push(k.clone());
+                    self.tree_path.push(k.clone());
+                    let r = self.walk_child(v);
+                    self.ad_path.pop();
                     r?;
                 }
             }
         }
-        stack.pop();
+        self.stack.pop();
         Ok(())
     }
 
     /// sops' `walkSlice`: elements share the list's additional data (no index in it).
-    fn walk_list(
-        &mut self,
-        items: &[ListItem],
-        ad_path: &mut Vec<String>,
-        tree_path: &mut Vec<String>,
-        stack: &mut Vec<Vec<String>>,
-    ) -> Result<(), SopsError> {
-        stack.push(Vec::new());
+    fn walk_list(&mut self, items: &[ListItem]) -> Result<(), SopsError> {
+        self.stack.push(Vec::new());
         let mut index = 0usize;
         for item in items {
             match item {
-                ListItem::Comment(c) => self.note_comment(c, ad_path, stack),
+                ListItem::Comment(c) => self.note_comment(c),
                 ListItem::Value(v) => {
-                    tree_path.push(index.to_string());
+                    self.tree_path.push(index.to_string());
                     index += 1;
-                    self.walk_child(v, ad_path, tree_path, stack)?;
+                    self.walk_child(v)?;
                 }
             }
         }
-        stack.pop();
+        self.stack.pop();
         Ok(())
     }
 
     /// A comment is on the stack until the next value, and kept (decrypted if it can be).
-    fn note_comment(&mut self, c: &str, ad_path: &[String], stack: &mut [Vec<String>]) {
-        if let Some(top) = stack.last_mut() {
+    fn note_comment(&mut self, c: &str) {
+        if let Some(top) = self.stack.last_mut() {
             top.push(c.to_string());
         }
-        self.comment(c, ad_path, stack);
+        self.comment(c);
     }
 
     /// Walks an element whose key or index is on top of `tree_path` (and pops it); a value
     /// ends the run of comments before it.
-    fn walk_child(
-        &mut self,
-        v: &Value,
-        ad_path: &mut Vec<String>,
-        tree_path: &mut Vec<String>,
-        stack: &mut Vec<Vec<String>>,
-    ) -> Result<(), SopsError> {
-        let r = self.walk_value(v, ad_path, tree_path, stack);
-        tree_path.pop();
+    fn walk_child(&mut self, v: &Value) -> Result<(), SopsError> {
+        let r = self.walk_value(v);
+        self.tree_path.pop();
         r?;
-        if let Some(top) = stack.last_mut() {
+        if let Some(top) = self.stack.last_mut() {
             top.clear();
         }
         Ok(())
     }
 
-    fn walk_value(
-        &mut self,
-        v: &Value,
-        ad_path: &mut Vec<String>,
-        tree_path: &mut Vec<String>,
-        stack: &mut Vec<Vec<String>>,
-    ) -> Result<(), SopsError> {
+    fn walk_value(&mut self, v: &Value) -> Result<(), SopsError> {
         match v {
-            Value::Map(items) => self.walk_map(items, ad_path, tree_path, stack),
-            Value::List(items) => self.walk_list(items, ad_path, tree_path, stack),
+            Value::Map(items) => self.walk_map(items),
+            Value::List(items) => self.walk_list(items),
             Value::Null => Ok(()),
-            scalar => self.leaf(scalar, ad_path, tree_path, stack),
+            scalar => self.leaf(scalar),
         }
     }
 
-    fn comment(&mut self, c: &str, ad_path: &[String], stack: &[Vec<String>]) {
+    fn comment(&mut self, c: &str) {
+        let (ad_path, stack) = (&self.ad_path, &self.stack);
         // Comments are outside the MAC; sops keeps one that fails to decrypt as written
         // (older sops versions left comments in clear). Which mapping a comment sits in is
         // a YAML-layout guess, so every enclosing path is tried.
@@ -131,13 +129,8 @@ impl Walker<'_> {
         self.comments.push(SecretString::new(text));
     }
 
-    fn leaf(
-        &mut self,
-        v: &Value,
-        ad_path: &[String],
-        tree_path: &[String],
-        stack: &[Vec<String>],
-    ) -> Result<(), SopsError> {
+    fn leaf(&mut self, v: &Value) -> Result<(), SopsError> {
+        let (ad_path, tree_path, stack) = (&self.ad_path, &self.tree_path, &self.stack);
         let dotted = tree_path.join(".");
         let encrypted = should_be_encrypted(&self.meta.rule, ad_path, stack, false);
         let (kind, value, mac_bytes): (ValueKind, Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) = if encrypted {

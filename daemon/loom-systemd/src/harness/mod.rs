@@ -441,6 +441,23 @@ impl Drop for BootedSystemd {
     }
 }
 
+/// The command line of a `systemd-nspawn` that a unit inside a booted container runs (a weaver
+/// nested in the harness, as loomd's systemd backend starts one): user-namespaced, registered
+/// with the container's machined, on the host's `/usr`, with `flags` added, then `command`.
+pub fn nested_nspawn_argv(machine: &str, root: &str, flags: &[&str], command: &[&str]) -> Vec<String> {
+    let base = [
+        "/usr/bin/systemd-nspawn",
+        "--quiet",
+        "--keep-unit",
+        "--register=yes",
+        "--private-users=pick",
+        "--private-users-ownership=chown",
+        "--bind-ro=/usr",
+    ];
+    let tail = ["-M", machine, "-D", root, "--"];
+    base.iter().chain(flags).chain(&tail).chain(command).map(|s| s.to_string()).collect()
+}
+
 fn validate_machine_name(name: &str) -> Result<(), HarnessError> {
     let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok { Ok(()) } else { Err(HarnessError::Name(name.to_string())) }

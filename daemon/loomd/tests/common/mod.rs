@@ -2,6 +2,8 @@
 //! socket, and the real `loom` CLI.
 #![allow(dead_code)]
 
+pub mod poll;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -132,15 +134,7 @@ impl Loomd {
     }
 
     pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: loomd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        read_response(&mut s)
+        request(&self.socket, method, path, body)
     }
 
     /// Runs the real CLI against this loomd.
@@ -171,15 +165,7 @@ impl Loomd {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.inspect(key);
-            if pred(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{key} never became {what}: {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll::wait_for_state(key, what, timeout, || self.inspect(key), pred, String::new)
     }
 
     pub fn logs(&self, key: &str) -> String {
@@ -294,3 +280,27 @@ pub fn as_user(d: &Loomd, uid: u32, gids: &[u32], args: &[&str]) -> Output {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// After a loomd restart (both backends' adoption tests): `ps` lists `count` weavers, no more
+/// and no fewer; `keep-a`, `keep-b` and `keep-c` run as the same processes (`pids`) as before;
+/// `ends-while-away` exited with code 4 while no loomd ran.
+pub fn assert_readopted(
+    ps: &serde_json::Value,
+    count: usize,
+    pids: &[serde_json::Value],
+    inspect: impl Fn(&str) -> serde_json::Value,
+) {
+    assert_eq!(ps.as_array().map(Vec::len), Some(count), "no weaver lost or duplicated: {ps}");
+    for (name, pid) in ["keep-a", "keep-b", "keep-c"].iter().zip(pids) {
+        let v = inspect(name);
+        assert_eq!(v["state"], "running", "{v}");
+        assert_eq!(&v["pid"], pid, "the same process, re-adopted: {v}");
+    }
+    let away = inspect("ends-while-away");
+    assert_eq!(away["state"], "exited", "{away}");
+    assert_eq!(away["exit_code"], 4, "{away}");
+}
+
+/// What both backends' exec tests run in a weaver: its environment, its hostname, both
+/// output streams and an exit code, each of which the test checks came through.
+pub const EXEC_SCRIPT: &str = "echo $GREETING from $(hostname); echo oops >&2; exit 7";

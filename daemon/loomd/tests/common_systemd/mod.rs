@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use loom_systemd::harness::{self, BootedSystemd};
 
+// Every test crate that has this module has `common` beside it.
+use super::common::poll;
+
 /// Where the test binaries' directory is bound inside the container.
 pub const BIN_DIR: &str = "/opt/loom";
 pub const SOCKET_INSIDE: &str = "/run/loomd/loomd.sock";
@@ -171,15 +174,8 @@ impl LoomdInSystemd {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.inspect(key);
-            if pred(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{key} never became {what}: {v}\n{}", self.loomd_journal());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let context = || format!("\n{}", self.loomd_journal());
+        poll::wait_for_state(key, what, timeout, || self.inspect(key), pred, context)
     }
 
     /// Runs the real CLI against this loomd.
