@@ -29,8 +29,11 @@ pub const KEPT_CAPS: &[(&str, u32, &str)] = &[
     ("CAP_KILL", 5, "root inside signals the weaver's other users' processes"),
     ("CAP_SETGID", 6, "su, sshd and test suites switch to other users inside"),
     ("CAP_SETUID", 7, "su, sshd and test suites switch to other users inside"),
-    ("CAP_NET_BIND_SERVICE", 10, "dev servers and sshd bind ports below 1024"),
 ];
+// Not CAP_NET_BIND_SERVICE: a weaver's network namespace is the host's (loomd makes it), where
+// that capability of the weaver's user namespace counts for nothing, and nspawn drops it for
+// that reason; loomd opens the low ports of the weaver's own namespace instead
+// (`net.ipv4.ip_unprivileged_port_start = 0` there), so dev servers and sshd still bind them.
 
 /// What a nested weaver keeps besides: mapping its own root into a user namespace it makes
 /// needs CAP_SETFCAP over its own (since Linux 5.12).

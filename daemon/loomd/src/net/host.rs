@@ -47,6 +47,9 @@ pub trait HostNet: Send + Sync + std::fmt::Debug {
     fn remove_leftovers(&self, id: &str);
     /// The kernel's cookie of a namespace: what the egress programs key a weaver's rules by.
     fn netns_cookie(&self, netns: &Path) -> Result<u64, HostNetError>;
+    /// Lets every user of the namespace bind ports below 1024 (`ip_unprivileged_port_start`),
+    /// which the weaver's root could not otherwise: the namespace belongs to the host.
+    fn open_low_ports(&self, netns: &Path) -> Result<(), HostNetError>;
     /// The address a weaver's interface has now (after a loomd restart).
     fn weaver_addr(&self, id: &str) -> Option<Ipv4Addr>;
 }
@@ -149,6 +152,13 @@ impl HostNet for IpTool {
         })
     }
 
+    fn open_low_ports(&self, netns: &Path) -> Result<(), HostNetError> {
+        // /proc/sys/net is the namespace of the task that opens it: the thread's, here.
+        in_netns(netns, || std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")).map_err(|source| {
+            HostNetError::Io { context: format!("opening the low ports of {}", netns.display()), source }
+        })
+    }
+
     fn weaver_addr(&self, id: &str) -> Option<Ipv4Addr> {
         let ns = plan::netns_name(id);
         let out =
@@ -203,6 +213,10 @@ impl HostNet for RecordingNet {
     }
     fn netns_cookie(&self, _netns: &Path) -> Result<u64, HostNetError> {
         Ok(7)
+    }
+    fn open_low_ports(&self, netns: &Path) -> Result<(), HostNetError> {
+        lock(&self.calls).push(format!("low ports {}", netns.display()));
+        Ok(())
     }
     fn weaver_addr(&self, _id: &str) -> Option<Ipv4Addr> {
         None

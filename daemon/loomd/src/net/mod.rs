@@ -209,6 +209,7 @@ impl WeaverNet {
             .ip(&plan::inside_batch(key, addr.map(|a| (&self.config.subnet, a))))
             .map_err(|e| format!("configuring the weaver's network: {e}"))?;
         let cookie = self.host.netns_cookie(&netns_path(id)).map_err(|e| e.to_string())?;
+        self.host.open_low_ports(&netns_path(id)).map_err(|e| e.to_string())?;
         let mut rules = egress::built_in_rules(&self.config.subnet);
         rules.extend(own_rules(rec));
         let scope = match (&self.enforcement, mode) {

@@ -44,12 +44,24 @@ pub struct LoomdInSystemd {
     starts: std::sync::atomic::AtomicU32,
 }
 
+/// What loomd needs when it itself runs in a container: eBPF (the audit and the egress
+/// programs: the capabilities, the syscalls nspawn's filter holds back, the host's tracefs and
+/// bpffs) and the weaver networks (bridge, veths and NAT on the host's network, which the
+/// container shares).
+pub const LOOMD_NEEDS: [&str; 4] = [
+    "--capability=CAP_BPF,CAP_PERFMON,CAP_SYS_RESOURCE,CAP_NET_ADMIN",
+    "--system-call-filter=bpf perf_event_open",
+    "--bind=/sys/kernel/tracing:/sys/kernel/tracing",
+    "--bind=/sys/fs/bpf:/sys/fs/bpf",
+];
+
 impl LoomdInSystemd {
     pub fn boot(prefix: &str) -> LoomdInSystemd {
         Self::boot_with(prefix, &[])
     }
 
-    /// Boots with extra systemd-nspawn arguments for the outer container (e.g. what eBPF needs).
+    /// Boots with extra systemd-nspawn arguments for the outer container, after
+    /// [`LOOMD_NEEDS`].
     pub fn boot_with(prefix: &str, nspawn_args: &[&str]) -> LoomdInSystemd {
         let bindir = loomd_bin().parent().expect("loomd's directory").to_path_buf();
         let _ = loom_bin();
@@ -58,7 +70,7 @@ impl LoomdInSystemd {
             .bind_ro(&bindir, BIN_DIR)
             .bind(sockdir.path(), "/run/loomd")
             .timeout(Duration::from_secs(120));
-        for a in nspawn_args {
+        for a in LOOMD_NEEDS.iter().chain(nspawn_args) {
             builder = builder.nspawn_arg(*a);
         }
         let c = builder.boot().unwrap_or_else(|e| panic!("booting systemd in a container: {e}"));

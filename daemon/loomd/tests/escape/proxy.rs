@@ -211,9 +211,9 @@ echo "ifaces=$(ls /sys/class/net | tr '\n' ' ')"
     assert!(field(&out, "into_alice.body").contains("alice-notes"), "{out}");
     assert_eq!(field(&out, "as_alice"), "400", "{out}");
     assert!(field(&out, "as_alice.body").contains("claims weaver"), "{out}");
-    // Nothing but loopback: neither loomd's host listener nor any host address is reachable,
-    // so no other weaver's listener is either.
-    assert_eq!(field(&out, "ifaces"), "lo", "{out}");
+    // Loopback and its veth on the bridge, and the egress policy: neither loomd's host
+    // listener nor any host address is reachable, so no other weaver's listener is either.
+    assert_eq!(field(&out, "ifaces"), "eth0 lo", "{out}");
     assert_eq!(field(&out, "host_listener"), "closed", "{out}");
     for ip in &host_ips {
         assert_eq!(field(&out, &format!("host_{ip}")), "closed", "{out}");
