@@ -173,9 +173,16 @@ pub fn nat_ruleset(bridge: &str, subnet: &Ipv4Net, tunnel: Option<&str>) -> Stri
             format!("    iifname \"{t}\" oifname != \"{bridge}\" drop\n    iifname \"{t}\" ip daddr != {subnet} drop\n")
         })
         .unwrap_or_default();
+    // One table per bridge, so loomds on different bridges never replace each other's rules.
+    let table = nft_table(bridge);
     format!(
-        "table ip loom {{}}\ndelete table ip loom\ntable ip loom {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" oifname \"{bridge}\" drop\n{tunnel}  }}\n}}\n"
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" oifname \"{bridge}\" drop\n{tunnel}  }}\n}}\n"
     )
+}
+
+/// The nftables table of a bridge's weavers: `loom_` and the bridge, `-` as `_`.
+pub fn nft_table(bridge: &str) -> String {
+    format!("loom_{}", bridge.replace('-', "_"))
 }
 
 /// A bridge name the kernel accepts and `ip`'s batch syntax cannot misread.
@@ -245,6 +252,7 @@ mod tests {
         assert_eq!(inside_batch("w1", None).lines, vec!["link set dev lo up"]);
         assert!(veth_batch("w1", "loom0").lines.iter().any(|l| l.contains("isolated on")));
         assert!(nat_ruleset("loom0", &n, None).contains("ip saddr 10.87.0.0/16 oifname != \"loom0\" masquerade"));
+        assert!(nat_ruleset("loom-a", &n, None).starts_with("table ip loom_loom_a {}"));
         let with_tunnel = nat_ruleset("loom0", &n, Some("loomwg0"));
         assert!(with_tunnel.contains("iifname \"loomwg0\" oifname != \"loom0\" drop"), "{with_tunnel}");
     }
