@@ -209,7 +209,11 @@ impl WeaverNet {
             .ip(&plan::inside_batch(key, addr.map(|a| (&self.config.subnet, a))))
             .map_err(|e| format!("configuring the weaver's network: {e}"))?;
         let cookie = self.host.netns_cookie(&netns_path(id)).map_err(|e| e.to_string())?;
-        self.host.open_low_ports(&netns_path(id)).map_err(|e| e.to_string())?;
+        if let Err(e) = self.host.open_low_ports(&netns_path(id)) {
+            // Only ports below 1024 are at stake (e.g. loomd itself in a container, whose
+            // /proc/sys is read-only): the weaver runs, binding from 1024 up.
+            tracing::warn!(weaver = %id, error = %crate::error_chain(&e), "the weaver cannot bind ports below 1024");
+        }
         let mut rules = egress::built_in_rules(&self.config.subnet);
         rules.extend(own_rules(rec));
         let scope = match (&self.enforcement, mode) {
