@@ -304,7 +304,9 @@ impl Daemon {
                      ask for it; use private (the default) or none",
                 ));
             }
-            if let Some(r) = spec.egress.iter().find(|r| names_metadata(r)) {
+            // The config's own defaults are the admin's choice; only what the caller added counts.
+            let defaults_allow = loom_core::egress::policy_of(&defaults.egress.allow).unwrap_or_default();
+            if let Some(r) = spec.egress.iter().find(|r| names_metadata(r) && !defaults_allow.contains(r)) {
                 return Err(metadata_forbidden(r));
             }
             if spec.nested && !defaults.nested {

@@ -7,10 +7,7 @@ use loom_core::egress::{DomainRule, EgressRule, IpNet, NetRule, Protocol, domain
 use proptest::prelude::*;
 use proptest::sample::select;
 
-fn cases(n: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
+use super::cases;
 
 fn check(s: &str) {
     match s.parse::<EgressRule>() {
