@@ -198,9 +198,16 @@ impl WeaverNet {
         let mut host_side = plan::netns_batch(key);
         let addr = if mode == NetworkMode::Private {
             self.ensure_bridge().await?;
-            let in_use: BTreeSet<Ipv4Addr> = lock(&self.runs).values().filter_map(|r| r.addr).collect();
             host_side.lines.extend(plan::veth_batch(key, &self.config.bridge).lines);
-            Some(plan::weaver_address(&self.config.subnet, key, &in_use).map_err(|e| e.to_string())?)
+            // Chosen and held under one lock, so two starts at once never take the same one.
+            let mut runs = lock(&self.runs);
+            let in_use: BTreeSet<Ipv4Addr> = runs.values().filter_map(|r| r.addr).collect();
+            let addr = plan::weaver_address(&self.config.subnet, key, &in_use).map_err(|e| e.to_string())?;
+            runs.insert(
+                id.clone(),
+                NetRun { run: RunId::UNKNOWN, addr: Some(addr), cookie: None, scope: None, rules: vec![] },
+            );
+            Some(addr)
         } else {
             None
         };
@@ -318,7 +325,7 @@ impl WeaverHooks for WeaverNet {
                 Ok(vec![])
             }
             Err(e) => {
-                self.host.remove_leftovers(id.as_str());
+                self.teardown(id, None);
                 Err(e)
             }
         }
