@@ -211,6 +211,8 @@ pub struct Audit {
     shared: Arc<Shared>,
     drain: tokio::task::JoinHandle<()>,
     events: Option<mpsc::Receiver<AuditEvent>>,
+    /// The queue's other end, for events loomd records itself (egress refusals).
+    own: mpsc::Sender<AuditEvent>,
     attached: Vec<String>,
     warnings: Vec<String>,
 }
@@ -337,6 +339,7 @@ impl Audit {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| AuditError::Runtime(e.into_parts().1))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let own = tx.clone();
         let drain = tokio::spawn(drain(ring, tx, shared.clone(), boot_to_unix_offset_ns()));
         tracing::info!(attached = attached.len(), missing = warnings.len(), "audit started");
         Ok(Audit {
@@ -346,6 +349,7 @@ impl Audit {
             shared,
             drain,
             events: Some(rx),
+            own,
             attached,
             warnings,
         })
@@ -354,6 +358,12 @@ impl Audit {
     /// The queue of decoded events; `None` after the first call.
     pub fn take_events(&mut self) -> Option<mpsc::Receiver<AuditEvent>> {
         self.events.take()
+    }
+
+    /// Puts an event that did not come from the kernel (loomd's own, e.g. `net_deny`) into the
+    /// same queue, sinks and index as the kernel's; `false` when the queue is full.
+    pub fn record(&self, ev: AuditEvent) -> bool {
+        self.own.try_send(ev).is_ok()
     }
 
     /// Record everything done inside the cgroup `cgroup_id` (the inode number

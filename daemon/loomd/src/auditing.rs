@@ -35,8 +35,6 @@ pub struct Auditor {
     /// The cgroup each weaver's live run is watched by: one entry per weaver, whatever the
     /// number of its runs, since a run's `after_stop` unwatches it.
     watched: Mutex<HashMap<WeaverId, (RunId, u64)>>,
-    /// Events loomd itself records (egress refusals), into the same sinks as the kernel's.
-    own: tokio::sync::mpsc::Sender<AuditEvent>,
 }
 
 /// One row of `loom audit`: its index id (for following) and the event.
@@ -62,21 +60,7 @@ impl Auditor {
         let mut audit = Audit::start(&config).map_err(AuditingError::Start)?;
         let mut sink = open_sink(&config, state_dir).map_err(AuditingError::Sink)?;
         let conn = Arc::new(Mutex::new(conn));
-        let (own, mut own_rx) = tokio::sync::mpsc::channel::<AuditEvent>(4096);
-        if let Some(mut kernel) = audit.take_events() {
-            let (tx, events) = tokio::sync::mpsc::channel::<AuditEvent>(8192);
-            tokio::spawn(async move {
-                loop {
-                    let ev = tokio::select! {
-                        Some(ev) = kernel.recv() => ev,
-                        Some(ev) = own_rx.recv() => ev,
-                        else => return,
-                    };
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        if let Some(events) = audit.take_events() {
             let index_conn = conn.clone();
             let index = config.index;
             tokio::spawn(async move {
@@ -95,7 +79,7 @@ impl Auditor {
         for w in audit.stats().warnings {
             tracing::warn!(warning = %w, "audit");
         }
-        Ok(Some(Arc::new(Auditor { audit, conn, watched: Mutex::new(HashMap::new()), own })))
+        Ok(Some(Arc::new(Auditor { audit, conn, watched: Mutex::new(HashMap::new()) })))
     }
 
     fn watch(&self, id: &WeaverId, run: RunId, cgroup_id: u64) {
@@ -127,8 +111,8 @@ impl Auditor {
     /// Records an event loomd saw itself (an egress refusal); dropped, with a warning, when
     /// the queue is full rather than ever blocking the caller.
     pub fn record(&self, ev: AuditEvent) {
-        if let Err(e) = self.own.try_send(ev) {
-            tracing::warn!(error = %e, "an egress refusal was not recorded in the audit");
+        if !self.audit.record(ev) {
+            tracing::warn!("the audit queue is full: an egress refusal was not recorded");
         }
     }
 

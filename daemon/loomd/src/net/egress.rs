@@ -87,28 +87,15 @@ pub fn deny_event(
     rules: String,
 ) -> AuditEvent {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    AuditEvent {
-        seq: 0,
-        ts_boot_ns: 0,
-        time_unix_ns: now,
-        weaver: weaver.to_string(),
-        cgroup_id: 0,
-        syscall: syscall.to_string(),
-        pid: 0,
-        tid: 0,
-        ppid: 0,
-        uid: 0,
-        gid: 0,
-        euid: 0,
-        comm: String::new(),
-        detail: EventDetail::NetDeny {
-            hook: hook.to_string(),
-            destination,
-            protocol: protocol.to_string(),
-            reason: reason.to_string(),
-            rules,
-        },
-    }
+    let detail = EventDetail::NetDeny {
+        hook: hook.to_string(),
+        destination,
+        protocol: protocol.to_string(),
+        reason: reason.to_string(),
+        rules,
+    };
+    // No process of the weaver's is known for a resolver refusal: pid 0, not `new`'s 1.
+    AuditEvent { time_unix_ns: now, pid: 0, tid: 0, ..AuditEvent::new(weaver, syscall, detail) }
 }
 
 /// The kernel's refusal, for the weaver whose scope it is.
