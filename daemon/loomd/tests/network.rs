@@ -14,62 +14,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::net::{Bridge, FakeDns, loomd_log, sh_ok};
 use common::{Loomd, privileged};
-
-/// A bridge of the test's with the gateway address on it (loomd adopts it as its weaver
-/// bridge), removed when dropped.
-#[derive(Debug)]
-pub struct Bridge {
-    pub name: String,
-    pub subnet: String,
-    pub gateway: Ipv4Addr,
-}
-
-impl Bridge {
-    /// `lt<tag>` with `10.<octet>.0.0/24`.
-    pub fn new(tag: &str, octet: u8) -> Bridge {
-        let name = format!("lt{tag}");
-        assert!(name.len() <= 15, "{name}");
-        let _ = Command::new("ip").args(["link", "del", &name]).output();
-        let gateway = Ipv4Addr::new(10, octet, 0, 1);
-        for args in [
-            vec!["link", "add", &name, "type", "bridge"],
-            vec!["addr", "add", &format!("{gateway}/24"), "dev", &name],
-            vec!["link", "set", &name, "up"],
-        ] {
-            sh_ok("ip", &args);
-        }
-        Bridge { name, subnet: format!("10.{octet}.0.0/24"), gateway }
-    }
-
-    /// The `[network]` section for it.
-    pub fn config(&self) -> String {
-        format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n", self.name, self.subnet)
-    }
-
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let g = self.gateway.octets();
-        let a = addr.octets();
-        a[..3] == g[..3] && a[3] > 1 && a[3] < 255
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
-    }
-}
-
-pub fn sh_ok(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Python run by a weaver: helpers every probe starts with. `tcp(host, port)` and
 /// `udp(host, port)` print nothing and return "OK" or the errno's name and the ms it took.
@@ -106,32 +52,14 @@ def udp(host, port, payload):
         return ename(e), (time.monotonic() - t) * 1000
 "#;
 
-/// Creates a private weaver running `python3 -c PRELUDE+script`, waits for its end, its log.
+/// [`common::net::py_probe`] with this file's prelude.
 fn py_probe(d: &Loomd, name: &str, flags: &[&str], script: &str) -> String {
-    let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
-    let mut args = vec!["weaver", "create", "--name", name, "--network", "private"];
-    args.extend_from_slice(flags);
-    args.extend_from_slice(&["--", "/usr/bin/python3", "-c", &code]);
-    let w = d.cli_json(&args);
-    assert_eq!(w["state"], "running", "{w}");
-    d.wait_for(name, "exited", Duration::from_secs(60), |v| v["state"] == "exited" || v["state"] == "failed");
-    let log = d.logs(name);
-    assert!(log.contains("PROBE-DONE"), "the probe of {name} did not run to its end:\n{log}\n{}", loomd_log(d));
-    log
+    common::net::py_probe(d, name, flags, PY_PRELUDE, script)
 }
 
-/// `python3 -c PRELUDE+script` in a running weaver through `loom weaver exec`; its stdout.
+/// [`common::net::py_exec`] with this file's prelude.
 fn py_exec(d: &Loomd, name: &str, script: &str) -> String {
-    let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
-    let out = d.cli(&["weaver", "exec", name, "--", "/usr/bin/python3", "-c", &code]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        text.contains("PROBE-DONE"),
-        "exec in {name} did not run to its end ({}):\n{text}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    common::net::py_exec(d, name, PY_PRELUDE, script)
 }
 
 /// A private weaver that stays up.
@@ -150,12 +78,6 @@ fn field(log: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("{key}= missing in the probe's output:\n{log}"))
         .trim()
         .to_string()
-}
-
-fn loomd_log(d: &Loomd) -> String {
-    let text = std::fs::read_to_string(d.log_path()).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-    format!("loomd log (tail):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 /// A TCP listener on `addr` whose accepted connections (peer, first bytes) arrive on the channel.
@@ -332,59 +254,6 @@ fn a_policy_change_takes_effect_for_the_next_connect_without_a_restart() {
     assert_eq!(after["restarts"], 0, "{after}");
 }
 
-/// A fake DNS upstream (real wire format, `simple-dns`) on 127.0.0.1: answers `A` questions
-/// for the names in its table, NXDOMAIN for others, and records every name it was asked.
-#[derive(Debug)]
-pub struct FakeDns {
-    pub addr: std::net::SocketAddr,
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FakeDns {
-    pub fn start(table: Vec<(&'static str, Ipv4Addr, u32)>) -> FakeDns {
-        use simple_dns::rdata::{A, RData};
-        use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let addr = sock.local_addr().unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { return };
-                let Ok(query) = Packet::parse(&buf[..n]) else { continue };
-                let Some(q) = query.questions.first().cloned() else { continue };
-                let name = q.qname.to_string().to_ascii_lowercase();
-                seen2.lock().unwrap().push(name.clone());
-                let mut p = Packet::new_reply(query.id());
-                p.set_flags(PacketFlag::RECURSION_AVAILABLE | PacketFlag::RECURSION_DESIRED);
-                p.questions.push(q.clone());
-                match table.iter().find(|(n, _, _)| *n == name) {
-                    Some((owner, a, ttl)) => {
-                        if q.qtype == QTYPE::TYPE(TYPE::A) {
-                            p.answers.push(ResourceRecord::new(
-                                Name::new_unchecked(owner),
-                                CLASS::IN,
-                                *ttl,
-                                RData::A(A::from(*a)),
-                            ));
-                        }
-                    }
-                    None => *p.rcode_mut() = RCODE::NameError,
-                }
-                if let Ok(bytes) = p.build_bytes_vec() {
-                    let _ = sock.send_to(&bytes, from);
-                }
-            }
-        });
-        FakeDns { addr, seen }
-    }
-
-    pub fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn a_domain_rule_admits_only_what_loomds_resolver_answered() {
     if !privileged("domain_rules") {
@@ -393,7 +262,11 @@ fn a_domain_rule_admits_only_what_loomds_resolver_answered() {
     let br = Bridge::new("n4", 204);
     let gw = br.gateway;
     let (port, accepted) = tcp_listener(gw);
-    let dns = FakeDns::start(vec![("svc.example.test", gw, 60), ("other.elsewhere.test", gw, 60)]);
+    let table = [("svc.example.test", gw, 60), ("other.elsewhere.test", gw, 60)];
+    let dns = FakeDns::start(
+        Ipv4Addr::LOCALHOST,
+        Box::new(move |name| table.iter().find(|(n, _, _)| *n == name).map(|(_, a, ttl)| (*a, *ttl))),
+    );
     let config = format!("{}dns_upstream = [\"{}\"]\n", br.config(), dns.addr);
     let d = Loomd::start_with_config(Some(&config));
     let script = format!(

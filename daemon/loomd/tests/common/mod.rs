@@ -2,6 +2,7 @@
 //! socket, and the real `loom` CLI.
 #![allow(dead_code)]
 
+pub mod net;
 pub mod poll;
 
 use std::io::{Read, Write};

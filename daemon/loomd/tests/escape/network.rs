@@ -6,48 +6,12 @@
 //! Every loomd here has its own bridge and subnet (made by the test, removed by a guard).
 
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::net::{Bridge, FakeDns};
 use crate::support::{self, Loomd, field, privileged};
-
-/// A bridge of the test's with the gateway address on it, removed when dropped.
-#[derive(Debug)]
-struct Bridge {
-    name: String,
-    subnet: String,
-    gateway: Ipv4Addr,
-}
-
-impl Bridge {
-    fn new(tag: &str, octet: u8) -> Bridge {
-        let name = format!("lt{tag}");
-        assert!(name.len() <= 15, "{name}");
-        let _ = Command::new("ip").args(["link", "del", &name]).output();
-        let gateway = Ipv4Addr::new(10, octet, 0, 1);
-        for args in [
-            vec!["link", "add", &name, "type", "bridge"],
-            vec!["addr", "add", &format!("{gateway}/24"), "dev", &name],
-            vec!["link", "set", &name, "up"],
-        ] {
-            let out = Command::new("ip").args(&args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
-        Bridge { name, subnet: format!("10.{octet}.0.0/24"), gateway }
-    }
-
-    fn config(&self) -> String {
-        format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n", self.name, self.subnet)
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
-    }
-}
 
 /// Python every probe starts with: `tcp`/`udp` return the errno's name ("OK" on success).
 const PY_PRELUDE: &str = r#"
@@ -81,30 +45,14 @@ def udp(host, port, payload):
         return ename(e)
 "#;
 
-fn py_code(script: &str) -> String {
-    format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n")
-}
-
-/// A private weaver whose first process is `python3 -c PRELUDE+script`, run to its end.
+/// [`crate::common::net::py_probe`] with this file's prelude.
 fn py_probe(d: &Loomd, name: &str, flags: &[&str], script: &str) -> String {
-    let code = py_code(script);
-    let mut args = vec!["weaver", "create", "--name", name, "--network", "private"];
-    args.extend_from_slice(flags);
-    args.extend_from_slice(&["--", "/usr/bin/python3", "-c", &code]);
-    let w = d.cli_json(&args);
-    assert_eq!(w["state"], "running", "{w}");
-    d.wait_for(name, "exited", Duration::from_secs(60), |v| v["state"] == "exited" || v["state"] == "failed");
-    let log = d.logs(name);
-    assert!(log.contains("PROBE-DONE"), "the probe of {name} did not run to its end:\n{log}");
-    log
+    crate::common::net::py_probe(d, name, flags, PY_PRELUDE, script)
 }
 
-/// `python3 -c PRELUDE+script` in a running weaver through `loom weaver exec`.
+/// [`crate::common::net::py_exec`] with this file's prelude.
 fn py_exec(d: &Loomd, name: &str, script: &str) -> String {
-    let out = d.cli(&["weaver", "exec", name, "--", "/usr/bin/python3", "-c", &py_code(script)]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("PROBE-DONE"), "exec in {name}: {out:?}");
-    text
+    crate::common::net::py_exec(d, name, PY_PRELUDE, script)
 }
 
 /// A TCP listener on `addr`; every connection it accepts is reported on the channel.
@@ -347,51 +295,6 @@ except OSError as e:
     assert!(field(&log, "PROXY").starts_with("HTTP/1."), "the proxy is still reachable:\n{log}");
 }
 
-/// A fake DNS upstream on `ip` (real wire format): answers every `A` question with 192.0.2.1
-/// and records the names it was asked.
-struct FakeDns {
-    addr: std::net::SocketAddr,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FakeDns {
-    fn start(ip: Ipv4Addr) -> FakeDns {
-        use simple_dns::rdata::{A, RData};
-        use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, ResourceRecord, TYPE};
-        let sock = UdpSocket::bind((ip, 0)).unwrap();
-        let addr = sock.local_addr().unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { return };
-                let Ok(query) = Packet::parse(&buf[..n]) else {
-                    seen2.lock().unwrap().push(format!("<unparsed {n} bytes>"));
-                    continue;
-                };
-                let Some(q) = query.questions.first().cloned() else { continue };
-                seen2.lock().unwrap().push(q.qname.to_string().to_ascii_lowercase());
-                let mut p = Packet::new_reply(query.id());
-                p.set_flags(PacketFlag::RECURSION_AVAILABLE | PacketFlag::RECURSION_DESIRED);
-                p.questions.push(q.clone());
-                if q.qtype == QTYPE::TYPE(TYPE::A) {
-                    p.answers.push(ResourceRecord::new(
-                        q.qname.clone(),
-                        CLASS::IN,
-                        60,
-                        RData::A(A::from(Ipv4Addr::new(192, 0, 2, 1))),
-                    ));
-                }
-                if let Ok(bytes) = p.build_bytes_vec() {
-                    let _ = sock.send_to(&bytes, from);
-                }
-            }
-        });
-        FakeDns { addr, seen }
-    }
-}
-
 #[test]
 fn dns_is_no_exfiltration_channel() {
     if !privileged("dns_exfiltration") {
@@ -400,7 +303,7 @@ fn dns_is_no_exfiltration_channel() {
     let br = Bridge::new("ee", 215);
     // The upstream listens on the gateway, an address the weaver can route to: only the
     // policy keeps the weaver from talking to it directly.
-    let dns = FakeDns::start(br.gateway);
+    let dns = FakeDns::start(br.gateway, Box::new(|_| Some((Ipv4Addr::new(192, 0, 2, 1), 60))));
     let d = support::loomd(&format!("{}dns_upstream = [\"{}\"]\n", br.config(), dns.addr));
     let secret: String =
         (0..3).map(|i| format!("{:016x}{:016x}", rand_u64(i), rand_u64(i + 7))).collect::<Vec<_>>().join(".");
@@ -453,7 +356,7 @@ print("DIRECT=" + udp("{up_ip}", {up_port}, query("direct.{exfil}")), flush=True
         assert!(!v.contains("answers") || v.ends_with("answers0"), "{key}:\n{log}");
     }
     assert_eq!(field(&log, "DIRECT"), "EPERM", "the weaver sent to the upstream directly:\n{log}");
-    let seen = dns.seen.lock().unwrap().clone();
+    let seen = dns.seen();
     assert!(seen.iter().any(|n| n == "ok.allowed.test"), "the control went upstream: {seen:?}");
     assert!(!seen.iter().any(|n| n.contains("attacker") || n.contains(&secret[..16])), "leaked upstream: {seen:?}");
     assert!(!seen.iter().any(|n| n.starts_with("<unparsed")), "{seen:?}");

@@ -1,0 +1,157 @@
+//! Test support for weaver networks: a bridge of the test's own (so concurrent test loomds
+//! never share one), Python probes inside weavers, and a fake DNS upstream (real wire format,
+//! `simple-dns`; a fake because the real upstream is outside this machine).
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Loomd;
+
+/// A bridge with the gateway address on it (loomd adopts it as its weaver bridge), removed
+/// when dropped.
+#[derive(Debug)]
+pub struct Bridge {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+}
+
+impl Bridge {
+    /// `lt<tag>` with `10.<octet>.0.0/24`.
+    pub fn new(tag: &str, octet: u8) -> Bridge {
+        let name = format!("lt{tag}");
+        assert!(name.len() <= 15, "{name}");
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        let gateway = Ipv4Addr::new(10, octet, 0, 1);
+        for args in [
+            vec!["link", "add", &name, "type", "bridge"],
+            vec!["addr", "add", &format!("{gateway}/24"), "dev", &name],
+            vec!["link", "set", &name, "up"],
+        ] {
+            sh_ok("ip", &args);
+        }
+        Bridge { name, subnet: format!("10.{octet}.0.0/24"), gateway }
+    }
+
+    /// The `[network]` section for it.
+    pub fn config(&self) -> String {
+        format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n", self.name, self.subnet)
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let g = self.gateway.octets();
+        let a = addr.octets();
+        a[..3] == g[..3] && a[3] > 1 && a[3] < 255
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
+pub fn sh_ok(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The last lines of loomd's log, for a failure message.
+pub fn loomd_log(d: &Loomd) -> String {
+    let text = std::fs::read_to_string(d.log_path()).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    format!("loomd log (tail):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
+fn py_code(prelude: &str, script: &str) -> String {
+    format!("{prelude}\n{script}\nprint('PROBE-DONE', flush=True)\n")
+}
+
+/// Creates a private weaver whose first process is `python3 -c PRELUDE+script`, waits for its
+/// end, and returns its log; fails unless the probe ran to its end.
+pub fn py_probe(d: &Loomd, name: &str, flags: &[&str], prelude: &str, script: &str) -> String {
+    let code = py_code(prelude, script);
+    let mut args = vec!["weaver", "create", "--name", name, "--network", "private"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/usr/bin/python3", "-c", &code]);
+    let w = d.cli_json(&args);
+    assert_eq!(w["state"], "running", "{w}");
+    d.wait_for(name, "exited", Duration::from_secs(60), |v| v["state"] == "exited" || v["state"] == "failed");
+    let log = d.logs(name);
+    assert!(log.contains("PROBE-DONE"), "the probe of {name} did not run to its end:\n{log}\n{}", loomd_log(d));
+    log
+}
+
+/// `python3 -c PRELUDE+script` in a running weaver through `loom weaver exec`; its stdout.
+pub fn py_exec(d: &Loomd, name: &str, prelude: &str, script: &str) -> String {
+    let out = d.cli(&["weaver", "exec", name, "--", "/usr/bin/python3", "-c", &py_code(prelude, script)]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("PROBE-DONE"),
+        "exec in {name} did not run to its end ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// What the fake upstream answers for a name: an address and a TTL, or NXDOMAIN.
+pub type Answer = Box<dyn Fn(&str) -> Option<(Ipv4Addr, u32)> + Send>;
+
+/// A fake DNS upstream on `ip`: answers `A` questions as `answer` says and records every name
+/// it was asked (and every packet it could not parse).
+#[derive(Debug)]
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeDns {
+    pub fn start(ip: Ipv4Addr, answer: Answer) -> FakeDns {
+        use simple_dns::rdata::{A, RData};
+        use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { return };
+                let Ok(query) = Packet::parse(&buf[..n]) else {
+                    seen2.lock().unwrap().push(format!("<unparsed {n} bytes>"));
+                    continue;
+                };
+                let Some(q) = query.questions.first().cloned() else { continue };
+                let name = q.qname.to_string().to_ascii_lowercase();
+                seen2.lock().unwrap().push(name.clone());
+                let mut p = Packet::new_reply(query.id());
+                p.set_flags(PacketFlag::RECURSION_AVAILABLE | PacketFlag::RECURSION_DESIRED);
+                p.questions.push(q.clone());
+                match answer(&name) {
+                    Some((a, ttl)) if q.qtype == QTYPE::TYPE(TYPE::A) => {
+                        p.answers.push(ResourceRecord::new(q.qname.clone(), CLASS::IN, ttl, RData::A(A::from(a))));
+                    }
+                    Some(_) => {}
+                    None => *p.rcode_mut() = RCODE::NameError,
+                }
+                if let Ok(bytes) = p.build_bytes_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+            }
+        });
+        FakeDns { addr, seen }
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
