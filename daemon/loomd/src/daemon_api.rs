@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use loom_core::access::{Caller, Role, may_touch};
 use loom_core::api::{CreateWeaver, ErrorCode, Status, WeaverInfo};
-use loom_core::restart::RestartTracker;
 use loom_core::weaver::{Image, NetworkMode, WeaverId, WeaverState, resolve_spec};
 
 use super::{ApiError, CONTEXT_BYTES, Daemon, now_secs};
@@ -334,28 +333,7 @@ impl Daemon {
             .transpose()
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
         let now = now_secs();
-        let mut rec = WeaverRecord {
-            info: WeaverInfo {
-                id: id.clone(),
-                name: spec.name.clone(),
-                state: WeaverState::Creating,
-                exit_code: None,
-                reason: None,
-                owner_uid: caller.uid,
-                backend: self.backend.kind().as_str().into(),
-                created_at: now,
-                started_at: None,
-                expires_at: spec.ttl.map(|t| now + t.0),
-                pid: None,
-                restarts: 0,
-                spec,
-                agent_status: None,
-                address: None,
-            },
-            handle: None,
-            run: None,
-            tracker: RestartTracker::default(),
-        };
+        let mut rec = WeaverRecord::new(id.clone(), spec, caller.uid, self.backend.kind().as_str(), now);
         let guard = self.weaver_lock(&id);
         let _g = guard.lock().await;
         self.with_store(|s| s.insert(&rec))?;

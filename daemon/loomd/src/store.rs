@@ -38,10 +38,9 @@ pub struct WeaverRecord {
     pub tracker: RestartTracker,
 }
 
-#[cfg(test)]
 impl WeaverRecord {
-    /// A record that was never stored or run, for unit tests.
-    pub fn new_for_tests(id: WeaverId, spec: WeaverSpec) -> WeaverRecord {
+    /// A weaver that was just created and has never run.
+    pub fn new(id: WeaverId, spec: WeaverSpec, owner_uid: u32, backend: &str, now: u64) -> WeaverRecord {
         WeaverRecord {
             info: WeaverInfo {
                 id,
@@ -49,11 +48,11 @@ impl WeaverRecord {
                 state: WeaverState::Creating,
                 exit_code: None,
                 reason: None,
-                owner_uid: 1000,
-                backend: "nspawn".into(),
-                created_at: 1,
+                owner_uid,
+                backend: backend.into(),
+                created_at: now,
                 started_at: None,
-                expires_at: None,
+                expires_at: spec.ttl.map(|t| now + t.0),
                 pid: None,
                 restarts: 0,
                 spec,
@@ -64,6 +63,12 @@ impl WeaverRecord {
             run: None,
             tracker: RestartTracker::default(),
         }
+    }
+
+    /// A record that was never stored or run, for unit tests.
+    #[cfg(test)]
+    pub fn new_for_tests(id: WeaverId, spec: WeaverSpec) -> WeaverRecord {
+        WeaverRecord::new(id, spec, 1000, "nspawn", 1)
     }
 }
 
