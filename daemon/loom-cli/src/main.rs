@@ -244,6 +244,13 @@ struct CreateArgs {
     /// Let the weaver make user namespaces and mounts inside, for nested containers (admins only).
     #[arg(long)]
     nested: bool,
+    /// Run an sshd in the weaver (port 22 on its address) taking your ~/.ssh/authorized_keys
+    /// and the operators' keys of loomd's `[weaver.ssh]`.
+    #[arg(long)]
+    ssh: bool,
+    /// The public keys --ssh takes instead of ~/.ssh/authorized_keys (an authorized_keys or .pub file).
+    #[arg(long, value_name = "FILE", requires = "ssh")]
+    ssh_keys: Option<PathBuf>,
     /// The prompt file for the agent loop.
     #[arg(long, requires = "model")]
     prompt: Option<PathBuf>,
@@ -270,6 +277,31 @@ struct CreateArgs {
     /// A command to run instead of the built-in agent loop.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// The keys `--ssh` sends, read with the caller's own rights: `--ssh-keys FILE`, or else
+/// `~/.ssh/authorized_keys` when there is one (loomd may have operators' keys of its own).
+fn ssh_request(file: Option<&std::path::Path>) -> Result<loom_core::ssh::SshRequest, CliError> {
+    let (path, must_exist) = match file {
+        Some(f) => (f.to_path_buf(), true),
+        None => match std::env::var_os("HOME") {
+            Some(home) => (PathBuf::from(home).join(".ssh/authorized_keys"), false),
+            None => return Ok(loom_core::ssh::SshRequest::default()),
+        },
+    };
+    let cap = (loom_core::ssh::MAX_KEYS * loom_core::ssh::MAX_KEY_LINE) as u64;
+    let text = match std::fs::metadata(&path) {
+        Ok(m) if m.len() > cap => {
+            return Err(CliError::new("bad_request", format!("{} is larger than {cap} bytes", path.display())));
+        }
+        Ok(_) => std::fs::read_to_string(&path)
+            .map_err(|e| CliError::new("bad_request", format!("reading {}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+        Err(e) => return Err(CliError::new("bad_request", format!("reading {}: {e}", path.display()))),
+    };
+    let authorized_keys =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    Ok(loom_core::ssh::SshRequest { authorized_keys })
 }
 
 async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<CreateWeaver, CliError> {
@@ -303,6 +335,7 @@ async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<Creat
         }
         None => {}
     }
+    let ssh = if a.ssh { Some(ssh_request(a.ssh_keys.as_deref())?) } else { None };
     let agent = match (prompt, a.model) {
         (Some(prompt), Some(model)) => Some(AgentSpec {
             prompt,
@@ -333,6 +366,7 @@ async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<Creat
         allow: a.allow,
         restart: a.restart,
         nested: a.nested.then_some(true),
+        ssh,
         command: a.command,
         agent,
     })

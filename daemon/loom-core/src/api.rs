@@ -93,6 +93,9 @@ pub struct CreateWeaver {
     /// May make user namespaces and mounts inside (nested containers); admins only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nested: Option<bool>,
+    /// Runs an sshd inside (`--ssh`), taking these keys besides `[weaver.ssh]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<crate::ssh::SshRequest>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

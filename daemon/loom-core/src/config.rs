@@ -158,6 +158,15 @@ pub struct WeaverDefaults {
     pub log_size: ByteSize,
     /// `[weaver.egress]`: what every private weaver may reach.
     pub egress: EgressDefaults,
+    /// `[weaver.ssh]`: the operators' keys every `--ssh` weaver's sshd accepts.
+    pub ssh: SshDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshDefaults {
+    /// `TYPE BASE64 [COMMENT]` lines, as in an `authorized_keys` file.
+    pub authorized_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -188,6 +197,7 @@ impl Default for WeaverDefaults {
             disk: ByteSize(10 << 30),
             log_size: ByteSize(64 << 20),
             egress: EgressDefaults::default(),
+            ssh: SshDefaults::default(),
         }
     }
 }
@@ -231,6 +241,11 @@ impl Config {
                     self.network.bridge
                 ),
             });
+        }
+        for (i, line) in self.weaver.ssh.authorized_keys.iter().enumerate() {
+            if let Err(e) = crate::ssh::authorized_key(i + 1, line) {
+                return Err(ConfigError::Value { field: "weaver.ssh.authorized_keys", message: e.to_string() });
+            }
         }
         if let Err(e) = crate::egress::policy_of(&self.weaver.egress.allow) {
             return Err(ConfigError::Value { field: "weaver.egress.allow", message: e.to_string() });

@@ -14,6 +14,7 @@ pub mod repo;
 pub mod resolve;
 pub mod restart;
 pub mod sse;
+pub mod ssh;
 pub mod terminal;
 pub mod units;
 pub mod weaver;

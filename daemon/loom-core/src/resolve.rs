@@ -121,6 +121,18 @@ pub fn resolve_spec(
             return Err(SpecError::Agent("the prompt is empty: --prompt needs a file with the task in it".into()));
         }
     }
+    let ssh = match req.ssh {
+        None => None,
+        Some(_) if network != crate::weaver::NetworkMode::Private => {
+            return Err(SpecError::SshNetwork(
+                "its sshd listens on the weaver's own address, which only a private weaver has",
+            ));
+        }
+        Some(r) => Some(crate::ssh::SshSpec {
+            authorized_keys: crate::ssh::authorized_keys(&defaults.ssh.authorized_keys, &r.authorized_keys)?,
+            host_key: String::new(),
+        }),
+    };
     Ok(WeaverSpec {
         name,
         image,
@@ -137,6 +149,7 @@ pub fn resolve_spec(
         egress,
         restart,
         nested: req.nested.unwrap_or(defaults.nested),
+        ssh,
         command: req.command,
         agent: req.agent,
     })

@@ -131,6 +131,10 @@ pub enum SpecError {
     Network(String),
     #[error("invalid egress rule {0}")]
     Egress(String),
+    #[error(transparent)]
+    SshKey(#[from] crate::ssh::SshKeyError),
+    #[error("--ssh needs --network private: {0}")]
+    SshNetwork(&'static str),
     #[error("invalid restart policy {0:?}: use never, on-failure or always")]
     Restart(String),
     #[error("invalid image {0:?}: use \"host\" or an absolute path to a directory tree")]
@@ -352,6 +356,9 @@ pub struct WeaverSpec {
     /// User namespaces and mounts allowed inside, for nested containers (see loomd's sandbox).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nested: bool,
+    /// Its own sshd on port 22 (`--ssh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<crate::ssh::SshSpec>,
     /// The command to run; empty when the agent loop runs.
     #[serde(default)]
     pub command: Vec<String>,

@@ -329,7 +329,12 @@ impl Daemon {
 
     /// How to run a command inside a running weaver: the plan, the weaver's first process (to
     /// enter) and whether it nests containers (for the sandbox the command gets).
-    pub fn exec_plan(&self, caller: &Caller, key: &str, req: &ExecRequest) -> Result<(ExecPlan, i32, bool), ApiError> {
+    pub fn exec_plan(
+        &self,
+        caller: &Caller,
+        key: &str,
+        req: &ExecRequest,
+    ) -> Result<(ExecPlan, i32, crate::sandbox::Profile), ApiError> {
         let role = self.authorize(caller, &"exec")?;
         let rec = self.lookup(caller, role, key)?;
         if req.command.is_empty() || req.command[0].is_empty() || req.command.iter().any(|a| a.contains('\0')) {
@@ -345,7 +350,7 @@ impl Daemon {
             ));
         };
         tracing::info!(weaver = %rec.info.id, uid = caller.uid, command = %req.command[0], "exec");
-        Ok((self.backend.exec_plan(&rec.info.id, &req.command), pid, rec.info.spec.nested))
+        Ok((self.backend.exec_plan(&rec.info.id, &req.command), pid, crate::sandbox::Profile::of(&rec.info.spec)))
     }
 }
 

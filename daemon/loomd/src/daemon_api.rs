@@ -293,8 +293,17 @@ impl Daemon {
         let id = WeaverId::from_random(rand::random());
         let defaults = self.config().weaver;
         let upload_id = req.upload.clone();
-        let spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
+        let mut spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        let host_key = match &mut spec.ssh {
+            Some(ssh) => {
+                let key = crate::ssh::HostKey::generate(&format!("loom-weaver-{}", spec.name))
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                ssh.host_key = key.public.clone();
+                Some(key)
+            }
+            None => None,
+        };
         if role != Role::Admin {
             if spec.network == NetworkMode::Host {
                 return Err(ApiError::new(
@@ -359,6 +368,9 @@ impl Daemon {
             drop(upload);
             if let Some(context) = context {
                 Daemon::write_context(&root, &context)?;
+            }
+            if let Some(key) = host_key {
+                key.install(&crate::weaverfs::WeaverRoot::open(&root)?)?;
             }
             Ok(())
         })

@@ -80,6 +80,7 @@ impl Daemon {
     pub(super) async fn prepare_root(&self, spec: &WeaverSpec, id: &WeaverId, env: String) -> Result<(), String> {
         let root = self.root_of(id);
         let agent = spec.agent.as_ref().map(|a| a.prompt.clone());
+        let ssh = spec.ssh.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<(), rootfs::RootfsError> {
             rootfs::create_skeleton(&root)?;
             let r = WeaverRoot::open(&root)?;
@@ -89,6 +90,9 @@ impl Daemon {
                 r.make_dirs(".loom/bin", 0o755, true)?;
                 r.replace_file(inside(AGENT_PATH), b"", 0o755)?;
                 r.replace_file(inside(AGENT_PROMPT), prompt.as_bytes(), 0o644)?;
+            }
+            if let Some(ssh) = &ssh {
+                crate::ssh::write_files(&r, ssh)?;
             }
             Ok(())
         })

@@ -132,9 +132,9 @@ pub async fn start(
             format!("exec needs `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
         ));
     };
-    let (plan, leader_pid, nested) = daemon.exec_plan(caller, key, &req)?;
+    let (plan, leader_pid, profile) = daemon.exec_plan(caller, key, &req)?;
     let target = Target::open(leader_pid, &plan.cgroup_marker)?;
-    let filters = crate::sandbox::Filters::new(nested)
+    let filters = crate::sandbox::Filters::new(profile)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("preparing the exec sandbox: {e}")))?;
     // Nothing of the weaver reaches this host process: a fixed program, a fixed environment.
     // The weaver's own environment is sourced by the weaver's shell, once inside.

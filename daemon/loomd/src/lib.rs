@@ -20,6 +20,7 @@ pub mod run;
 pub mod sandbox;
 pub mod secrets;
 pub mod shim;
+pub mod ssh;
 pub mod store;
 pub mod threads;
 pub mod unpack;

@@ -20,6 +20,8 @@ pub enum RootfsError {
     Repo { repo: String, detail: String },
     #[error(transparent)]
     Files(#[from] WeaverFsError),
+    #[error("setting up the weaver's sshd: {0}")]
+    Ssh(#[from] crate::ssh::SshError),
 }
 
 /// loom's own directory in every weaver: the env file, the start marker, the agent's files.

@@ -40,6 +40,30 @@ pub const KEPT_CAPS: &[(&str, u32, &str)] = &[
 const NESTED_CAPS: &[(&str, u32, &str)] =
     &[("CAP_SETFCAP", 31, "a nested container maps the weaver's root into its own user namespace")];
 
+/// What an `--ssh` weaver keeps besides: sshd's privilege-separated child chroots into an empty
+/// directory before it reads a byte from the network. A chroot inside the weaver's own mount
+/// namespace reaches nothing the weaver cannot already see.
+const SSH_CAPS: &[(&str, u32, &str)] =
+    &[("CAP_SYS_CHROOT", 18, "sshd's pre-authentication child chroots into an empty directory")];
+
+/// Which of a weaver's optional features widen its sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub nested: bool,
+    pub ssh: bool,
+}
+
+impl Profile {
+    pub fn of(spec: &loom_core::weaver::WeaverSpec) -> Profile {
+        Profile { nested: spec.nested, ssh: spec.ssh.is_some() }
+    }
+
+    /// The flags `loomd __sandbox` takes for this profile.
+    pub fn entry_flags(self) -> Vec<&'static str> {
+        [(self.nested, "--nested"), (self.ssh, "--ssh")].into_iter().filter(|(on, _)| *on).map(|(_, f)| f).collect()
+    }
+}
+
 /// Every capability this kernel generation knows (`CAP_LAST_CAP` is 40 since Linux 5.9).
 const ALL_CAPS: [&str; 41] = [
     "CAP_CHOWN",
@@ -85,13 +109,17 @@ const ALL_CAPS: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-fn kept(cap: u32, nested: bool) -> bool {
-    KEPT_CAPS.iter().chain(if nested { NESTED_CAPS } else { &[] }).any(|(_, n, _)| *n == cap)
+fn kept(cap: u32, profile: Profile) -> bool {
+    KEPT_CAPS
+        .iter()
+        .chain(if profile.nested { NESTED_CAPS } else { &[] })
+        .chain(if profile.ssh { SSH_CAPS } else { &[] })
+        .any(|(_, n, _)| *n == cap)
 }
 
 /// The capability names nspawn is told to drop: all it would keep but ours.
-pub fn dropped_cap_names(nested: bool) -> Vec<&'static str> {
-    (0..ALL_CAPS.len() as u32).filter(|c| !kept(*c, nested)).map(|c| ALL_CAPS[c as usize]).collect()
+pub fn dropped_cap_names(profile: Profile) -> Vec<&'static str> {
+    (0..ALL_CAPS.len() as u32).filter(|c| !kept(*c, profile)).map(|c| ALL_CAPS[c as usize]).collect()
 }
 
 /// Why a system call is refused; nested weavers get back the [`Deny::UnlessNested`] ones.
@@ -184,11 +212,12 @@ fn build(e: impl std::fmt::Debug) -> SandboxError {
 #[derive(Debug)]
 pub struct Filters {
     programs: Vec<BpfProgram>,
-    nested: bool,
+    profile: Profile,
 }
 
 impl Filters {
-    pub fn new(nested: bool) -> Result<Filters, SandboxError> {
+    pub fn new(profile: Profile) -> Result<Filters, SandboxError> {
+        let nested = profile.nested;
         let arch = target_arch()?;
         let mut refuse: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
             denied(nested).map(|(_, nr, _)| (*nr, vec![])).collect();
@@ -216,7 +245,7 @@ impl Filters {
                     .map_err(build)?;
             programs.push(BpfProgram::try_from(enosys).map_err(build)?);
         }
-        Ok(Filters { programs, nested })
+        Ok(Filters { programs, profile })
     }
 
     /// Confines the calling thread for good: drops every capability but the kept ones from the
@@ -231,7 +260,7 @@ impl Filters {
                 break;
             }
             // Dropping needs CAP_SETPCAP, which nspawn has already taken along with the rest.
-            if present == 0 || kept(cap, self.nested) {
+            if present == 0 || kept(cap, self.profile) {
                 continue;
             }
             // SAFETY: prctl with integer arguments only.
@@ -249,23 +278,31 @@ impl Filters {
     }
 }
 
-/// `loomd __sandbox [--nested] -- CMD ARGS...`, run inside a weaver as its first process:
-/// confines itself, then becomes CMD. Returns only on failure, with the exit code to use.
+/// `loomd __sandbox [--nested] [--ssh] -- CMD ARGS...`, run inside a weaver as its first
+/// process: confines itself, then becomes CMD. Returns only on failure, with the exit code to use.
 pub fn run_entry(args: &[std::ffi::OsString]) -> i32 {
     use std::os::unix::process::CommandExt;
-    let (nested, rest) = match args {
-        [flag, rest @ ..] if flag == "--nested" => (true, rest),
-        rest => (false, rest),
-    };
+    const USAGE: &str = "loom-sandbox: usage: loom-sandbox [--nested] [--ssh] -- CMD ARGS...";
+    let mut profile = Profile::default();
+    let mut rest = args;
+    while let Some((flag, tail)) = rest.split_first() {
+        match flag.to_str() {
+            Some("--nested") => profile.nested = true,
+            Some("--ssh") => profile.ssh = true,
+            _ => break,
+        }
+        rest = tail;
+    }
     let Some((sep, cmd)) = rest.split_first() else {
-        eprintln!("loom-sandbox: usage: loom-sandbox [--nested] -- CMD ARGS...");
+        eprintln!("{USAGE}");
         return 2;
     };
     if sep != "--" || cmd.is_empty() {
-        eprintln!("loom-sandbox: usage: loom-sandbox [--nested] -- CMD ARGS...");
+        eprintln!("{USAGE}");
         return 2;
     }
-    let confined = Filters::new(nested).map_err(|e| e.to_string()).and_then(|f| f.confine().map_err(|e| e.to_string()));
+    let confined =
+        Filters::new(profile).map_err(|e| e.to_string()).and_then(|f| f.confine().map_err(|e| e.to_string()));
     if let Err(e) = confined {
         eprintln!("loom-sandbox: could not confine the weaver: {e}");
         return 126;
@@ -281,7 +318,7 @@ mod tests {
 
     #[test]
     fn every_kept_capability_has_its_name_and_number() {
-        for (name, nr, why) in KEPT_CAPS.iter().chain(NESTED_CAPS) {
+        for (name, nr, why) in KEPT_CAPS.iter().chain(NESTED_CAPS).chain(SSH_CAPS) {
             assert_eq!(ALL_CAPS[*nr as usize], *name);
             assert!(!why.is_empty());
         }
@@ -289,8 +326,11 @@ mod tests {
 
     #[test]
     fn the_dangerous_capabilities_are_dropped() {
-        assert!(!dropped_cap_names(true).contains(&"CAP_SETFCAP"));
-        let dropped = dropped_cap_names(false);
+        let nested = Profile { nested: true, ssh: false };
+        assert!(!dropped_cap_names(nested).contains(&"CAP_SETFCAP"));
+        assert!(!dropped_cap_names(Profile { nested: false, ssh: true }).contains(&"CAP_SYS_CHROOT"));
+        let dropped = dropped_cap_names(Profile::default());
+        assert!(dropped.contains(&"CAP_SYS_CHROOT"));
         for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_BPF"]
         {
             assert!(dropped.contains(&cap), "{cap} must be dropped");
@@ -312,15 +352,15 @@ mod tests {
 
     #[test]
     fn the_filters_build_for_both_kinds_of_weaver() {
-        assert_eq!(Filters::new(false).unwrap().programs.len(), 2);
-        assert_eq!(Filters::new(true).unwrap().programs.len(), 1);
+        assert_eq!(Filters::new(Profile::default()).unwrap().programs.len(), 2);
+        assert_eq!(Filters::new(Profile { nested: true, ssh: false }).unwrap().programs.len(), 1);
     }
 
     /// The real filter, installed in a child process: what it refuses fails with the errno the
     /// C library expects, and what it allows still works.
     #[test]
     fn a_confined_process_cannot_make_a_user_namespace_or_load_bpf() {
-        let filters = Filters::new(false).unwrap();
+        let filters = Filters::new(Profile::default()).unwrap();
         // SAFETY: the child only makes syscalls and exits; it never returns into the test harness.
         match unsafe { libc::fork() } {
             0 => {

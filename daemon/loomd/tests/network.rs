@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::net::{Bridge, FakeDns, loomd_log, sh_ok};
+use common::net::{Bridge, FakeDns, SshClient, loomd_log, sh_ok};
 use common::{Loomd, privileged};
 
 /// Python run by a weaver: helpers every probe starts with. `tcp(host, port)` and
@@ -402,6 +402,61 @@ impl Drop for Scaffold {
 }
 
 /// `ip netns exec NS python3 -c PRELUDE+script` from the host side; its stdout.
+/// Runs `ssh` until the weaver's sshd answers (it starts beside the first process).
+fn ssh_when_up(c: &SshClient, addr: &str, args: &[&str]) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = c.ssh("id", addr, args);
+        let refused = String::from_utf8_lossy(&out.stderr).contains("Connection refused");
+        if !refused || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_ssh_weaver_lets_in_its_keys_under_the_host_key_loomd_made_and_no_one_else() {
+    if !privileged("weaver_sshd") {
+        return;
+    }
+    let br = Bridge::new("n7", 207);
+    let d = Loomd::start_with_config(Some(&br.config()));
+    let c = SshClient::new();
+    sleeper(&d, "sshd", &["--ssh", "--ssh-keys", &c.public_key_file()]);
+    let w = d.inspect("sshd");
+    let addr = w["address"].as_str().unwrap_or_else(|| panic!("no address: {w}")).to_string();
+    let host_key = w["spec"]["ssh"]["host_key"].as_str().unwrap_or_default().to_string();
+    assert!(host_key.starts_with("ssh-ed25519 "), "inspect shows the host key: {w}");
+    c.trust(&addr, &host_key);
+
+    let out = ssh_when_up(&c, &addr, &["echo in-$(hostname); id -u"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the weaver's key logs in under the pinned host key: {out:?}\n{}", d.logs("sshd"));
+    assert!(stdout.lines().any(|l| l == "0"), "as the weaver's root: {stdout}");
+    assert!(stdout.lines().any(|l| l == "in-sshd"), "inside the weaver: {stdout}");
+    let out = c.ssh("id", &addr, &["exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "the remote exit code passes: {out:?}");
+
+    let out = c.ssh("stranger", &addr, &["true"]);
+    assert_eq!(out.status.code(), Some(255), "a key the weaver was not given is refused: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+
+    // A weaver without --ssh runs no sshd.
+    sleeper(&d, "plain", &[]);
+    let out = c.ssh("id", d.inspect("plain")["address"].as_str().unwrap(), &["true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Connection refused"), "{out:?}");
+
+    // Bad requests say what was wrong.
+    let bad = c.dir.path().join("bad.pub");
+    std::fs::write(&bad, "command=\"/bin/sh\" ssh-ed25519 AAAA x\n").unwrap();
+    let out = d.cli(&["weaver", "create", "--ssh", "--ssh-keys", bad.to_str().unwrap(), "--", "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("options"), "{out:?}");
+    let out =
+        d.cli(&["weaver", "create", "--ssh", "--ssh-keys", &c.public_key_file(), "--network", "none", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ssh needs --network private"), "{out:?}");
+}
+
 fn py_in_netns(ns: &str, script: &str) -> String {
     let code = format!("{PY_PRELUDE}\n{script}\nprint('PROBE-DONE', flush=True)\n");
     let out = Command::new("ip").args(["netns", "exec", ns, "/usr/bin/python3", "-c", &code]).output().unwrap();

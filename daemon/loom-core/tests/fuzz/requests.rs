@@ -120,6 +120,20 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                 ],
                 0..3,
             ),
+            prop::option::weighted(
+                0.2,
+                prop::collection::vec(
+                    prop_oneof![
+                        any::<String>(),
+                        Just(
+                            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN+/Rym8JYVv1rp2Qc08Nml49wCcW/Buy9Xgsb8BNq9X k"
+                                .to_string()
+                        ),
+                    ],
+                    0..3,
+                )
+                .prop_map(|authorized_keys| loom_core::ssh::SshRequest { authorized_keys }),
+            ),
         ),
     )
         .prop_map(
@@ -127,7 +141,7 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                 (name, image, repo, branch, memory),
                 (cpus, tasks, ttl, env),
                 (network, restart, command, agent),
-                (disk, log_size, nested, allow),
+                (disk, log_size, nested, allow, ssh),
             )| {
                 CreateWeaver {
                     name,
@@ -146,6 +160,7 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                     disk,
                     log_size,
                     upload: None,
+                    ssh,
                     command,
                     agent,
                 }

@@ -32,7 +32,7 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
         "--no-new-privileges=yes".into(),
         // Capabilities and system calls: see `crate::sandbox`, which also confines the payload
         // where nspawn's filter cannot (the flags of clone and unshare).
-        format!("--drop-capability={}", sandbox::dropped_cap_names(spec.nested).join(",")),
+        format!("--drop-capability={}", sandbox::dropped_cap_names(sandbox::Profile::of(spec)).join(",")),
         format!("--system-call-filter={}", sandbox::nspawn_syscall_allow()),
         format!("--system-call-filter={}", sandbox::nspawn_syscall_filter(spec.nested)),
         "--chdir=/workspace".into(),
@@ -63,7 +63,7 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
     // command line: any local user can read a process's argv.
     a.push("--".into());
-    a.extend(start_wrapper(spec.nested));
+    a.extend(start_wrapper(sandbox::Profile::of(spec)));
     a.extend(spec.command.iter().cloned());
     a
 }
@@ -77,16 +77,39 @@ macro_rules! source_env {
 }
 pub(crate) use source_env;
 
-/// What runs first inside the weaver: the sandbox entry, then [`START_SCRIPT`], then the command.
-pub fn start_wrapper(nested: bool) -> Vec<String> {
+/// What runs first inside the weaver: the sandbox entry, then [`START_SCRIPT`] (with
+/// [`SSHD_START`] for `--ssh` weavers), then the command.
+pub fn start_wrapper(profile: sandbox::Profile) -> Vec<String> {
     let mut argv = vec![sandbox::SANDBOX_PATH.to_string(), sandbox::SANDBOX_ARG.to_string()];
-    if nested {
-        argv.push("--nested".into());
-    }
+    argv.extend(profile.entry_flags().into_iter().map(String::from));
     argv.push("--".into());
-    argv.extend(START_SCRIPT.iter().map(|s| s.to_string()));
+    let [sh, c, script, name] = START_SCRIPT;
+    let script = if profile.ssh {
+        script.replacen(source_env!(), concat!(source_env!(), SSHD_START!()), 1)
+    } else {
+        script.to_string()
+    };
+    argv.extend([sh.to_string(), c.to_string(), script, name.to_string()]);
     argv
 }
+
+/// Starts the weaver's sshd (`--ssh`) in the background, inside the sandbox like everything
+/// else, with the files loomd wrote under `/.loom/ssh`; its privilege-separation user and
+/// directory are made if the weaver's root has none. A missing sshd or a config it refuses
+/// fails the start before the marker, so `create` reports it.
+macro_rules! SSHD_START {
+    () => {
+        concat!(
+            "sshd=$(command -v sshd) || sshd=/usr/sbin/sshd; ",
+            "[ -x \"$sshd\" ] || { echo \"loom: --ssh: there is no sshd in the weaver: install openssh-server on the host (or add openssh to the weaver image)\" >&2; exit 127; }; ",
+            "mkdir -p /run/sshd /var/empty && chmod 0755 /run/sshd /var/empty; ",
+            "grep -q '^sshd:' /etc/passwd 2>/dev/null || echo 'sshd:x:74:65534:sshd privilege separation:/run/sshd:/usr/sbin/nologin' >> /etc/passwd; ",
+            "\"$sshd\" -t -f /.loom/ssh/sshd_config || { echo \"loom: --ssh: sshd refused its configuration (above)\" >&2; exit 1; }; ",
+            "\"$sshd\" -D -e -f /.loom/ssh/sshd_config </dev/null & ",
+        )
+    };
+}
+use SSHD_START;
 
 /// Inside the container, relative to its root: written right before the command is exec'd,
 /// so loomd can tell "the command ran (and maybe ended at once)" from "nspawn failed".
@@ -150,7 +173,7 @@ mod tests {
             assert!(a.iter().any(|x| x == flag), "{flag} missing from {a:?}");
         }
         let sep = a.iter().position(|x| x == "--").unwrap();
-        let wrapper = start_wrapper(false);
+        let wrapper = start_wrapper(sandbox::Profile::default());
         assert_eq!(a[sep + 1..sep + 1 + wrapper.len()], wrapper);
         assert_eq!(a[sep + 1..sep + 4], [sandbox::SANDBOX_PATH, sandbox::SANDBOX_ARG, "--"]);
         assert_eq!(a[sep + 1 + wrapper.len()..], ["/bin/echo", "hi there"]);
@@ -160,6 +183,28 @@ mod tests {
         assert_eq!(filters[0], "ptrace", "{filters:?}");
         assert!(filters[1].starts_with('~') && filters[1].contains("bpf"), "{filters:?}");
     }
+
+    #[test]
+    fn an_ssh_weaver_keeps_chroot_and_starts_sshd_before_the_marker() {
+        let a = nspawn_argv(
+            &launch(|r| r.ssh = Some(loom_core::ssh::SshRequest { authorized_keys: vec![KEY.into()] })),
+            Register::No,
+            false,
+        );
+        let sep = a.iter().position(|x| x == "--").unwrap();
+        assert_eq!(a[sep + 3], "--ssh");
+        let drop = a.iter().find(|x| x.starts_with("--drop-capability=")).unwrap();
+        assert!(!drop.contains("CAP_SYS_CHROOT") && drop.contains("CAP_SYS_ADMIN"), "{drop}");
+        let script = &a[sep + 7];
+        let (sshd, marker) =
+            (script.find("-D -e -f /.loom/ssh/sshd_config").unwrap(), script.find(START_MARKER).unwrap());
+        assert!(sshd < marker, "{script}");
+        let plain = nspawn_argv(&launch(|_| {}), Register::No, false);
+        assert!(!plain.iter().any(|x| x.contains("sshd")));
+        assert!(plain.iter().find(|x| x.starts_with("--drop-capability=")).unwrap().contains("CAP_SYS_CHROOT"));
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN+/Rym8JYVv1rp2Qc08Nml49wCcW/Buy9Xgsb8BNq9X op@laptop";
 
     #[test]
     fn a_nested_weaver_says_so_to_the_sandbox() {

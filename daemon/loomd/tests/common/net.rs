@@ -155,3 +155,42 @@ impl FakeDns {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// An operator's side of a weaver's sshd (`--ssh`): a key pair of its own and the host's
+/// OpenSSH client, pinned to the host key loomd reports, never reading ~/.ssh.
+pub struct SshClient {
+    pub dir: tempfile::TempDir,
+}
+
+impl SshClient {
+    pub fn new() -> SshClient {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["id", "stranger"] {
+            let path = dir.path().join(name);
+            sh_ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path.to_str().unwrap()]);
+        }
+        SshClient { dir }
+    }
+
+    pub fn public_key_file(&self) -> String {
+        self.dir.path().join("id.pub").display().to_string()
+    }
+
+    /// Pins `host_key` (as `loom weaver inspect` shows it) for `addr`.
+    pub fn trust(&self, addr: &str, host_key: &str) {
+        std::fs::write(self.dir.path().join("known_hosts"), format!("{addr} {host_key}\n")).unwrap();
+    }
+
+    /// `ssh root@addr ARGS...` with key `key` ("id" or "stranger"), host key checking strict.
+    pub fn ssh(&self, key: &str, addr: &str, args: &[&str]) -> std::process::Output {
+        let p = |f: &str| self.dir.path().join(f).display().to_string();
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-i", &p(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{addr}")])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .unwrap()
+    }
+}

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::net::{Bridge, FakeDns};
+use crate::common::net::{Bridge, FakeDns, SshClient};
 use crate::support::{self, Loomd, field, privileged};
 
 /// Python every probe starts with: `tcp`/`udp` return the errno's name ("OK" on success).
@@ -419,4 +419,52 @@ if p:
     } else {
         assert!(["EACCES", "EPERM"].contains(&ping.as_str()), "{log}");
     }
+}
+
+/// Through a weaver's own sshd (`--ssh`): the session is as confined as the weaver (its
+/// bounding set is the weaver's plus sshd's chroot, seccomp and no-new-privileges on), the
+/// operator's agent is not forwarded into it, and a port forward through it leaves from
+/// inside the weaver, under the weaver's egress policy.
+#[test]
+fn an_ssh_session_is_as_confined_as_its_weaver_and_forwards_nothing_out() {
+    if !privileged("ssh_session_confined") {
+        return;
+    }
+    let br = Bridge::new("eg", 217);
+    let d = support::loomd(&br.config());
+    let c = SshClient::new();
+    support::sleeper(&d, "sshd", &["--ssh", "--ssh-keys", &c.public_key_file()]);
+    let w = d.inspect("sshd");
+    let addr = w["address"].as_str().unwrap().to_string();
+    c.trust(&addr, w["spec"]["ssh"]["host_key"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let out = c.ssh("id", &addr, &["grep -E '^(CapBnd|CapEff|Seccomp|NoNewPrivs):' /proc/self/status; echo AUTH_SOCK=${SSH_AUTH_SOCK:-none}"]);
+        if out.status.success() || Instant::now() > deadline {
+            break String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let caps = |k: &str| {
+        let v = field(&status.replace(":\t", "="), k);
+        u64::from_str_radix(&v, 16).unwrap_or_else(|_| panic!("{k} in {status}"))
+    };
+    // The weaver's kept set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID) and
+    // SYS_CHROOT: nothing sshd could hand its sessions beyond that.
+    assert_eq!(caps("CapBnd"), 0xfb | 1 << 18, "{status}");
+    assert_eq!(caps("CapEff") & !(0xfb | 1 << 18), 0, "{status}");
+    assert_eq!(field(&status.replace(":\t", "="), "Seccomp"), "2", "seccomp is on in the session: {status}");
+    assert_eq!(field(&status.replace(":\t", "="), "NoNewPrivs"), "1", "{status}");
+    assert_eq!(field(&status, "AUTH_SOCK"), "none", "no agent reached the session: {status}");
+
+    // `ssh -W` asks the weaver's sshd to connect: to the weaver's own loopback (allowed: the
+    // forward works, the banner comes back), then to a host port its policy does not allow.
+    let out = c.ssh("id", &addr, &["-W", "127.0.0.1:22"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("SSH-2.0-"), "a forward works in itself: {out:?}");
+    let l = TcpListener::bind((br.gateway, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let out = c.ssh("id", &addr, &["-W", &format!("{}:{port}", br.gateway)]);
+    assert!(!out.status.success(), "the forward was refused: {out:?}");
+    assert!(l.accept().is_err(), "nothing reached the host port through the weaver's sshd");
 }
