@@ -16,9 +16,9 @@ let
   # What loom-core's Config accepts (it is `deny_unknown_fields`): anything else makes loomd
   # refuse to start, so the module says so at evaluation time instead.
   knownKeys = {
-    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" "network" "wireguard" ];
+    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" "network" "wireguard" "tailscale" ];
     access = [ "admin_group" "operator_group" ];
-    weaver = [ "image" "memory" "cpus" "tasks" "ttl" "network" "restart" "start_timeout" "nested" "image_roots" "disk" "log_size" "egress" ];
+    weaver = [ "image" "memory" "cpus" "tasks" "ttl" "network" "restart" "start_timeout" "nested" "image_roots" "disk" "log_size" "egress" "ssh" ];
     secrets = [ "file" "format" "age_key_file" "ssh_host_keys" "pgp_key_file" ];
   };
   unknown = known: attrs: lib.subtractLists known (attrNames attrs);
@@ -230,6 +230,46 @@ in
           root only); null to log the host in by hand.
         '';
       };
+      weavers = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Let `loom weaver create --tailscale` join a weaver to the tailnet as its own node,
+            named after the weaver, with Tailscale SSH (`tailscale ssh root@WEAVER-NAME`):
+            loomd starts `tailscaled --tun=userspace-networking --state=mem:` inside the weaver
+            and runs `tailscale up --ssh` with an auth key it reads from the SOPS file and
+            removes from the weaver before the weaver's own first process runs. The node is
+            ephemeral: it logs out when the weaver stops.
+          '';
+        };
+        authKeySecret = mkOption {
+          type = types.str;
+          default = "tailscale/auth_key";
+          example = "tailscale/weaver_key";
+          description = ''
+            The path in `services.loomd.secrets.file` of an **ephemeral, tagged** auth key
+            (reusable, so every weaver can use it; tagged with `tags`).
+          '';
+        };
+        tags = mkOption {
+          type = types.listOf types.str;
+          default = [ "tag:loom-weaver" ];
+          description = "ACL tags the weavers' nodes advertise; the auth key must be allowed to use them.";
+        };
+        loginServer = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "https://headscale.example.com";
+          description = "A coordination server other than Tailscale's (Headscale).";
+        };
+        package = mkOption {
+          type = types.package;
+          default = pkgs.tailscale;
+          defaultText = lib.literalExpression "pkgs.tailscale";
+          description = "The tailscale package whose binaries run inside weavers (from /nix/store, which weavers see).";
+        };
+      };
     };
 
     mountBpffs = mkOption {
@@ -258,6 +298,14 @@ in
       useRoutingFeatures = lib.mkDefault "server";
       extraUpFlags = [ "--advertise-routes=${cfg.settings.network.subnet or "10.87.0.0/16"}" ];
     } // lib.optionalAttrs (cfg.tailscale.authKeyFile != null) { authKeyFile = cfg.tailscale.authKeyFile; });
+
+    services.loomd.settings.tailscale = mkIf cfg.tailscale.weavers.enable (lib.mapAttrs (_: lib.mkDefault) ({
+      enable = true;
+      auth_key_secret = cfg.tailscale.weavers.authKeySecret;
+      tags = cfg.tailscale.weavers.tags;
+      tailscaled = "${cfg.tailscale.weavers.package}/bin/tailscaled";
+      tailscale = "${cfg.tailscale.weavers.package}/bin/tailscale";
+    } // lib.optionalAttrs (cfg.tailscale.weavers.loginServer != null) { login_server = cfg.tailscale.weavers.loginServer; }));
 
     # TOML has no null, and the TOML type refuses one, so only keys that are set go in.
     services.loomd.settings.secrets = lib.mapAttrs (_: lib.mkDefault) (lib.filterAttrs (_: v: v != null) {

@@ -47,7 +47,7 @@ let
 
   pkgs = lib.genAttrs [ "git" "util-linux" "coreutils" "bpftools" "bashInteractive" "findutils"
     "gnugrep" "gnused" "gawk" "diffutils" "gnupatch" "gnutar" "gzip" "xz" "openssh" "curl"
-    "less" "procps" "which" "file" "jq" "ripgrep" "gnumake" "iproute2" "nftables" "wireguard-go" ] drv // {
+    "less" "procps" "which" "file" "jq" "ripgrep" "gnumake" "iproute2" "nftables" "wireguard-go" "tailscale" ] drv // {
     formats.toml = _: {
       type = tomlValue;
       generate = name: value: assert noNulls value; drv name;
@@ -143,6 +143,7 @@ let
     services.loomd.tailscale = { advertiseWeaverSubnet = true; authKeyFile = "/run/secrets/ts"; };
     services.loomd.settings.network.subnet = "10.90.0.0/16";
     services.loomd.settings.wireguard.enable = true;
+    services.loomd.tailscale.weavers = { enable = true; authKeySecret = "ts/key"; loginServer = "https://hs.example"; };
   } ]).config;
 
   results = [
@@ -155,6 +156,13 @@ let
     (check "wireguard-go on the path when the tunnel is on"
       (lib.any (p: p.name == "wireguard-go") tailnet.systemd.services.loomd.path))
     (check "no tailscale unless asked" (!(base.services.tailscale.enable or false)))
+    (check "no [tailscale] unless weavers join" (!(base.services.loomd.finalSettings ? tailscale)))
+    (check "weavers' tailscaled invocation: the package's binaries, the SOPS key, the tags"
+      (let t = tailnet.services.loomd.finalSettings.tailscale; in
+        t.enable && t.auth_key_secret == "ts/key" && t.tags == [ "tag:loom-weaver" ]
+        && t.tailscaled == "/nix/store/00000000000000000000000000000000-tailscale/bin/tailscaled"
+        && t.tailscale == "/nix/store/00000000000000000000000000000000-tailscale/bin/tailscale"
+        && t.login_server == "https://hs.example"))
     (check "ExecStart runs loomd with --config /etc/loom/loomd.toml"
       (lib.hasPrefix "/nix/store/00000000000000000000000000000000-loom/bin/loomd " sc.ExecStart
         && lib.hasInfix "--config /etc/loom/loomd.toml" sc.ExecStart))

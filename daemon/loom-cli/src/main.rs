@@ -251,6 +251,9 @@ struct CreateArgs {
     /// The public keys --ssh takes instead of ~/.ssh/authorized_keys (an authorized_keys or .pub file).
     #[arg(long, value_name = "FILE", requires = "ssh")]
     ssh_keys: Option<PathBuf>,
+    /// Join loomd's tailnet (`[tailscale]`) as a node named after the weaver, with Tailscale SSH.
+    #[arg(long)]
+    tailscale: bool,
     /// The prompt file for the agent loop.
     #[arg(long, requires = "model")]
     prompt: Option<PathBuf>,
@@ -367,6 +370,7 @@ async fn create_body(client: &Client, a: CreateArgs, json: bool) -> Result<Creat
         restart: a.restart,
         nested: a.nested.then_some(true),
         ssh,
+        tailscale: a.tailscale.then_some(true),
         command: a.command,
         agent,
     })

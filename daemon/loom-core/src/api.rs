@@ -96,6 +96,9 @@ pub struct CreateWeaver {
     /// Runs an sshd inside (`--ssh`), taking these keys besides `[weaver.ssh]`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<crate::ssh::SshRequest>,
+    /// Joins the tailnet of `[tailscale]` (`--tailscale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailscale: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -73,6 +73,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// `[wireguard]`, the operator tunnel, validated by loom-wireguard.
     pub wireguard: toml::Table,
+    /// `[tailscale]`: joining `--tailscale` weavers to a tailnet.
+    pub tailscale: crate::tailscale::TailscaleConfig,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             audit: toml::Table::new(),
             network: NetworkConfig::default(),
             wireguard: toml::Table::new(),
+            tailscale: Default::default(),
         }
     }
 }
@@ -221,6 +224,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((field, message)) = self.tailscale.problem() {
+            return Err(ConfigError::Value { field, message });
+        }
         if !self.socket.is_absolute() {
             return Err(ConfigError::Value {
                 field: "socket",

@@ -15,6 +15,7 @@ pub mod resolve;
 pub mod restart;
 pub mod sse;
 pub mod ssh;
+pub mod tailscale;
 pub mod terminal;
 pub mod units;
 pub mod weaver;

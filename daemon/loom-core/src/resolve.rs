@@ -133,6 +133,10 @@ pub fn resolve_spec(
             host_key: String::new(),
         }),
     };
+    let tailscale = req.tailscale.unwrap_or(false);
+    if tailscale && network != crate::weaver::NetworkMode::Private {
+        return Err(SpecError::TailscaleNetwork);
+    }
     Ok(WeaverSpec {
         name,
         image,
@@ -150,6 +154,7 @@ pub fn resolve_spec(
         restart,
         nested: req.nested.unwrap_or(defaults.nested),
         ssh,
+        tailscale,
         command: req.command,
         agent: req.agent,
     })

@@ -135,6 +135,8 @@ pub enum SpecError {
     SshKey(#[from] crate::ssh::SshKeyError),
     #[error("--ssh needs --network private: {0}")]
     SshNetwork(&'static str),
+    #[error("--tailscale needs --network private: tailscaled reaches the tailnet through the weaver's own egress")]
+    TailscaleNetwork,
     #[error("invalid restart policy {0:?}: use never, on-failure or always")]
     Restart(String),
     #[error("invalid image {0:?}: use \"host\" or an absolute path to a directory tree")]
@@ -359,6 +361,9 @@ pub struct WeaverSpec {
     /// Its own sshd on port 22 (`--ssh`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<crate::ssh::SshSpec>,
+    /// Runs tailscaled inside and joins `[tailscale]`'s tailnet under its name (`--tailscale`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tailscale: bool,
     /// The command to run; empty when the agent loop runs.
     #[serde(default)]
     pub command: Vec<String>,

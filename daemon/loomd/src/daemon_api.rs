@@ -295,6 +295,21 @@ impl Daemon {
         let upload_id = req.upload.clone();
         let mut spec = resolve_spec(req, &defaults, format!("w-{}", &id.as_str()[..8]))
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        if spec.tailscale {
+            let ts = self.config().tailscale;
+            if !ts.enable {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "--tailscale needs loomd's [tailscale] section: enable = true and auth_key_secret naming an \
+                     ephemeral, tagged auth key in the SOPS file",
+                ));
+            }
+            for rule in ts.egress_rules() {
+                if !spec.egress.contains(&rule) {
+                    spec.egress.push(rule);
+                }
+            }
+        }
         let host_key = match &mut spec.ssh {
             Some(ssh) => {
                 let key = crate::ssh::HostKey::generate(&format!("loom-weaver-{}", spec.name))

@@ -81,6 +81,10 @@ impl Daemon {
         let root = self.root_of(id);
         let agent = spec.agent.as_ref().map(|a| a.prompt.clone());
         let ssh = spec.ssh.clone();
+        let tailscale = match spec.tailscale {
+            true => Some(self.tailscale_files(spec)?),
+            false => None,
+        };
         let done = tokio::task::spawn_blocking(move || -> Result<(), rootfs::RootfsError> {
             rootfs::create_skeleton(&root)?;
             let r = WeaverRoot::open(&root)?;
@@ -94,6 +98,12 @@ impl Daemon {
             if let Some(ssh) = &ssh {
                 crate::ssh::write_files(&r, ssh)?;
             }
+            if let Some((script, key)) = &tailscale {
+                use loom_core::tailscale::{AUTH_KEY, DIR, UP_SCRIPT};
+                r.make_dirs(DIR, 0o700, true)?;
+                r.replace_file(UP_SCRIPT, script.as_bytes(), 0o644)?;
+                r.replace_file(AUTH_KEY, key.as_bytes(), 0o600)?;
+            }
             Ok(())
         })
         .await;
@@ -101,6 +111,33 @@ impl Daemon {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("preparing its root: {}", crate::error_chain(&e))),
             Err(e) => Err(format!("preparing its root: {e}")),
+        }
+    }
+
+    /// The join script and the auth key (from the SOPS file) of a `--tailscale` weaver.
+    fn tailscale_files(&self, spec: &WeaverSpec) -> Result<(String, zeroize::Zeroizing<String>), String> {
+        let cfg = self.config().tailscale;
+        if !cfg.enable {
+            return Err("it was made with --tailscale, but loomd's [tailscale] is not enabled any more".into());
+        }
+        let key = self.secrets.get(&cfg.auth_key_secret).ok_or_else(|| {
+            format!(
+                "the tailscale auth key {:?} ([tailscale] auth_key_secret) is not in the secrets file: add it with sops, then start the weaver again",
+                cfg.auth_key_secret
+            )
+        })?;
+        Ok((cfg.up_script(&spec.name), key))
+    }
+
+    /// The auth key is the start script's to remove; this makes sure, whatever the start did.
+    pub(super) async fn remove_tailscale_key(&self, id: &WeaverId) {
+        let root = self.root_of(id);
+        let removed = tokio::task::spawn_blocking(move || {
+            WeaverRoot::open(&root).and_then(|r| r.remove(loom_core::tailscale::AUTH_KEY))
+        })
+        .await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::error!(weaver = %id, "could not make sure the tailscale auth key left the weaver's root");
         }
     }
 

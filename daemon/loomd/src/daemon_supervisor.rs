@@ -65,7 +65,11 @@ impl Daemon {
             Ok(None) => {}
             Err(e) => return self.fail(rec, e.to_string()).await,
         }
-        match self.backend.start(&launch).await {
+        let started = self.backend.start(&launch).await;
+        if launch.spec.tailscale {
+            self.remove_tailscale_key(&id).await;
+        }
+        match started {
             Ok(started) => {
                 rec.info.state = WeaverState::Running;
                 rec.info.pid = (started.leader_pid > 0).then_some(started.leader_pid);

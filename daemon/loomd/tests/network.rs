@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::net::{Bridge, FakeDns, SshClient, loomd_log, sh_ok};
+use common::net::{Bridge, FakeDns, FakeTailscale, SshClient, files_containing, loomd_log, sh_ok};
 use common::{Loomd, privileged};
 
 /// Python run by a weaver: helpers every probe starts with. `tcp(host, port)` and
@@ -455,6 +455,47 @@ fn an_ssh_weaver_lets_in_its_keys_under_the_host_key_loomd_made_and_no_one_else(
     let out =
         d.cli(&["weaver", "create", "--ssh", "--ssh-keys", &c.public_key_file(), "--network", "none", "--", "true"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ssh needs --network private"), "{out:?}");
+}
+
+#[test]
+fn a_tailscale_weaver_joins_with_the_sops_auth_key_which_then_leaves_its_root() {
+    if !privileged("weaver_tailscale") {
+        return;
+    }
+    let fake = FakeTailscale::install();
+    let br = Bridge::new("n8", 208);
+    let d = Loomd::start_with_config(Some(&(br.config() + &fake.config())));
+    let w = sleeper(&d, "tsnode", &["--tailscale"]);
+    let root = d.state_dir().join("weavers").join(w["id"].as_str().unwrap()).join("root");
+    let read = |f: &str| std::fs::read_to_string(root.join(".loom").join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    // The key the SOPS file holds under test_key ("test_value") is what `tailscale up` read.
+    let expected = sh_ok("sh", &["-c", "printf test_value | sha256sum | cut -d' ' -f1"]);
+    assert_eq!(read("fake-tailscale.keyhash").trim(), expected.trim(), "tailscale up got the SOPS key");
+    let up = read("fake-tailscale.args");
+    assert!(
+        up.contains("up --auth-key=file:/.loom/tailscale/authkey --hostname=tsnode --advertise-tags=tag:loom-ci --ssh"),
+        "{up}"
+    );
+    let daemon = read("fake-tailscaled.args");
+    assert!(daemon.contains("--tun=userspace-networking --state=mem:"), "{daemon}");
+    // After the start the key is nowhere: not in the weaver's root (env file included), its
+    // log, or loomd's log.
+    assert!(!root.join(loom_core::tailscale::AUTH_KEY).exists(), "the key file is gone");
+    assert_eq!(files_containing(&root, b"test_value"), Vec::<std::path::PathBuf>::new());
+    assert!(!d.logs("tsnode").contains("test_value"));
+    assert!(!std::fs::read_to_string(d.log_path()).unwrap().contains("test_value"), "loomd's log");
+    let rules = d.cli_json(&["weaver", "egress", "tsnode", "list"]).to_string();
+    assert!(rules.contains("tailscale.com:443/tcp"), "tailscaled may reach the coordination server: {rules}");
+
+    // A join that fails fails the create, and takes the key with it.
+    let out = d.cli(&["weaver", "create", "--name", "tsfail", "--tailscale", "--", "sleep", "600"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tailscale up failed"), "{out:?}");
+    let failed = d.inspect("tsfail");
+    let failed_root = d.state_dir().join("weavers").join(failed["id"].as_str().unwrap()).join("root");
+    assert_eq!(files_containing(&failed_root, b"test_value"), Vec::<std::path::PathBuf>::new());
+    let out = d.cli(&["weaver", "create", "--tailscale", "--network", "none", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tailscale needs --network private"), "{out:?}");
 }
 
 fn py_in_netns(ns: &str, script: &str) -> String {

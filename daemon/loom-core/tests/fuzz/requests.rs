@@ -161,6 +161,7 @@ fn create_request() -> impl Strategy<Value = CreateWeaver> {
                     log_size,
                     upload: None,
                     ssh,
+                    tailscale: None,
                     command,
                     agent,
                 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use loom_core::weaver::NetworkMode;
+use loom_core::weaver::{NetworkMode, WeaverSpec};
 
 use super::Launch;
 use crate::sandbox;
@@ -63,7 +63,7 @@ pub fn nspawn_argv(launch: &Launch, register: Register, nix_store: bool) -> Vec<
     // The weaver's own variables (proxy tokens among them) go through ENV_FILE, never the
     // command line: any local user can read a process's argv.
     a.push("--".into());
-    a.extend(start_wrapper(sandbox::Profile::of(spec)));
+    a.extend(start_wrapper(spec));
     a.extend(spec.command.iter().cloned());
     a
 }
@@ -78,17 +78,23 @@ macro_rules! source_env {
 pub(crate) use source_env;
 
 /// What runs first inside the weaver: the sandbox entry, then [`START_SCRIPT`] (with
-/// [`SSHD_START`] for `--ssh` weavers), then the command.
-pub fn start_wrapper(profile: sandbox::Profile) -> Vec<String> {
+/// [`SSHD_START`] for `--ssh` weavers and the tailnet join for `--tailscale` ones), then the
+/// command.
+pub fn start_wrapper(spec: &WeaverSpec) -> Vec<String> {
+    let profile = sandbox::Profile::of(spec);
     let mut argv = vec![sandbox::SANDBOX_PATH.to_string(), sandbox::SANDBOX_ARG.to_string()];
     argv.extend(profile.entry_flags().into_iter().map(String::from));
     argv.push("--".into());
     let [sh, c, script, name] = START_SCRIPT;
-    let script = if profile.ssh {
-        script.replacen(source_env!(), concat!(source_env!(), SSHD_START!()), 1)
-    } else {
-        script.to_string()
-    };
+    let mut prelude = String::from(source_env!());
+    if profile.ssh {
+        prelude += SSHD_START!();
+    }
+    if spec.tailscale {
+        // Sourced, so that its `exit` fails the start before the marker.
+        prelude += &format!(". /{}; ", loom_core::tailscale::UP_SCRIPT);
+    }
+    let script = script.replacen(source_env!(), &prelude, 1);
     argv.extend([sh.to_string(), c.to_string(), script, name.to_string()]);
     argv
 }
@@ -173,7 +179,7 @@ mod tests {
             assert!(a.iter().any(|x| x == flag), "{flag} missing from {a:?}");
         }
         let sep = a.iter().position(|x| x == "--").unwrap();
-        let wrapper = start_wrapper(sandbox::Profile::default());
+        let wrapper = start_wrapper(&launch(|_| {}).spec);
         assert_eq!(a[sep + 1..sep + 1 + wrapper.len()], wrapper);
         assert_eq!(a[sep + 1..sep + 4], [sandbox::SANDBOX_PATH, sandbox::SANDBOX_ARG, "--"]);
         assert_eq!(a[sep + 1 + wrapper.len()..], ["/bin/echo", "hi there"]);

@@ -194,3 +194,61 @@ impl SshClient {
             .unwrap()
     }
 }
+
+/// FAKES of Tailscale's `tailscaled` and `tailscale` (the real ones need Tailscale's servers,
+/// which this machine cannot reach, and are not packaged here): they record their arguments
+/// and a hash of the auth key they were handed, in the weaver's `/.loom`, and `tailscale up`
+/// fails for a node whose name holds "fail". They live under the host's `/usr`, which is the
+/// weavers' own, and go with the guard.
+pub struct FakeTailscale(pub std::path::PathBuf);
+
+impl FakeTailscale {
+    pub fn install() -> FakeTailscale {
+        let dir = std::path::PathBuf::from(format!("/usr/local/lib/loom-fake-tailscale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tailscaled = "#!/bin/sh\necho \"$@\" > /.loom/fake-tailscaled.args\nexec /usr/bin/python3 -c 'import socket, time; s = socket.socket(socket.AF_UNIX); s.bind(\"/run/tailscale/tailscaled.sock\"); s.listen(1); time.sleep(600)'\n";
+        let tailscale = "#!/bin/sh\necho \"$@\" > /.loom/fake-tailscale.args\nfor a in \"$@\"; do case \"$a\" in --auth-key=file:*) sha256sum < \"${a#--auth-key=file:}\" | cut -d' ' -f1 > /.loom/fake-tailscale.keyhash;; --hostname=*fail*) fail=1;; esac; done\n[ -z \"$fail\" ] || { echo 'fake tailscale: backend error: invalid key' >&2; exit 1; }\n";
+        for (name, body) in [("tailscaled", tailscaled), ("tailscale", tailscale)] {
+            std::fs::write(dir.join(name), body).unwrap();
+            sh_ok("chmod", &["0755", dir.join(name).to_str().unwrap()]);
+        }
+        FakeTailscale(dir)
+    }
+}
+
+impl FakeTailscale {
+    /// `[secrets]` (the sops-nix test file, whose `test_key` is "test_value") and `[tailscale]`
+    /// with these fakes as the binaries.
+    pub fn config(&self) -> String {
+        let data = std::env::var_os("LOOM_TESTDATA")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
+        format!(
+            "[secrets]\nfile = \"{}\"\nage_key_file = \"{}\"\n[tailscale]\nenable = true\nauth_key_secret = \"test_key\"\ntags = [\"tag:loom-ci\"]\ntailscaled = \"{dir}/tailscaled\"\ntailscale = \"{dir}/tailscale\"\n",
+            data.join("sops-nix/secrets.yaml").display(),
+            data.join("sops-nix/age-keys.txt").display(),
+            dir = self.0.display(),
+        )
+    }
+}
+
+impl Drop for FakeTailscale {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file under `dir` (not following symlinks) whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for e in entries.flatten() {
+        let (path, ty) = (e.path(), e.file_type().unwrap());
+        if ty.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if ty.is_file() && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::net::{Bridge, FakeDns, SshClient};
+use crate::common::net::{Bridge, FakeDns, FakeTailscale, SshClient, files_containing};
 use crate::support::{self, Loomd, field, privileged};
 
 /// Python every probe starts with: `tcp`/`udp` return the errno's name ("OK" on success).
@@ -467,4 +467,58 @@ fn an_ssh_session_is_as_confined_as_its_weaver_and_forwards_nothing_out() {
     let out = c.ssh("id", &addr, &["-W", &format!("{}:{port}", br.gateway)]);
     assert!(!out.status.success(), "the forward was refused: {out:?}");
     assert!(l.accept().is_err(), "nothing reached the host port through the weaver's sshd");
+}
+
+/// A `--tailscale` weaver's own first process hunts for the tailnet auth key: its file, every
+/// process's command line and environment, and the rest of the root; then it plants a symlink
+/// where loomd writes the key next time, and a join script of its own. None of it gets the key
+/// or makes loomd write outside the weaver. (Tailscale's binaries are fakes: see
+/// `FakeTailscale`.)
+#[test]
+fn a_tailscale_weaver_never_sees_its_auth_key_and_cannot_redirect_it() {
+    if !privileged("tailscale_key_hunt") {
+        return;
+    }
+    let fake = FakeTailscale::install();
+    let br = Bridge::new("eh", 218);
+    let d = support::loomd(&(br.config() + &fake.config()));
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("stolen");
+    let hunt = format!(
+        r#"
+import glob, os
+hits = []
+for p in glob.glob("/proc/[0-9]*/cmdline") + glob.glob("/proc/[0-9]*/environ") + glob.glob("/.loom/**", recursive=True) + ["/.loom/env"]:
+    if p.startswith(f"/proc/{{os.getpid()}}/"):
+        continue  # this script's own command line holds the needle
+    try:
+        if os.path.isfile(p) and b"test_value" in open(p, "rb").read():
+            hits.append(p)
+    except OSError:
+        pass
+print("HITS=" + (",".join(hits) or "none"), flush=True)
+print("KEYFILE=" + str(os.path.lexists("/.loom/tailscale/authkey")), flush=True)
+os.symlink("{target}", "/.loom/tailscale/authkey")
+open("/.loom/tailscale/up.sh", "w").write("echo EVIL-SCRIPT-RAN\n")
+print("PLANTED=1", flush=True)
+"#,
+        target = target.display()
+    );
+    let code = format!("{PY_PRELUDE}\n{hunt}");
+    let create = ["weaver", "create", "--name", "hunter", "--tailscale", "--", "/usr/bin/python3", "-c", &code];
+    assert_eq!(d.cli_json(&create)["state"], "running");
+    let ended = |v: &serde_json::Value| v["state"] == "exited" || v["state"] == "failed";
+    d.wait_for("hunter", "exited", Duration::from_secs(60), ended);
+    let log = d.logs("hunter");
+    assert_eq!(field(&log, "HITS"), "none", "the key is nowhere the weaver can read: {log}");
+    assert_eq!(field(&log, "KEYFILE"), "False", "{log}");
+    assert_eq!(field(&log, "PLANTED"), "1", "{log}");
+    // The next start writes the key and script afresh, through the weaver's root only.
+    let out = d.cli(&["weaver", "start", "hunter"]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_for("hunter", "exited", Duration::from_secs(60), ended);
+    assert!(!target.exists(), "loomd wrote nothing through the planted symlink");
+    assert!(!d.logs("hunter").contains("EVIL-SCRIPT-RAN"), "loomd's join script ran, not the weaver's");
+    let root = d.state_dir().join("weavers").join(d.inspect("hunter")["id"].as_str().unwrap()).join("root");
+    assert_eq!(files_containing(&root, b"test_value"), Vec::<std::path::PathBuf>::new());
 }
