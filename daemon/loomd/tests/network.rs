@@ -402,19 +402,6 @@ impl Drop for Scaffold {
 }
 
 /// `ip netns exec NS python3 -c PRELUDE+script` from the host side; its stdout.
-/// Runs `ssh` until the weaver's sshd answers (it starts beside the first process).
-fn ssh_when_up(c: &SshClient, addr: &str, args: &[&str]) -> std::process::Output {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = c.ssh("id", addr, args);
-        let refused = String::from_utf8_lossy(&out.stderr).contains("Connection refused");
-        if !refused || Instant::now() > deadline {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn an_ssh_weaver_lets_in_its_keys_under_the_host_key_loomd_made_and_no_one_else() {
     if !privileged("weaver_sshd") {
@@ -430,7 +417,8 @@ fn an_ssh_weaver_lets_in_its_keys_under_the_host_key_loomd_made_and_no_one_else(
     assert!(host_key.starts_with("ssh-ed25519 "), "inspect shows the host key: {w}");
     c.trust(&addr, &host_key);
 
-    let out = ssh_when_up(&c, &addr, &["echo in-$(hostname); id -u"]);
+    // The first connection, with no retry: create returns once sshd listens.
+    let out = c.ssh("id", &addr, &["echo in-$(hostname); id -u"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the weaver's key logs in under the pinned host key: {out:?}\n{}", d.logs("sshd"));
     assert!(stdout.lines().any(|l| l == "0"), "as the weaver's root: {stdout}");

@@ -101,8 +101,9 @@ pub fn start_wrapper(spec: &WeaverSpec) -> Vec<String> {
 
 /// Starts the weaver's sshd (`--ssh`) in the background, inside the sandbox like everything
 /// else, with the files loomd wrote under `/.loom/ssh`; its privilege-separation user and
-/// directory are made if the weaver's root has none. A missing sshd or a config it refuses
-/// fails the start before the marker, so `create` reports it.
+/// directory are made if the weaver's root has none. A missing sshd, a config it refuses or
+/// an sshd that never listens fails the start before the marker, so `create` reports it; and
+/// once `create` returns, port 22 answers.
 macro_rules! SSHD_START {
     () => {
         concat!(
@@ -112,6 +113,8 @@ macro_rules! SSHD_START {
             "grep -q '^sshd:' /etc/passwd 2>/dev/null || echo 'sshd:x:74:65534:sshd privilege separation:/run/sshd:/usr/sbin/nologin' >> /etc/passwd; ",
             "\"$sshd\" -t -f /.loom/ssh/sshd_config || { echo \"loom: --ssh: sshd refused its configuration (above)\" >&2; exit 1; }; ",
             "\"$sshd\" -D -e -f /.loom/ssh/sshd_config </dev/null & ",
+            "i=0; until grep -q ' 00000000:0016 00000000:0000 0A ' /proc/net/tcp 2>/dev/null; do i=$((i+1)); ",
+            "[ $i -gt 200 ] && { echo \"loom: --ssh: sshd did not listen on port 22 within 10s (its messages are above)\" >&2; exit 1; }; sleep 0.05; done; ",
         )
     };
 }
