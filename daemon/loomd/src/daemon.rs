@@ -328,7 +328,7 @@ impl Daemon {
     }
 
     /// How to run a command inside a running weaver: the plan, the weaver's first process (to
-    /// enter) and whether it nests containers (for the sandbox the command gets).
+    /// enter) and its sandbox profile (what `--nested`/`--ssh` add to the sandbox the command gets).
     pub fn exec_plan(
         &self,
         caller: &Caller,
