@@ -333,9 +333,14 @@ let
   flake = import (root + "/flake.nix");
   stubPkgs = system: {
     stdenv.hostPlatform.system = system;
-    rustPlatform.buildRustPackage = args: args // {
-      type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-loom";
-    };
+    rustPlatform.buildRustPackage = let
+      mk = args: args // {
+        type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-${args.pname}";
+        overrideAttrs = f: mk (args // f args);
+      };
+    in mk;
+    testers.runNixOSTest = args: args // { type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-vm-test"; };
+    clippy = "clippy";
     nixpkgs-fmt = null;
     git = "git"; openssh = "openssh"; perl = "perl"; procps = "procps";
   };
@@ -364,7 +369,19 @@ in
     (let m = self.nixosConfigurations.example.modules; in
       builtins.length m == 3 && builtins.isFunction (builtins.elemAt m 1)
       && builtins.elemAt m 2 == root + "/hosts/example/configuration.nix"))
-  (check "flake: checks" (builtins.attrNames self.checks.x86_64-linux == [ "example-system" "loom" ]))
+  (check "flake: checks" (builtins.attrNames self.checks.x86_64-linux == [ "clippy" "example-system" "loom" "unit-tests" "vm" ]
+    && builtins.attrNames self.checks.aarch64-linux == [ "clippy" "loom" "unit-tests" ]))
+  (check "flake: clippy denies warnings on every target"
+    (let c = self.checks.x86_64-linux.clippy; in c.pname == "loom-clippy" && !c.doCheck
+      && lib.hasInfix "cargo clippy --offline --workspace --all-targets -- -D warnings" c.buildPhase))
+  (check "flake: unit tests" (lib.hasInfix "cargo test --offline --workspace --lib" self.checks.x86_64-linux.unit-tests.buildPhase))
+  (check "flake: the VM test boots the example host with a declared weaver and greps the audit journal"
+    (let t = self.checks.x86_64-linux.vm; m = t.nodes.machine { lib = lib; }; in
+      t.name == "loom" && lib.elem (root + "/hosts/example/configuration.nix") m.imports
+      && m.services.loomd.weavers ? declared-hello
+      && lib.hasInfix "wait_for_unit(\"loomd.service\")" t.testScript
+      && lib.hasInfix "journalctl -t loom-audit" t.testScript
+      && lib.hasInfix "loom weaver create" t.testScript))
 ]
 NIX
 nix-instantiate --read-write-mode --eval --strict --json \
