@@ -39,6 +39,7 @@ impl Daemon {
     /// Makes the weavers declared in the config what `declared` says (the config already
     /// swapped in). Owned by root, like everything the admin's config does.
     pub async fn reconcile_config(self: &Arc<Self>, declared: Vec<DeclaredWeaver>) -> ApplyResult {
+        let started = std::time::Instant::now();
         let root = Caller { uid: 0, pid: std::process::id() as i32, gids: vec![] };
         let result = self.reconcile(&root, Role::Admin, Origin::Config, declared, false).await;
         let result = result.unwrap_or_else(|e| ApplyResult {
@@ -59,6 +60,7 @@ impl Daemon {
             remove = p.remove.len(),
             unchanged = p.unchanged.len(),
             conflicts = p.conflicts.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "declared weavers reconciled"
         );
         result
