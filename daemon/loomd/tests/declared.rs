@@ -137,3 +137,51 @@ fn apply_plans_applies_and_down_removes_only_its_own() {
     let list = wait_list(&d, "web removed", |l| find(l, "web").is_none());
     assert!(running_with(&list, "by-hand", &["sleep", "300"]), "{list:#?}");
 }
+
+/// Operators apply as they create and remove: their own weavers only, nothing admin-only, and a
+/// name another user's weaver holds is a conflict, not a takeover.
+#[test]
+fn an_operators_apply_follows_the_access_policy() {
+    use common::{as_user, ensure_group};
+    use std::os::unix::fs::PermissionsExt;
+    if !privileged("an_operators_apply_follows_the_access_policy") {
+        return;
+    }
+    // The config names both groups; loomd resolves them at start.
+    ensure_group("loomt-admin");
+    let op = ensure_group("loomt-op");
+    let d = Loomd::start_with_config(Some(&config(
+        "[access]\nadmin_group = \"loomt-admin\"\noperator_group = \"loomt-op\"\n",
+    )));
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.cli_json(&["weaver", "create", "--name", "roots", "--network", "none", "--", "sleep", "300"]);
+    let file = d.dir.path().join("op.toml");
+    std::fs::write(
+        &file,
+        "[weavers.roots]\ncommand = [\"sleep\", \"1\"]\n[weavers.mine]\ncommand = [\"sleep\", \"300\"]\n\
+         [weavers.wide]\ncommand = [\"sleep\", \"300\"]\nnetwork = \"host\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let f = file.to_str().unwrap();
+    let out = as_user(&d, 5001, &[op], &["apply", "-f", f]);
+    assert!(!out.status.success(), "a step that failed makes the exit status 1");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["plan"]["conflicts"][0]["name"], "roots", "{r}");
+    assert_eq!(r["plan"]["conflicts"][0]["held_by"], "a weaver of another user", "{r}");
+    let errors = r["errors"].to_string();
+    assert!(errors.contains("wide: creating") && errors.contains("--network host"), "{r}");
+    let list = wait_list(&d, "the operator's weaver running", |l| running_with(l, "mine", &["sleep", "300"]));
+    assert_eq!(find(&list, "mine").unwrap()["owner_uid"], 5001);
+    assert!(running_with(&list, "roots", &["sleep", "300"]), "root's weaver is untouched: {list:#?}");
+    assert!(find(&list, "wide").is_none());
+
+    // Another operator's down of the same file (same source) sees none of it.
+    let other = as_user(&d, 5002, &[op], &["down", "-f", f]);
+    let r: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(r["plan"]["remove"], serde_json::json!([]), "{r}");
+    let out = as_user(&d, 5001, &[op], &["down", "-f", f]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = wait_list(&d, "the operator's weaver removed", |l| find(l, "mine").is_none());
+    assert!(running_with(&list, "roots", &["sleep", "300"]));
+}
