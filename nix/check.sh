@@ -7,7 +7,8 @@
 #
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib nix/check.sh      # LOOMD=/path/to/loomd to pick a binary
 #
-# Not part of CI: it skips (exit 0) with a message when nix-instantiate or the lib is missing.
+# .ci/run runs it when NIXPKGS_LIB is set (no registry it reaches carries nixpkgs' lib pinned);
+# it skips (exit 0) with a message when nix-instantiate or the lib is missing.
 # A full NixOS build (`nix build .#nixosConfigurations.example.config.system.build.toplevel`)
 # needs nixpkgs itself and is not what this checks.
 set -euo pipefail
