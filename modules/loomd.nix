@@ -16,7 +16,7 @@ let
   # What loom-core's Config accepts (it is `deny_unknown_fields`): anything else makes loomd
   # refuse to start, so the module says so at evaluation time instead.
   knownKeys = {
-    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" "network" "wireguard" "tailscale" ];
+    top = [ "socket" "state_dir" "backend" "access" "weaver" "secrets" "providers" "proxy" "audit" "network" "wireguard" "weavers" "tailscale" ];
     access = [ "admin_group" "operator_group" ];
     weaver = [ "image" "memory" "cpus" "tasks" "ttl" "network" "restart" "start_timeout" "nested" "image_roots" "disk" "log_size" "egress" "ssh" ];
     secrets = [ "file" "format" "age_key_file" "ssh_host_keys" "pgp_key_file" ];
@@ -47,7 +47,7 @@ let
     (lib.mapAttrsToList (_: p: p.secret or null) (cfg.settings.providers or { }));
 in
 {
-  imports = [ ./weaver.nix ];
+  imports = [ ./weaver.nix ./weavers.nix ];
 
   options.services.loomd = {
     enable = mkEnableOption "loomd, the loom host daemon that runs agent loops in isolated weavers";
@@ -412,9 +412,13 @@ in
       # is the operator tunnel's user-space backend where the kernel has no module.
       path = [ config.systemd.package pkgs.git pkgs.util-linux pkgs.coreutils pkgs.bpftools pkgs.iproute2 pkgs.nftables ]
         ++ optional ((cfg.settings.wireguard.enable or false) == true) pkgs.wireguard-go;
-      # A changed config is applied by SIGHUP (nixos-rebuild switch reloads instead of
-      # restarting); socket, state_dir and backend changes need `systemctl restart loomd`.
+      # A changed config (declared weavers among it) is applied by SIGHUP: the unit refers to
+      # /etc/loom/loomd.toml, not the store path, so a new config alone leaves the unit as it
+      # is and `nixos-rebuild switch` reloads instead of restarting. A new package changes
+      # ExecStart and restarts loomd, which weavers survive (KillMode=process, re-adoption).
+      # Socket, state_dir and backend changes need `systemctl restart loomd`.
       reloadTriggers = [ cfg.configFile ];
+      restartIfChanged = true;
       environment.LOOMD_LOG = lib.mkDefault "info";
       serviceConfig = {
         Type = "notify";
@@ -437,6 +441,34 @@ in
         # Keep /run/loomd across restarts: weavers outlive loomd and nothing stale is kept there
         # (loomd removes a dead socket itself).
         RuntimeDirectoryPreserve = "yes";
+
+        # Hardening. What applies: filters that do not need a mount namespace and that the
+        # weavers (descendants of loomd under the nspawn backend, which inherit them) can live
+        # with.
+        RestrictRealtime = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+        # Unix (socket, D-Bus, journald), IP (proxy, DNS, git), netlink (ip, nft, WireGuard).
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
+        # Relaxed, each on purpose:
+        # - No mount namespace of its own (ProtectSystem, ProtectHome, PrivateTmp, PrivateDevices,
+        #   ProtectKernelTunables/Modules/Logs, ProtectControlGroups, ProtectProc, ReadOnlyPaths):
+        #   loomd bind-mounts each weaver's network namespace at /run/netns/loom-ID, which PID 1
+        #   must see (the systemd backend's NetworkNamespacePath=), and a service's mount
+        #   namespace does not propagate mounts back to the host. It also writes
+        #   /proc/sys/net (forwarding) and the cgroup tree it was delegated.
+        # - CapabilityBoundingSet/AmbientCapabilities stay full and User= stays root:
+        #   systemd-nspawn needs CAP_SYS_ADMIN and hands weavers a bounded set drawn from it;
+        #   eBPF needs CAP_BPF/CAP_PERFMON; networks CAP_NET_ADMIN.
+        # - RestrictNamespaces = false: weavers are namespaces.
+        # - NoNewPrivileges, MemoryDenyWriteExecute, RestrictSUIDSGID = false: nspawn-backend
+        #   weavers inherit them, which would break setuid tools and JITs inside.
+        # - SystemCallFilter unset: loomd installs the weavers' own filter (crate::sandbox), and
+        #   a filter here would also bind every weaver.
+        # - DevicePolicy unset: Delegate=yes hands weavers' cgroups their own device rules.
+        NoNewPrivileges = false;
+        ProtectSystem = false;
+        PrivateTmp = false;
       }
       // lib.optionalAttrs (stateDir != null) { StateDirectory = stateDir; }
       // lib.optionalAttrs (runtimeDir != null) { RuntimeDirectory = runtimeDir; };

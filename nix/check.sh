@@ -7,7 +7,8 @@
 #
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib nix/check.sh      # LOOMD=/path/to/loomd to pick a binary
 #
-# Not part of CI: it skips (exit 0) with a message when nix-instantiate or the lib is missing.
+# .ci/run runs it when NIXPKGS_LIB is set (no registry it reaches carries nixpkgs' lib pinned);
+# it skips (exit 0) with a message when nix-instantiate or the lib is missing.
 # A full NixOS build (`nix build .#nixosConfigurations.example.config.system.build.toplevel`)
 # needs nixpkgs itself and is not what this checks.
 set -euo pipefail
@@ -56,35 +57,8 @@ let
     buildEnv = args: drv args.name;
   };
 
-  anyOpt = mkOption { type = types.anything; default = { }; };
-  attrsOpt = mkOption { type = types.attrsOf types.anything; default = { }; };
-  # The NixOS options the modules and the example host set or read, each declared on its own
-  # (a stub `services` option would swallow services.loomd and recurse).
-  nixosStubs = {
-    options = {
-      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
-      systemd = {
-        package = mkOption { default = drv "systemd"; };
-        services = mkOption { default = { }; type = types.attrsOf (types.submodule {
-          freeformType = types.lazyAttrsOf types.anything;
-          options.path = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-        }); };
-        slices = attrsOpt;
-        mounts = mkOption { type = types.listOf types.anything; default = [ ]; };
-      };
-      users.groups = attrsOpt;
-      users.users = attrsOpt;
-      environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      environment.etc = attrsOpt;
-      networking = anyOpt;
-      boot = anyOpt;
-      fileSystems = anyOpt;
-      system = anyOpt;
-      services.openssh = anyOpt;
-      services.tailscale = anyOpt;
-    };
-  };
+  # The NixOS options the modules and the example host use, with nixpkgs' own types.
+  nixosStubs = import (root + "/nix/nixos-stubs.nix");
   sopsNixStub = {
     options.sops = {
       age.keyFile = mkOption { type = types.nullOr types.str; default = null; };
@@ -94,7 +68,8 @@ let
   };
 
   eval = modules: lib.evalModules {
-    modules = [ nixosStubs (root + "/modules/loomd.nix") { services.loomd.package = drv "loom"; } ] ++ modules;
+    modules = [ nixosStubs (root + "/modules/loomd.nix")
+      { services.loomd.package = drv "loom"; systemd.package = drv "systemd"; } ] ++ modules;
     specialArgs = { inherit pkgs; };
   };
   # What NixOS does with assertions and warnings, as values we can test.
@@ -142,11 +117,68 @@ let
     services.loomd.enable = true;
     services.loomd.tailscale = { advertiseWeaverSubnet = true; authKeyFile = "/run/secrets/ts"; };
     services.loomd.settings.network.subnet = "10.90.0.0/16";
-    services.loomd.settings.wireguard.enable = true;
+    services.loomd.settings.wireguard = { enable = true; endpoint = "host.example:51820"; };
     services.loomd.tailscale.weavers = { enable = true; authKeySecret = "ts/key"; loginServer = "https://hs.example"; };
   } ]).config;
 
+  declared = ok (eval [ {
+    services.loomd.enable = true;
+    services.loomd.weavers = {
+      fix-tests = {
+        repo = "https://example.com/app.git";
+        promptFile = "/etc/loom/fix-tests.md";
+        model = "anthropic/claude-sonnet-4-5";
+        restart = "on-failure";
+        memory = "2G";
+        egress.allow = [ "github.com:443" ];
+        agent = { maxIterations = 20; wallClock = "2h"; };
+      };
+      bench = { command = [ "make" "bench" ]; network = "none"; env.MODE = "fast"; ttl = "none"; };
+      retired = { enable = false; command = [ "true" ]; };
+    };
+  } ]).config;
+  dw = declared.services.loomd.finalSettings.weavers;
+  dsc = declared.systemd.services.loomd.serviceConfig;
+
   results = [
+    (check "declared: rendered as [weavers.NAME] with loomd's keys"
+      (dw.fix-tests == {
+        repo = "https://example.com/app.git";
+        prompt_file = "/etc/loom/fix-tests.md";
+        model = "anthropic/claude-sonnet-4-5";
+        restart = "on-failure";
+        memory = "2G";
+        egress.allow = [ "github.com:443" ];
+        agent = { max_iterations = 20; wall_clock = "2h"; };
+      }))
+    (check "declared: a command weaver, nulls and empties left out"
+      (dw.bench == { command = [ "make" "bench" ]; network = "none"; env.MODE = "fast"; ttl = "none"; }))
+    (check "declared: enable = false is kept as enable = false (loomd removes it)"
+      (dw.retired == { enable = false; command = [ "true" ]; }))
+    (check "no declared weavers: an empty table" (s.weavers == { }))
+    (check "hardening: filters that need no mount namespace"
+      (dsc.RestrictRealtime && dsc.LockPersonality && dsc.SystemCallArchitectures == "native"
+        && dsc.RestrictAddressFamilies == [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ]))
+    (check "hardening: no private mount namespace (netns mounts must reach PID 1)"
+      (dsc.ProtectSystem == false && dsc.PrivateTmp == false && !(dsc ? ProtectHome) && !(dsc ? PrivateDevices)))
+    (check "a changed config reloads, a changed package restarts"
+      (unit.restartIfChanged && unit.reloadTriggers == [ base.services.loomd.configFile ]
+        && !(lib.hasInfix "loomd.toml-" sc.ExecStart)))
+    (failsWith "a declared weaver with a bad name is refused"
+      [ { services.loomd.enable = true; services.loomd.weavers."Bad_Name".command = [ "x" ]; } ] "a weaver name is 1 to 63")
+    (failsWith "a declared weaver with prompt and promptFile is refused"
+      [ { services.loomd.enable = true; services.loomd.weavers.a = { prompt = "p"; promptFile = "/p"; model = "a/b"; }; } ]
+      "set prompt or promptFile, not both")
+    (failsWith "a declared prompt without a model is refused"
+      [ { services.loomd.enable = true; services.loomd.weavers.a.prompt = "p"; } ] "needs both a prompt")
+    (failsWith "a declared weaver with nothing to run is refused"
+      [ { services.loomd.enable = true; services.loomd.weavers.a.memory = "1G"; } ] "exactly one of command or the agent loop")
+    (throws "a declared weaver's memory = lots is a type error"
+      [ { services.loomd.enable = true; services.loomd.weavers.a = { command = [ "x" ]; memory = "lots"; }; } ])
+    (let r = builtins.tryEval (builtins.deepSeq (eval [ { services.loomd.enable = true;
+        systemd.services.loomd.serviceConfig.Type = "daemonish"; } ]).config.systemd.services.loomd.serviceConfig true); in
+      check "a Type= systemd does not know is a type error, as in NixOS" (!r.success))
+
     (check "disabled: no unit" (!(disabled.systemd.services ? loomd)))
     (check "Type=notify" (sc.Type == "notify"))
     (check "path has ip and nft" (lib.all (n: lib.any (p: p.name == n) unit.path) [ "iproute2" "nftables" ]))
@@ -253,7 +285,13 @@ let
 in
 {
   inherit results;
-  settings = { default = s; example = ex; };
+  settings = {
+    default = s;
+    example = ex;
+    declared = declared.services.loomd.finalSettings;
+    sops = withSops.services.loomd.finalSettings;
+    tailnet = tailnet.services.loomd.finalSettings;
+  };
 }
 NIX
 
@@ -304,9 +342,14 @@ let
   flake = import (root + "/flake.nix");
   stubPkgs = system: {
     stdenv.hostPlatform.system = system;
-    rustPlatform.buildRustPackage = args: args // {
-      type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-loom";
-    };
+    rustPlatform.buildRustPackage = let
+      mk = args: args // {
+        type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-${args.pname}";
+        overrideAttrs = f: mk (args // f args);
+      };
+    in mk;
+    testers.runNixOSTest = args: args // { type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-vm-test"; };
+    clippy = "clippy";
     nixpkgs-fmt = null;
     git = "git"; openssh = "openssh"; perl = "perl"; procps = "procps";
   };
@@ -335,7 +378,19 @@ in
     (let m = self.nixosConfigurations.example.modules; in
       builtins.length m == 3 && builtins.isFunction (builtins.elemAt m 1)
       && builtins.elemAt m 2 == root + "/hosts/example/configuration.nix"))
-  (check "flake: checks" (builtins.attrNames self.checks.x86_64-linux == [ "example-system" "loom" ]))
+  (check "flake: checks" (builtins.attrNames self.checks.x86_64-linux == [ "clippy" "example-system" "loom" "unit-tests" "vm" ]
+    && builtins.attrNames self.checks.aarch64-linux == [ "clippy" "loom" "unit-tests" ]))
+  (check "flake: clippy denies warnings on every target"
+    (let c = self.checks.x86_64-linux.clippy; in c.pname == "loom-clippy" && !c.doCheck
+      && lib.hasInfix "cargo clippy --offline --workspace --all-targets -- -D warnings" c.buildPhase))
+  (check "flake: unit tests" (lib.hasInfix "cargo test --offline --workspace --lib" self.checks.x86_64-linux.unit-tests.buildPhase))
+  (check "flake: the VM test boots the example host with a declared weaver and greps the audit journal"
+    (let t = self.checks.x86_64-linux.vm; m = t.nodes.machine { lib = lib; }; in
+      t.name == "loom" && lib.elem (root + "/hosts/example/configuration.nix") m.imports
+      && m.services.loomd.weavers ? declared-hello
+      && lib.hasInfix "wait_for_unit(\"loomd.service\")" t.testScript
+      && lib.hasInfix "journalctl -t loom-audit" t.testScript
+      && lib.hasInfix "loom weaver create" t.testScript))
 ]
 NIX
 nix-instantiate --read-write-mode --eval --strict --json \
@@ -355,7 +410,7 @@ if [ -z "$loomd" ] || [ ! -x "$loomd" ]; then
   echo "nix/check.sh: loomd --check-config SKIPPED: no loomd binary (set LOOMD=/path/to/loomd)" >&2
   exit 0
 fi
-for name in default example; do
+for name in default example declared sops tailnet; do
   echo "--- $name settings as TOML ---"
   cat "$work/$name.toml"
   "$loomd" --check-config "$work/$name.toml"

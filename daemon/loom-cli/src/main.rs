@@ -1,6 +1,7 @@
 //! `loom`: the operator's CLI. Every command talks to loomd over its Unix socket; `--json`
 //! prints loomd's answer as JSON and errors as JSON on stderr.
 
+mod apply;
 mod client;
 mod exec;
 mod render;
@@ -68,6 +69,27 @@ enum Command {
     /// The WireGuard operator tunnel into the weaver subnet (admins).
     #[command(subcommand)]
     Wireguard(WireguardCmd),
+    /// Make the weavers of a file (`[weavers.NAME]` tables, TOML or YAML) what it says:
+    /// create what is missing, update what changed, remove what is gone from it.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Print the plan (create/update/remove per weaver) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// What names this set of weavers (default: the file's absolute path).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Remove every weaver `loom apply -f FILE` made.
+    Down {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -383,6 +405,30 @@ fn path_key(id: &str) -> String {
         .collect()
 }
 
+type Printer<'a> = dyn Fn(&serde_json::Value, &dyn Fn(&serde_json::Value) -> String) + 'a;
+
+/// `loom apply` and `loom down`: a weaver that could not be applied makes the exit status 1.
+async fn apply_cmd(
+    client: &Client,
+    print: &Printer<'_>,
+    file: PathBuf,
+    source: Option<String>,
+    dry_run: bool,
+    down: bool,
+) -> Result<(), CliError> {
+    let req = apply::read_request(&file, source, dry_run, down).map_err(|e| CliError::new("bad_request", e))?;
+    let v = client.json(Method::POST, "/v1/apply", Some(serde_json::to_value(&req).unwrap_or_default())).await?;
+    print(&v, &|v| {
+        serde_json::from_value::<loom_core::api::ApplyResult>(v.clone())
+            .map(|r| apply::render(&r))
+            .unwrap_or_else(|e| format!("loomd answered something unexpected: {e}\n"))
+    });
+    if v["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+        return Err(CliError::new("conflict", "some weavers could not be applied (see the error lines)"));
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<i32, CliError> {
     let client = Client::new(&cli.socket);
     let json = cli.json;
@@ -470,6 +516,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 print(&client.json(Method::GET, "/v1/wireguard/peers", None).await?, &render::wireguard_peers)
             }
         },
+        Command::Apply { file, dry_run, source } => apply_cmd(&client, &print, file, source, dry_run, false).await?,
+        Command::Down { file, dry_run, source } => apply_cmd(&client, &print, file, source, dry_run, true).await?,
         Command::Secrets(SecretsCmd::Check) => {
             print(&client.json(Method::GET, "/v1/secrets/check", None).await?, &render::secrets)
         }

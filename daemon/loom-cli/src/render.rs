@@ -43,8 +43,9 @@ pub fn one_line(v: &Value) -> String {
 }
 
 pub fn ps(v: &Value) -> String {
-    let mut rows =
-        vec![["ID", "NAME", "STATE", "EXIT", "RESTARTS", "ITER", "STOP", "TOKENS", "COMMAND"].map(String::from)];
+    let mut rows = vec![
+        ["ID", "NAME", "STATE", "EXIT", "RESTARTS", "ITER", "STOP", "TOKENS", "DECLARED", "COMMAND"].map(String::from),
+    ];
     for w in v.as_array().into_iter().flatten() {
         let cmd = w["spec"]["command"]
             .as_array()
@@ -68,10 +69,12 @@ pub fn ps(v: &Value) -> String {
             iter,
             stop,
             tokens,
+            // Who keeps it: `config`, `apply:SOURCE`; `-` for one made by hand.
+            w["origin"].as_str().map(|o| o.chars().take(40).collect()).unwrap_or_else(|| "-".into()),
             cmd.chars().take(40).collect(),
         ]);
     }
-    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..10).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
             r.iter()

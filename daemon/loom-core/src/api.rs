@@ -177,6 +177,36 @@ pub struct WeaverInfo {
     /// A private weaver's address on the loom bridge, while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// Who declared it (`config`, `apply:SOURCE`); none for a weaver made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// `POST /v1/apply`: make the weavers of `source` what `weavers` says (`loom apply`), or, with
+/// `down`, remove them all (`loom down`). The CLI reads any `prompt_file` as the user and sends
+/// its text as `prompt`: loomd refuses a `prompt_file` here (it never reads a host path for a
+/// client).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyRequest {
+    /// Names the set (by default the file's absolute path); the weavers' origin is `apply:SOURCE`.
+    pub source: String,
+    pub weavers: BTreeMap<String, crate::declare::WeaverDecl>,
+    /// Plan only: nothing is created, changed or removed.
+    pub dry_run: bool,
+    /// Remove every weaver of `source` (`weavers` must be empty).
+    pub down: bool,
+}
+
+/// loomd's answer to an [`ApplyRequest`]: the plan, and what applying it did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub source: String,
+    pub plan: crate::declare::Plan,
+    pub dry_run: bool,
+    /// Steps that failed, each `NAME: why`; the others were applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// `POST /v1/weavers/{id}/exec`, answered with an upgrade to the exec stream.

@@ -75,6 +75,8 @@ pub struct Config {
     pub wireguard: toml::Table,
     /// `[tailscale]`: joining `--tailscale` weavers to a tailnet.
     pub tailscale: crate::tailscale::TailscaleConfig,
+    /// `[weavers.NAME]`: weavers loomd keeps as declared (`loom_core::declare`).
+    pub weavers: BTreeMap<String, crate::declare::WeaverDecl>,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             wireguard: toml::Table::new(),
             tailscale: Default::default(),
+            weavers: BTreeMap::new(),
         }
     }
 }
@@ -307,6 +310,9 @@ impl Config {
                 message: format!("{} is below the 64K minimum", self.weaver.log_size),
             });
         }
+        // Everything but the prompt files, which loomd reads (and `--check-config` with it).
+        crate::declare::declared_weavers(&self.weavers, &self.weaver, |_| Ok("(read by loomd)".into()))
+            .map_err(|e| ConfigError::Value { field: "weavers", message: e.to_string() })?;
         Ok(())
     }
 }
@@ -375,5 +381,7 @@ secret = "anthropic_api_key"
         check_err("[weaver]\nmemory = \"100T\"", "above the 64T maximum");
         check_err("[weaver]\nttl = \"99999999999999d\"", "weaver.ttl");
         check_err("[weaver]\nstart_timeout = \"213503982334601d\"", "weaver.start_timeout");
+        check_err("[weavers.a]\ncomand = [\"x\"]", "unknown field `comand`");
+        check_err("[weavers.a]\nmemory = \"1G\"", "weavers: [weavers.a]: nothing to run");
     }
 }

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod declare;
 pub mod devices;
 pub mod egress;
 pub mod error;

@@ -23,10 +23,13 @@ mod agent;
 mod api;
 #[path = "daemon_files.rs"]
 mod files;
+#[path = "reconcile.rs"]
+mod reconcile;
 #[path = "daemon_supervisor.rs"]
 mod supervisor;
 
 pub use api::{EgressChange, Request, Response};
+pub use reconcile::declared_in_config;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

@@ -69,6 +69,9 @@ pub enum Request {
     WireguardPeerRemove {
         name: String,
     },
+    // Declared weavers (issue 10).
+    /// `loom apply` / `loom down`: reconcile the weavers of one source (`crate::daemon::reconcile`).
+    Apply(Box<loom_core::api::ApplyRequest>),
 }
 
 #[derive(Debug)]
@@ -91,6 +94,8 @@ pub enum Response {
     ThreadHits(Vec<loom_threads::SearchHit>),
     /// Answers whose shape is their handler's own.
     Json(serde_json::Value),
+    // Declared weavers (issue 10).
+    Applied(Box<loom_core::api::ApplyResult>),
 }
 
 impl Daemon {
@@ -98,7 +103,10 @@ impl Daemon {
         let role = self.authorize(caller, &req)?;
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
-            Request::CreateWeaver(req) => self.create(caller, role, *req).await.map(|i| Response::Weaver(Box::new(i))),
+            Request::CreateWeaver(req) => {
+                self.create(caller, role, *req, None).await.map(|i| Response::Weaver(Box::new(i)))
+            }
+            Request::Apply(req) => self.apply(caller, role, *req).await.map(|r| Response::Applied(Box::new(r))),
             Request::ListWeavers => {
                 let all = self.with_store(|s| s.list())?;
                 Ok(Response::Weavers(
@@ -289,7 +297,14 @@ impl Daemon {
         ))
     }
 
-    async fn create(self: &Arc<Self>, caller: &Caller, role: Role, req: CreateWeaver) -> Result<WeaverInfo, ApiError> {
+    /// A new weaver; `origin` is set for a declared one (`daemon::reconcile`), None by hand.
+    pub(super) async fn create(
+        self: &Arc<Self>,
+        caller: &Caller,
+        role: Role,
+        req: CreateWeaver,
+        origin: Option<loom_core::declare::Origin>,
+    ) -> Result<WeaverInfo, ApiError> {
         let id = WeaverId::from_random(rand::random());
         let defaults = self.config().weaver;
         let upload_id = req.upload.clone();
@@ -319,31 +334,7 @@ impl Daemon {
             }
             None => None,
         };
-        if role != Role::Admin {
-            if spec.network == NetworkMode::Host {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "--network host shares the host's network with the weaver: only root and the admin group may \
-                     ask for it; use private (the default) or none",
-                ));
-            }
-            // The config's own defaults are the admin's choice; only what the caller added counts.
-            let defaults_allow = loom_core::egress::policy_of(&defaults.egress.allow).unwrap_or_default();
-            if let Some(r) = spec.egress.iter().find(|r| names_metadata(r) && !defaults_allow.contains(r)) {
-                return Err(metadata_forbidden(r));
-            }
-            if spec.nested && !defaults.nested {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "--nested lets the weaver make user namespaces and mounts: only root and the admin group may \
-                     ask for it unless `[weaver] nested = true`",
-                ));
-            }
-        }
-        if let Image::Dir(dir) = &spec.image {
-            crate::image::check(dir, &defaults.image_roots, role == Role::Admin)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-        }
+        may_have(role, &spec, &defaults)?;
         if spec.command.is_empty() && spec.agent.is_none() {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -358,6 +349,10 @@ impl Daemon {
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
         let now = now_secs();
         let mut rec = WeaverRecord::new(id.clone(), spec, caller.uid, self.backend.kind().as_str(), now);
+        if let Some(origin) = origin {
+            rec.declared_hash = Some(loom_core::declare::spec_hash(&rec.info.spec));
+            rec.info.origin = Some(origin.as_stored());
+        }
         let guard = self.weaver_lock(&id);
         let _g = guard.lock().await;
         self.with_store(|s| s.insert(&rec))?;
@@ -513,6 +508,40 @@ impl Daemon {
 pub struct EgressChange {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+}
+
+/// What only admins may ask of a weaver's spec, checked on every create and declared update.
+pub(super) fn may_have(
+    role: Role,
+    spec: &loom_core::weaver::WeaverSpec,
+    defaults: &loom_core::config::WeaverDefaults,
+) -> Result<(), ApiError> {
+    if role != Role::Admin {
+        if spec.network == NetworkMode::Host {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "--network host shares the host's network with the weaver: only root and the admin group may \
+                     ask for it; use private (the default) or none",
+            ));
+        }
+        // The config's own defaults are the admin's choice; only what the caller added counts.
+        let defaults_allow = loom_core::egress::policy_of(&defaults.egress.allow).unwrap_or_default();
+        if let Some(r) = spec.egress.iter().find(|r| names_metadata(r) && !defaults_allow.contains(r)) {
+            return Err(metadata_forbidden(r));
+        }
+        if spec.nested && !defaults.nested {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "--nested lets the weaver make user namespaces and mounts: only root and the admin group may \
+                     ask for it unless `[weaver] nested = true`",
+            ));
+        }
+    }
+    if let Image::Dir(dir) = &spec.image {
+        crate::image::check(dir, &defaults.image_roots, role == Role::Admin)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn names_metadata(rule: &str) -> bool {

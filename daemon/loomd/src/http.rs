@@ -227,6 +227,11 @@ async fn route_inner(
             let (body, _) = read_json::<CreateWeaver>(req).await?;
             (Request::CreateWeaver(Box::new(body)), CREATE_TIMEOUT)
         }
+        (&Method::POST, ["v1", "apply"]) => {
+            daemon.authorize(&caller, &"apply")?;
+            let (body, _) = read_json::<loom_core::api::ApplyRequest>(req).await?;
+            (Request::Apply(Box::new(body)), CREATE_TIMEOUT)
+        }
         (&Method::POST, ["v1", "uploads"]) => return upload(daemon, &caller, req).await,
         (&Method::GET, ["v1", "weavers", key]) => (Request::InspectWeaver(key.to_string()), REQUEST_TIMEOUT),
         (&Method::DELETE, ["v1", "weavers", key]) => {
@@ -265,9 +270,18 @@ async fn route_inner(
         }
         _ => return Err(not_found()),
     };
-    let resp = tokio::time::timeout(timeout, daemon.handle(&caller, request))
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Timeout, format!("the request took longer than {timeout:?}")))??;
+    let too_long = || ApiError::new(ErrorCode::Timeout, format!("the request took longer than {timeout:?}"));
+    let resp = if matches!(request, Request::Apply(_)) {
+        // On its own task: a client that gives up must not cut a reconcile in half.
+        let (d, c) = (daemon.clone(), caller.clone());
+        let task = tokio::spawn(async move { d.handle(&c, request).await });
+        tokio::time::timeout(timeout, task)
+            .await
+            .map_err(|_| too_long())?
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the apply failed: {e}")))??
+    } else {
+        tokio::time::timeout(timeout, daemon.handle(&caller, request)).await.map_err(|_| too_long())??
+    };
     Ok(match resp {
         Response::Status(s) => json_response(StatusCode::OK, &s),
         Response::Weaver(w) => json_response(StatusCode::OK, &w),
@@ -279,6 +293,7 @@ async fn route_inner(
         Response::Limits(l) => json_response(StatusCode::OK, &l),
         Response::ThreadHits(h) => json_response(StatusCode::OK, &h),
         Response::Json(v) => json_response(StatusCode::OK, &v),
+        Response::Applied(r) => json_response(StatusCode::OK, &r),
         Response::Thread { detail, markdown } => {
             let mut v = serde_json::to_value(&detail).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {

@@ -51,6 +51,16 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
+/// SIGHUP's config: re-read and validated whole (its sections and its declared weavers, prompt
+/// files read), so that a bad file changes nothing.
+fn reload_config(args: &Args) -> anyhow::Result<(Config, Vec<loom_core::declare::DeclaredWeaver>)> {
+    let c = apply_flags(load_config(args.config.as_deref())?, args);
+    c.validate()?;
+    check_sections(&c)?;
+    let declared = crate::daemon::declared_in_config(&c).map_err(anyhow::Error::msg)?;
+    Ok((c, declared))
+}
+
 pub fn apply_flags(mut config: Config, args: &Args) -> Config {
     if let Some(s) = &args.socket {
         config.socket = s.clone();
@@ -263,6 +273,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     daemon.uploads().clear_stale().context("clearing the uploads an earlier loomd left")?;
     let (adopted, ended) = daemon.adopt().await?;
     tracing::info!(backend = kind.as_str(), socket = %config.socket.display(), adopted, ended, "loomd ready");
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(crate::http::serve(daemon.clone(), listener, stop_rx));
     let expiry = {
@@ -278,6 +289,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let notifier = crate::notify::Notifier::from_env();
     notifier.notify("READY=1");
+    // On tasks of their own (one at a time, `reconcile`'s lock): a declared weaver's clone may
+    // take longer than systemd waits for READY=1, and SIGTERM must still be heard meanwhile.
+    match crate::daemon::declared_in_config(&config) {
+        Ok(declared) => {
+            let daemon = daemon.clone();
+            tokio::spawn(async move { daemon.reconcile_config(declared).await });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the config's declared weavers were not reconciled: fix the config and send SIGHUP")
+        }
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -287,15 +309,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notifier.notify("RELOADING=1");
-                match load_config(args.config.as_deref()).map(|c| apply_flags(c, &args)) {
-                    Ok(c) => {
+                match reload_config(&args) {
+                    Ok((c, declared)) => {
                         let groups = resolve_groups(&c);
                         for w in daemon.reload(c, groups) {
                             tracing::warn!(warning = %w, "config reloaded with a warning");
                         }
                         tracing::info!("config reloaded");
+                        let daemon = daemon.clone();
+                        tokio::spawn(async move { daemon.reconcile_config(declared).await });
                     }
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the old config"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the old config and the weavers as they are"),
                 }
                 notifier.notify("READY=1");
             }

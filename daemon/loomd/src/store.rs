@@ -36,6 +36,9 @@ pub struct WeaverRecord {
     /// The weaver's latest run: the one running, or the last one that ran or tried to.
     pub run: Option<RunId>,
     pub tracker: RestartTracker,
+    /// For a declared weaver (`info.origin` set): the hash of the declared spec it was last
+    /// created or updated from (`loom_core::declare::spec_hash`).
+    pub declared_hash: Option<String>,
 }
 
 impl WeaverRecord {
@@ -58,10 +61,12 @@ impl WeaverRecord {
                 spec,
                 agent_status: None,
                 address: None,
+                origin: None,
             },
             handle: None,
             run: None,
             tracker: RestartTracker::default(),
+            declared_hash: None,
         }
     }
 
@@ -91,6 +96,9 @@ const WEAVER_MIGRATIONS: &[&str] = &[
         tracker TEXT NOT NULL
     )",
     "ALTER TABLE weavers ADD COLUMN run_id TEXT",
+    // Declared weavers (loomd's reconcile): `config` or `apply:SOURCE`, NULL for one made by
+    // hand; and the declared spec's hash.
+    "ALTER TABLE weavers ADD COLUMN origin TEXT; ALTER TABLE weavers ADD COLUMN spec_hash TEXT",
 ];
 
 #[derive(Debug)]
@@ -113,29 +121,36 @@ impl Store {
     }
 
     pub fn insert(&mut self, rec: &WeaverRecord) -> Result<(), StoreError> {
-        let r = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let r = tx.execute(
             "INSERT INTO weavers (id, name, owner_uid, spec, state, exit_code, reason, backend, created_at,
                 started_at, expires_at, restarts, leader_pid, handle, tracker, run_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params_of(rec)?,
         );
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                Err(StoreError::NameTaken(rec.info.spec.name.clone()))
+                return Err(StoreError::NameTaken(rec.info.spec.name.clone()));
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        set_origin(&tx, rec)?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn update(&mut self, rec: &WeaverRecord) -> Result<(), StoreError> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "UPDATE weavers SET name = ?2, owner_uid = ?3, spec = ?4, state = ?5, exit_code = ?6, reason = ?7,
                 backend = ?8, created_at = ?9, started_at = ?10, expires_at = ?11, restarts = ?12,
                 leader_pid = ?13, handle = ?14, tracker = ?15, run_id = ?16
              WHERE id = ?1",
             params_of(rec)?,
         )?;
+        set_origin(&tx, rec)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -175,6 +190,15 @@ impl Store {
     }
 }
 
+// Its own statement: the other columns already fill rusqlite's largest parameter tuple.
+fn set_origin(tx: &rusqlite::Transaction<'_>, rec: &WeaverRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE weavers SET origin = ?2, spec_hash = ?3 WHERE id = ?1",
+        (rec.info.id.as_str(), rec.info.origin.as_deref(), rec.declared_hash.as_deref()),
+    )?;
+    Ok(())
+}
+
 #[derive(Debug)]
 pub enum Lookup {
     None,
@@ -183,7 +207,7 @@ pub enum Lookup {
 }
 
 const SELECT: &str = "SELECT id, name, owner_uid, spec, state, exit_code, reason, backend, created_at, started_at,
-    expires_at, restarts, leader_pid, handle, tracker, run_id FROM weavers";
+    expires_at, restarts, leader_pid, handle, tracker, run_id, origin, spec_hash FROM weavers";
 
 #[derive(Debug, Default)]
 struct RawRow {
@@ -203,6 +227,8 @@ struct RawRow {
     handle: Option<String>,
     tracker: String,
     run_id: Option<String>,
+    origin: Option<String>,
+    spec_hash: Option<String>,
 }
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -223,6 +249,8 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         handle: r.get(13)?,
         tracker: r.get(14)?,
         run_id: r.get(15)?,
+        origin: r.get(16)?,
+        spec_hash: r.get(17)?,
     })
 }
 
@@ -252,10 +280,12 @@ fn raw_to_record(raw: RawRow) -> Result<WeaverRecord, StoreError> {
             spec,
             agent_status: None,
             address: None,
+            origin: raw.origin,
         },
         handle,
         run,
         tracker,
+        declared_hash: raw.spec_hash,
     })
 }
 
@@ -386,6 +416,37 @@ mod tests {
         let got = Store::open(&path).unwrap().list().unwrap().remove(0);
         assert_eq!(got.run, None);
         assert_eq!(got.handle, Some(RunHandle::Shim { run: RunId::UNKNOWN, pid: 42, start_ticks: 7 }));
+    }
+
+    /// Declared weavers keep their origin and hash; a store from before origins reads every
+    /// weaver as made by hand, which a reconcile never touches.
+    #[test]
+    fn origins_are_stored_and_an_older_store_reads_as_hand_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            loom_sqlite::migrate(&mut conn, "weavers", &WEAVER_MIGRATIONS[..2]).unwrap();
+            let p = params_of(&record(5, "before")).unwrap();
+            conn.execute(
+                "INSERT INTO weavers (id, name, owner_uid, spec, state, exit_code, reason, backend, created_at,
+                    started_at, expires_at, restarts, leader_pid, handle, tracker, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                p,
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let old = store.list().unwrap().remove(0);
+        assert_eq!((old.info.origin, old.declared_hash), (None, None));
+        let mut rec = record(6, "declared");
+        rec.info.origin = Some("apply:/srv/loom.toml".into());
+        rec.declared_hash = Some("ab".repeat(32));
+        store.insert(&rec).unwrap();
+        assert_eq!(store.get(&rec.info.id).unwrap().unwrap(), rec);
+        rec.declared_hash = Some("cd".repeat(32));
+        store.update(&rec).unwrap();
+        assert_eq!(store.get(&rec.info.id).unwrap().unwrap().declared_hash, rec.declared_hash);
     }
 
     /// One file, one `schema_versions` table, one row per component, each applied once at open.

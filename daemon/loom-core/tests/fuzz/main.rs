@@ -1,6 +1,6 @@
 //! Property tests: every parser loomd runs on a client's bytes (request bodies, exec frames,
 //! units) or on its config file, and the SSE parser the agent and the proxy run on a
-//! provider's, and the egress rule parser (`egress`), either answers `Ok` or a clear `Err`, never panics, and what it accepts stays
+//! provider's, the egress rule parser (`egress`) and `loom apply` bodies (`declare`), either answers `Ok` or a clear `Err`, never panics, and what it accepts stays
 //! within the bounds the rest of loom relies on; streams parse the same in any chunks.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 
 mod config;
+mod declare;
 mod egress;
 mod exec_frames;
 mod requests;

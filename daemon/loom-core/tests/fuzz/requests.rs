@@ -3,7 +3,7 @@
 use super::*;
 
 /// Arbitrary JSON, biased towards the values and shapes the request types use.
-fn json_value() -> impl Strategy<Value = serde_json::Value> {
+pub(crate) fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::{Value, json};
     let leaf = prop_oneof![
         Just(Value::Null),
